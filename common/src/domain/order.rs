@@ -1,0 +1,207 @@
+use bson::{DateTime, oid::ObjectId};
+use serde::{Deserialize, Serialize};
+
+use super::{Money, Quantity, TaxRate};
+
+/// Where an order is in its life.
+///
+/// ```text
+/// PENDING ──> PROCESSING ──> PROCESSED
+///    └────────────┴──────────────┴──> CANCELLED
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Pending,
+    Processing,
+    Processed,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "PENDING",
+            OrderStatus::Processing => "PROCESSING",
+            OrderStatus::Processed => "PROCESSED",
+            OrderStatus::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// The statuses an order may move to from this one.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Processing)
+                | (Processing, Processed)
+                | (Pending | Processing | Processed, Cancelled)
+        )
+    }
+
+    /// The statuses from which an order may move to `next`: what a
+    /// conditional update matches on.
+    pub fn predecessors_of(next: OrderStatus) -> Vec<OrderStatus> {
+        use OrderStatus::*;
+        [Pending, Processing, Processed, Cancelled]
+            .into_iter()
+            .filter(|from| from.can_become(next))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The confirmation email, recorded as a side effect: intent (`SENDING`)
+/// before the SMTP call, result (`SENT`/`FAILED`) after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EmailStatus {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmailDelivery {
+    pub status: EmailStatus,
+    /// Deterministic, derived from the order id, so a resend after a crash
+    /// carries the same Message-ID and the inbox can fold the duplicate.
+    /// Set when the first attempt starts.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    pub attempts: i32,
+    /// When the latest attempt started: a `SENDING` older than the send
+    /// timeout is a crashed attempt that may be taken over.
+    #[serde(default)]
+    pub attempted_at: Option<DateTime>,
+    #[serde(default)]
+    pub sent_at: Option<DateTime>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: OrderStatus,
+    pub at: DateTime,
+}
+
+/// One line of an order. Name and unit price are snapshots taken when the
+/// order was placed: later catalogue changes never touch existing orders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: ObjectId,
+    pub sku: String,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: Quantity,
+    pub line_total: Money,
+}
+
+/// An order as stored in the `orders` collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Order {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub user_id: ObjectId,
+    pub customer_email: String,
+    pub lines: Vec<OrderLine>,
+    pub subtotal: Money,
+    pub tax: Money,
+    pub total: Money,
+    pub currency: String,
+    pub status: OrderStatus,
+    pub email: EmailDelivery,
+    /// Every status the order has had, oldest first.
+    pub history: Vec<StatusChange>,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+}
+
+impl Order {
+    /// The Message-ID of this order's confirmation email.
+    pub fn confirmation_message_id(order_id: &ObjectId, domain: &str) -> String {
+        format!("<order-{}.confirmation@{domain}>", order_id.to_hex())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub subtotal: Money,
+    pub tax: Money,
+    pub total: Money,
+}
+
+impl Totals {
+    /// Subtotal of the lines, tax on the subtotal, and their sum; `None` on
+    /// overflow (absurd prices times quantities).
+    pub fn of(lines: &[OrderLine], tax_rate: TaxRate) -> Option<Totals> {
+        let subtotal = lines
+            .iter()
+            .try_fold(Money::ZERO, |acc, line| acc.checked_add(line.line_total))?;
+        let tax = tax_rate.tax_on(subtotal);
+        let total = subtotal.checked_add(tax)?;
+        Some(Totals {
+            subtotal,
+            tax,
+            total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(unit: i64, qty: i64) -> OrderLine {
+        let unit_price = Money::from_minor(unit).expect("non-negative");
+        let quantity = Quantity::parse(qty).expect("valid");
+        OrderLine {
+            product_id: ObjectId::new(),
+            sku: "SKU".into(),
+            name: "Thing".into(),
+            unit_price,
+            quantity,
+            line_total: unit_price.checked_mul(quantity.get()).expect("fits"),
+        }
+    }
+
+    #[test]
+    fn totals_add_gst_on_the_subtotal() {
+        let totals =
+            Totals::of(&[line(49_900, 2), line(1_050, 1)], TaxRate::GST_18).expect("no overflow");
+        assert_eq!(totals.subtotal.minor(), 100_850);
+        assert_eq!(totals.tax.minor(), 18_153);
+        assert_eq!(totals.total.minor(), 119_003);
+    }
+
+    #[test]
+    fn totals_overflow_is_none_not_a_wrap() {
+        let huge = line(i64::MAX / 2, 1);
+        assert!(Totals::of(&[huge.clone(), huge.clone(), huge], TaxRate::GST_18).is_none());
+    }
+
+    #[test]
+    fn allowed_transitions() {
+        use OrderStatus::*;
+        assert!(Pending.can_become(Processing));
+        assert!(Processing.can_become(Processed));
+        assert!(Processed.can_become(Cancelled));
+        assert!(!Processed.can_become(Processing));
+        assert!(!Cancelled.can_become(Processed));
+        assert!(!Pending.can_become(Processed));
+        assert_eq!(OrderStatus::predecessors_of(Processed), vec![Processing]);
+    }
+
+    #[test]
+    fn status_serializes_as_the_api_spells_it() {
+        let json = serde_json::to_string(&OrderStatus::Pending).expect("serializes");
+        assert_eq!(json, "\"PENDING\"");
+    }
+}

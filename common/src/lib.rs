@@ -1,0 +1,11 @@
+//! What `order-api` and `order-processor` mean by an order, and how both reach
+//! the outside world: domain types, the queue event, configuration, MongoDB and
+//! SQS clients, telemetry and the shutdown signal.
+
+pub mod config;
+pub mod domain;
+pub mod event;
+pub mod mongo;
+pub mod shutdown;
+pub mod sqs;
+pub mod telemetry;

@@ -1,0 +1,58 @@
+//! MongoDB client setup and the error facts callers act on.
+
+use anyhow::Context;
+use mongodb::{
+    Client, Database,
+    bson::doc,
+    error::{Error, ErrorKind, WriteFailure},
+    options::ClientOptions,
+};
+use secrecy::ExposeSecret;
+
+use crate::config::MongoConfig;
+
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// Connects and proves the server answers, so a wrong URI fails at start-up
+/// with a clear message instead of on the first request.
+pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Database> {
+    let mut options = ClientOptions::parse(config.uri.expose_secret())
+        .await
+        .context("parsing MONGODB_URI")?;
+    options.app_name = Some(app_name.to_string());
+    options.server_selection_timeout = Some(config.server_selection_timeout);
+    let client = Client::with_options(options).context("building the MongoDB client")?;
+    let db = client.database(&config.database);
+    db.run_command(doc! { "ping": 1 }).await.with_context(|| {
+        format!(
+            "MongoDB did not answer a ping within {:?} (is it running? `make stack-up` starts it)",
+            config.server_selection_timeout
+        )
+    })?;
+    Ok(db)
+}
+
+/// Whether `error` is a unique-index violation (code 11000). Matched by code:
+/// some servers leave `code_name` empty.
+pub fn is_duplicate_key(error: &Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
+        _ => false,
+    }
+}
+
+/// Whether `error` means the database could not be reached (as opposed to
+/// a request it refused): the API answers 503 for these, not 500.
+pub fn is_unavailable(error: &Error) -> bool {
+    matches!(
+        error.kind.as_ref(),
+        ErrorKind::ServerSelection { .. }
+            | ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+    ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+}

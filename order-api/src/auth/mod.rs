@@ -1,0 +1,43 @@
+//! Accounts and tokens: registration, login, refresh-token rotation, and the
+//! `AuthUser` extractor every protected route takes.
+
+mod extractor;
+pub mod password;
+mod routes;
+pub mod tokens;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::{Router, routing::post};
+
+pub use extractor::AuthUser;
+pub use password::PasswordHasher;
+pub use tokens::{AccessClaims, TokenIssuer};
+pub use users::{Role, User};
+
+use crate::{config::AuthConfig, state::AppState};
+
+/// Everything needed to turn credentials into tokens and tokens into users.
+pub struct Authenticator {
+    pub passwords: PasswordHasher,
+    pub tokens: TokenIssuer,
+    pub cookie_secure: bool,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Authenticator {
+            passwords: PasswordHasher::new(config.max_concurrent_hashes)?,
+            tokens: TokenIssuer::new(config),
+            cookie_secure: config.cookie_secure,
+        }))
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/register", post(routes::register))
+        .route("/login", post(routes::login))
+        .route("/refresh", post(routes::refresh))
+}

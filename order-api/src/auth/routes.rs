@@ -1,0 +1,173 @@
+use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use bson::{DateTime, oid::ObjectId};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use validator::Validate;
+
+use super::{
+    Role, User,
+    tokens::{self, Rotation},
+    users::{self, UserView},
+};
+use crate::{
+    error::{ApiError, ApiResult},
+    extract::Json,
+    state::AppState,
+};
+
+pub const REFRESH_COOKIE: &str = "refresh_token";
+
+fn valid_username(username: &str) -> Result<(), validator::ValidationError> {
+    let ok = username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("username")
+            .with_message("only letters, digits, '_', '.' and '-'".into()))
+    }
+}
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[validate(
+        length(min = 3, max = 32, message = "must be 3 to 32 characters"),
+        custom(function = "valid_username")
+    )]
+    username: String,
+    #[validate(email(message = "must be a valid email address"))]
+    email: String,
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    password: String,
+}
+
+pub async fn register(
+    State(state): State<AppState>,
+    Json(body): Json<RegisterRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let password_hash = state
+        .auth
+        .passwords
+        .hash(SecretString::from(body.password))
+        .await?;
+    let user = User {
+        id: ObjectId::new(),
+        username: body.username,
+        email: body.email.to_lowercase(),
+        password_hash,
+        role: Role::Customer,
+        created_at: DateTime::now(),
+    };
+    match users::insert(&state.db, &user).await {
+        Ok(()) => Ok((StatusCode::CREATED, JsonResponse(UserView::from(&user)))),
+        Err(e) if common::mongo::is_duplicate_key(&e) => Err(ApiError::conflict(
+            "account_exists",
+            "an account with this email or username already exists",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[validate(length(min = 1, max = 320))]
+    email: String,
+    #[validate(length(min = 1, max = 128))]
+    password: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+    refresh_token: String,
+    user: UserView,
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    Json(body): Json<LoginRequest>,
+) -> ApiResult<impl IntoResponse> {
+    let user = users::find_by_email(&state.db, &body.email).await?;
+    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    // Same work whether or not the account exists: no user enumeration.
+    let verified = state
+        .auth
+        .passwords
+        .verify(SecretString::from(body.password), stored_hash)
+        .await;
+    let Some(user) = user.filter(|_| verified) else {
+        return Err(ApiError::unauthorized("email or password is incorrect"));
+    };
+    let refresh = tokens::issue_refresh(&state.db, user.id, state.auth.tokens.refresh_ttl).await?;
+    token_response(&state, jar, &user, refresh)
+}
+
+#[derive(Debug, Default, Deserialize, Validate)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[validate(length(min = 1, max = 256))]
+    refresh_token: Option<String>,
+}
+
+/// Body is optional: the refresh token comes from the cookie or the body.
+pub async fn refresh(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    body: Option<Json<RefreshRequest>>,
+) -> ApiResult<impl IntoResponse> {
+    let from_body = body.and_then(|Json(b)| b.refresh_token);
+    let presented = from_body
+        .or_else(|| jar.get(REFRESH_COOKIE).map(|c| c.value().to_string()))
+        .ok_or_else(|| ApiError::unauthorized("no refresh token in the cookie or the body"))?;
+    match tokens::rotate_refresh(&state.db, &presented, state.auth.tokens.refresh_ttl).await? {
+        Rotation::Rotated { user_id, token } => {
+            let user = users::find_by_id(&state.db, user_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("account no longer exists"))?;
+            token_response(&state, jar, &user, token)
+        }
+        Rotation::Reused => Err(ApiError::unauthorized(
+            "refresh token already used; all sessions from that login are revoked",
+        )),
+        Rotation::Invalid => Err(ApiError::unauthorized("invalid or expired refresh token")),
+    }
+}
+
+fn token_response(
+    state: &AppState,
+    jar: CookieJar,
+    user: &User,
+    refresh_token: String,
+) -> ApiResult<impl IntoResponse + use<>> {
+    let issuer = &state.auth.tokens;
+    let access_token = issuer.issue_access(user.id, user.role)?;
+    let cookie = Cookie::build((REFRESH_COOKIE, refresh_token.clone()))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/api/auth")
+        .secure(state.auth.cookie_secure)
+        .max_age(time_from_std(issuer.refresh_ttl))
+        .build();
+    Ok((
+        jar.add(cookie),
+        JsonResponse(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: issuer.access_ttl.as_secs(),
+            refresh_token,
+            user: UserView::from(user),
+        }),
+    ))
+}
+
+fn time_from_std(d: std::time::Duration) -> time::Duration {
+    time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

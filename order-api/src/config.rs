@@ -1,0 +1,139 @@
+//! order-api's settings, read once at start-up.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::{
+    config::{self, EnvSource, MongoConfig, SqsConfig},
+    domain::TaxRate,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub host: String,
+    /// 0 picks a free port (tests).
+    pub port: u16,
+    pub development: bool,
+    pub mongo: MongoConfig,
+    pub sqs: SqsConfig,
+    pub auth: AuthConfig,
+    pub admin: Option<AdminSeed>,
+    pub shop: ShopConfig,
+    pub outbox: OutboxConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub jwt_secret: SecretString,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    /// `Secure` on the refresh cookie; off only for local plain http.
+    pub cookie_secure: bool,
+    /// Concurrent argon2 computations; each takes ~19 MiB and a core.
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSeed {
+    pub username: String,
+    pub email: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShopConfig {
+    pub currency: String,
+    pub tax_rate: TaxRate,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Rows a relay sends per SendMessageBatch (SQS allows at most 10).
+    pub batch_size: i64,
+    /// Cron schedule (with seconds) of the safety-net sweep.
+    pub sweep_schedule: String,
+}
+
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Used only when APP_ENV=development and JWT_SECRET is unset.
+const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
+
+impl ApiConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let development = config::optional("APP_ENV").is_some_and(|e| e == "development");
+        let jwt_secret = match config::secret("JWT_SECRET") {
+            Some(secret) => secret,
+            None if development => SecretString::from(DEVELOPMENT_JWT_SECRET),
+            None => bail!("JWT_SECRET must be set (at least {MIN_JWT_SECRET_BYTES} bytes)"),
+        };
+        if jwt_secret.expose_secret().len() < MIN_JWT_SECRET_BYTES {
+            bail!(
+                "JWT_SECRET is {} bytes; at least {MIN_JWT_SECRET_BYTES} are required so tokens cannot be brute-forced",
+                jwt_secret.expose_secret().len()
+            );
+        }
+        let admin = match (
+            config::optional("ADMIN_EMAIL"),
+            config::secret("ADMIN_PASSWORD"),
+        ) {
+            (Some(email), Some(password)) => Some(AdminSeed {
+                username: config::optional("ADMIN_USERNAME").unwrap_or_else(|| "admin".into()),
+                email,
+                password,
+            }),
+            (None, None) => None,
+            _ => bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
+        };
+        let tax_rate = TaxRate::from_basis_points(config::parsed_or("TAX_RATE_BPS", 1800)?)
+            .context("TAX_RATE_BPS must be between 0 and 10000")?;
+        Ok(ApiConfig {
+            host: config::optional("API_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            port: config::parsed_or("API_PORT", 8000)?,
+            development,
+            mongo: MongoConfig::from_env()?,
+            sqs: SqsConfig::from_env()?,
+            auth: AuthConfig {
+                jwt_secret,
+                access_token_ttl: config::seconds_or("JWT_ACCESS_TTL_SECS", 15 * 60)?,
+                refresh_token_ttl: config::seconds_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
+                cookie_secure: config::parsed_or("COOKIE_SECURE", true)?,
+                max_concurrent_hashes: config::parsed_or("MAX_CONCURRENT_HASHES", 2)?,
+            },
+            admin,
+            shop: ShopConfig {
+                currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
+                tax_rate,
+            },
+            outbox: OutboxConfig {
+                batch_size: 10,
+                sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")
+                    .unwrap_or_else(|| "*/5 * * * * *".into()),
+            },
+        })
+    }
+
+    /// One start-up line saying where settings came from; never a secret.
+    pub fn log_summary(&self, source: &EnvSource) {
+        match source {
+            EnvSource::File(path) if path.ends_with(".env.example") => tracing::warn!(
+                file = %path.display(),
+                "no .env found: running with the DEVELOPMENT DEFAULTS from .env.example"
+            ),
+            EnvSource::File(path) => {
+                tracing::info!(file = %path.display(), "settings read from file and environment")
+            }
+            EnvSource::ProcessOnly => tracing::info!("settings read from the environment"),
+        }
+        tracing::info!(
+            host = %self.host,
+            port = self.port,
+            database = %self.mongo.database,
+            queue = %self.sqs.queue_name,
+            sqs_endpoint = self.sqs.endpoint_url.as_deref().unwrap_or("aws"),
+            development = self.development,
+            "order-api configuration"
+        );
+    }
+}

@@ -1,0 +1,16 @@
+use std::sync::Arc;
+
+use mongodb::Database;
+use tokio::sync::Notify;
+
+use crate::{auth::Authenticator, config::ApiConfig};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    pub config: Arc<ApiConfig>,
+    pub auth: Arc<Authenticator>,
+    /// Woken after an order commits so the relay publishes it at once.
+    pub outbox_wake: Arc<Notify>,
+}

@@ -1,0 +1,208 @@
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, error_code, spawn_app};
+
+#[tokio::test]
+async fn register_returns_the_user_without_the_hash() {
+    let app = spawn_app().await;
+    let response = app
+        .post(
+            "/api/auth/register",
+            None,
+            &json!({ "username": "alice_1", "email": "Alice@Shop.test", "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["email"], "alice@shop.test", "email stored lowercase");
+    assert_eq!(body["role"], "customer");
+    assert!(body["id"].is_string());
+    let text = body.to_string();
+    assert!(
+        !text.contains("argon2") && !text.contains("password"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn duplicate_email_is_a_conflict() {
+    let app = spawn_app().await;
+    let register = |name: &'static str| json!({ "username": name, "email": "same@shop.test", "password": PASSWORD });
+    let first = app
+        .post("/api/auth/register", None, &register("first"))
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let second = app
+        .post("/api/auth/register", None, &register("second"))
+        .await;
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(second).await, "account_exists");
+}
+
+#[tokio::test]
+async fn invalid_registrations_are_422_with_field_errors() {
+    let app = spawn_app().await;
+    let cases = [
+        json!({ "username": "ok_name", "email": "not-an-email", "password": PASSWORD }),
+        json!({ "username": "ok_name", "email": "a@shop.test", "password": "short" }),
+        json!({ "username": "x", "email": "a@shop.test", "password": PASSWORD }),
+        json!({ "username": "bad name!", "email": "a@shop.test", "password": PASSWORD }),
+        json!({ "username": "ok_name", "email": { "$gt": "" }, "password": PASSWORD }),
+    ];
+    for case in cases {
+        let response = app.post("/api/auth/register", None, &case).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}"
+        );
+        assert_eq!(error_code(response).await, "validation_failed", "{case}");
+    }
+}
+
+#[tokio::test]
+async fn login_returns_tokens_and_an_http_only_cookie() {
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let response = app
+        .post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": PASSWORD }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .expect("refresh cookie")
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(cookie.starts_with("refresh_token="), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(cookie.contains("Path=/api/auth"), "{cookie}");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["tokenType"], "Bearer");
+    assert_eq!(body["expiresIn"], 900);
+    assert!(body["refreshToken"].as_str().is_some_and(|t| t.len() >= 43));
+    assert_eq!(body["user"]["email"], email.as_str());
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_email_get_the_same_401() {
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let wrong = app
+        .post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": "wrong-password" }),
+        )
+        .await;
+    let unknown = app
+        .post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": "nobody@shop.test", "password": "wrong-password" }),
+        )
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    let wrong: Value = wrong.json().await.expect("json");
+    let unknown: Value = unknown.json().await.expect("json");
+    assert_eq!(
+        wrong, unknown,
+        "responses must not reveal whether the email exists"
+    );
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_a_reused_token_revokes_the_family() {
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let login: Value = app
+        .post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": PASSWORD }),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let first = login["refreshToken"].as_str().expect("token").to_string();
+
+    let rotated = app
+        .post("/api/auth/refresh", None, &json!({ "refreshToken": first }))
+        .await;
+    assert_eq!(rotated.status(), StatusCode::OK);
+    let rotated: Value = rotated.json().await.expect("json");
+    let second = rotated["refreshToken"].as_str().expect("token").to_string();
+    assert_ne!(first, second, "refresh must rotate the token");
+    assert!(rotated["accessToken"].is_string());
+
+    // Replaying the spent token is theft: 401, and its successor dies too.
+    let replay = app
+        .post("/api/auth/refresh", None, &json!({ "refreshToken": first }))
+        .await;
+    assert_eq!(replay.status(), StatusCode::UNAUTHORIZED);
+    let successor = app
+        .post(
+            "/api/auth/refresh",
+            None,
+            &json!({ "refreshToken": second }),
+        )
+        .await;
+    assert_eq!(successor.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn refresh_reads_the_cookie_when_the_body_is_empty() {
+    let app = spawn_app().await;
+    let (email, _) = app.customer().await;
+    let login = app
+        .post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": PASSWORD }),
+        )
+        .await;
+    let cookie = login
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let response = app
+        .http
+        .post(app.url("/api/auth/refresh"))
+        .header(header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn protected_routes_refuse_missing_and_invalid_tokens() {
+    let app = spawn_app().await;
+    let body = json!({ "items": [] });
+    let missing = app.post("/api/orders", None, &body).await;
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(missing).await, "unauthorized");
+    let garbage = app.post("/api/orders", Some("not.a.jwt"), &body).await;
+    assert_eq!(garbage.status(), StatusCode::UNAUTHORIZED);
+
+    // A token signed with another key.
+    let (_, token) = app.customer().await;
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged_signature = "A".repeat(parts[2].len());
+    parts[2] = &forged_signature;
+    let forged = parts.join(".");
+    let response = app.post("/api/orders", Some(&forged), &body).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

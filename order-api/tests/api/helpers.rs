@@ -1,0 +1,192 @@
+use std::time::Duration;
+
+use mongodb::Database;
+use order_api::{
+    config::{AdminSeed, ApiConfig, AuthConfig, OutboxConfig, ShopConfig},
+    startup::Application,
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use test_support::{TestQueues, unique};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+pub const PASSWORD: &str = "s3cure-passw0rd";
+
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub db: Database,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queues: TestQueues,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn test_config(database: &str, queue: &str) -> ApiConfig {
+    ApiConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        development: true,
+        mongo: test_support::mongo_config(database),
+        sqs: test_support::sqs_config(queue),
+        auth: AuthConfig {
+            jwt_secret: "integration-test-secret-0123456789abcdef".into(),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(3600),
+            cookie_secure: false,
+            max_concurrent_hashes: 2,
+        },
+        admin: Some(AdminSeed {
+            username: "admin".into(),
+            email: ADMIN_EMAIL.into(),
+            password: ADMIN_PASSWORD.into(),
+        }),
+        shop: ShopConfig {
+            currency: "INR".into(),
+            tax_rate: common::domain::TaxRate::GST_18,
+        },
+        outbox: OutboxConfig {
+            batch_size: 10,
+            sweep_schedule: "*/1 * * * * *".into(),
+        },
+    }
+}
+
+/// Starts order-api on a free port against the real stack, with a fresh
+/// database and fresh queues.
+pub async fn spawn_app() -> TestApp {
+    test_support::require_stack().await;
+    let database = unique("api").replace('-', "_");
+    let queue = unique("orders");
+    let sqs = test_support::sqs_client().await;
+    let queues = test_support::create_queues(&sqs, &queue, 30).await;
+    let config = test_config(&database, &queue);
+    let db = common::mongo::connect(&config.mongo, "api-test")
+        .await
+        .expect("connecting to MongoDB");
+    let app = Application::build(config)
+        .await
+        .expect("order-api starts against the local stack");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        db,
+        sqs,
+        queues,
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// Registers a customer with a unique name and returns (email, access token).
+    pub async fn customer(&self) -> (String, String) {
+        let name = unique("u");
+        let email = format!("{name}@shop.test");
+        let response = self
+            .post(
+                "/api/auth/register",
+                None,
+                &json!({ "username": &name[..20], "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "register");
+        let token = self.login(&email, PASSWORD).await;
+        (email, token)
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({ "email": email, "password": password }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "login as {email}");
+        let body: Value = response.json().await.expect("json");
+        body["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_string()
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
+    }
+
+    /// Creates a product as admin and returns its id.
+    pub async fn product(&self, admin: &str, price: i64, stock: i64) -> String {
+        let sku = unique("SKU");
+        let response = self
+            .post(
+                "/api/products",
+                Some(admin),
+                &json!({ "name": format!("Product {sku}"), "sku": sku, "price": price, "stock": stock }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "create product");
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    pub async fn stock_of(&self, product_id: &str) -> i64 {
+        let body: Value = self
+            .get(&format!("/api/products/{product_id}"), None)
+            .await
+            .json()
+            .await
+            .expect("json");
+        body["stock"].as_i64().expect("stock")
+    }
+
+    pub async fn count(&self, collection: &str) -> u64 {
+        self.db
+            .collection::<mongodb::bson::Document>(collection)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .expect("count")
+    }
+}
+
+/// The `error.code` of an error response, asserting the one error shape.
+pub async fn error_code(response: Response) -> String {
+    let body: Value = response.json().await.expect("error bodies are JSON");
+    assert!(
+        body["error"]["message"].is_string(),
+        "error body shape: {body}"
+    );
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string()
+}

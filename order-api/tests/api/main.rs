@@ -1,0 +1,7 @@
+//! order-api against the real local stack. One binary, many modules: faster
+//! to link, and every test still gets its own database and queues.
+
+mod auth;
+mod helpers;
+mod orders;
+mod products;

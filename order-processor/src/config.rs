@@ -1,0 +1,129 @@
+//! order-processor's settings, read once at start-up.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::config::{self, EnvSource, MongoConfig, SqsConfig};
+use lettre::message::Mailbox;
+use secrecy::SecretString;
+
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub host: String,
+    /// Health endpoint port; 0 picks a free one (tests).
+    pub port: u16,
+    pub mongo: MongoConfig,
+    pub sqs: SqsConfig,
+    pub smtp: SmtpConfig,
+    pub consumer: ConsumerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP: MailDev, Mailpit.
+    None,
+    /// STARTTLS upgrade: MailTrap's sandbox on 2525.
+    StartTls,
+    /// TLS from the first byte (SMTPS, usually 465).
+    Tls,
+}
+
+impl std::str::FromStr for SmtpTls {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(SmtpTls::None),
+            "starttls" => Ok(SmtpTls::StartTls),
+            "tls" => Ok(SmtpTls::Tls),
+            other => Err(format!("{other:?}: expected none, starttls or tls")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub from: Mailbox,
+    pub timeout: Duration,
+}
+
+impl SmtpConfig {
+    /// The domain of the sender address: Message-IDs live under it.
+    pub fn message_id_domain(&self) -> &str {
+        self.from.email.domain()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// SQS long-poll wait (0 to 20 s).
+    pub wait_time: Duration,
+    /// Messages per receive (1 to 10).
+    pub max_messages: i32,
+    /// Orders handled at once within a batch.
+    pub concurrency: usize,
+    /// A `SENDING` email older than this is a crashed attempt and is retried.
+    pub stale_send_after: Duration,
+}
+
+impl ProcessorConfig {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let from_raw = config::optional("MAIL_FROM")
+            .unwrap_or_else(|| "Order Pipeline <orders@example.com>".into());
+        let from: Mailbox = from_raw
+            .parse()
+            .with_context(|| format!("MAIL_FROM={from_raw:?} is not a mailbox"))?;
+        let wait_secs: u64 = config::parsed_or("SQS_WAIT_TIME_SECS", 20)?;
+        if wait_secs > 20 {
+            bail!("SQS_WAIT_TIME_SECS must be 0 to 20 (SQS's long-poll limit)");
+        }
+        let max_messages: i32 = config::parsed_or("SQS_MAX_MESSAGES", 10)?;
+        if !(1..=10).contains(&max_messages) {
+            bail!("SQS_MAX_MESSAGES must be 1 to 10");
+        }
+        Ok(ProcessorConfig {
+            host: config::optional("PROCESSOR_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            port: config::parsed_or("PROCESSOR_PORT", 8001)?,
+            mongo: MongoConfig::from_env()?,
+            sqs: SqsConfig::from_env()?,
+            smtp: SmtpConfig {
+                host: config::optional("SMTP_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+                port: config::parsed_or("SMTP_PORT", 1025)?,
+                tls: config::parsed_or("SMTP_TLS", SmtpTls::None)?,
+                username: config::optional("SMTP_USERNAME"),
+                password: config::secret("SMTP_PASSWORD"),
+                from,
+                timeout: config::seconds_or("SMTP_TIMEOUT_SECS", 10)?,
+            },
+            consumer: ConsumerConfig {
+                wait_time: Duration::from_secs(wait_secs),
+                max_messages,
+                concurrency: config::parsed_or("CONSUMER_CONCURRENCY", 10)?,
+                stale_send_after: config::seconds_or("EMAIL_STALE_SEND_SECS", 60)?,
+            },
+        })
+    }
+
+    pub fn log_summary(&self, source: &EnvSource) {
+        if let EnvSource::File(path) = source {
+            if path.ends_with(".env.example") {
+                tracing::warn!(file = %path.display(), "no .env found: running with the DEVELOPMENT DEFAULTS from .env.example");
+            } else {
+                tracing::info!(file = %path.display(), "settings read from file and environment");
+            }
+        }
+        tracing::info!(
+            database = %self.mongo.database,
+            queue = %self.sqs.queue_name,
+            smtp_host = %self.smtp.host,
+            smtp_port = self.smtp.port,
+            smtp_tls = ?self.smtp.tls,
+            smtp_auth = self.smtp.username.is_some(),
+            "order-processor configuration"
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The confirmation email: rendering it and handing it to an SMTP server.
+
+mod render;
+mod smtp;
+
+pub use render::{RenderedEmail, confirmation};
+pub use smtp::{Mailer, SendError};

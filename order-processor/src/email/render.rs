@@ -1,0 +1,130 @@
+//! Renders the confirmation as multipart/alternative: plain text and HTML
+//! with the same facts (order id, each line, subtotal, GST, total).
+
+use common::domain::{Money, Order};
+
+pub struct RenderedEmail {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+pub fn confirmation(order: &Order) -> RenderedEmail {
+    let id = order.id.to_hex();
+    let currency = &order.currency;
+    let amount = |m: Money| format!("{currency} {m}");
+
+    let mut text = format!("Thank you for your order.\n\nOrder {id}\n\n");
+    let mut rows = String::new();
+    for line in &order.lines {
+        text.push_str(&format!(
+            "  {} x {} @ {} = {}\n",
+            line.quantity.get(),
+            line.name,
+            amount(line.unit_price),
+            amount(line.line_total)
+        ));
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td style=\"text-align:right\">{}</td><td style=\"text-align:right\">{}</td><td style=\"text-align:right\">{}</td></tr>",
+            escape(&line.name),
+            line.quantity.get(),
+            amount(line.unit_price),
+            amount(line.line_total)
+        ));
+    }
+    text.push_str(&format!(
+        "\nSubtotal: {}\nGST (18%): {}\nTotal: {}\n",
+        amount(order.subtotal),
+        amount(order.tax),
+        amount(order.total)
+    ));
+    let html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\">\
+         <h2>Thank you for your order</h2>\
+         <p>Order <strong>{id}</strong></p>\
+         <table cellpadding=\"6\" style=\"border-collapse:collapse\">\
+         <thead><tr><th align=\"left\">Item</th><th>Qty</th><th>Unit price</th><th>Line total</th></tr></thead>\
+         <tbody>{rows}</tbody></table>\
+         <p>Subtotal: {subtotal}<br>GST (18%): {tax}<br><strong>Total: {total}</strong></p>\
+         </body></html>",
+        subtotal = amount(order.subtotal),
+        tax = amount(order.tax),
+        total = amount(order.total),
+    );
+    RenderedEmail {
+        subject: format!("Order confirmed: {id} ({})", amount(order.total)),
+        text,
+        html,
+    }
+}
+
+fn escape(raw: &str) -> String {
+    raw.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{DateTime, oid::ObjectId};
+    use common::domain::{
+        EmailDelivery, EmailStatus, OrderLine, OrderStatus, Quantity, TaxRate, Totals,
+    };
+
+    fn order() -> Order {
+        let price = Money::from_minor(49_900).expect("valid");
+        let lines = vec![OrderLine {
+            product_id: ObjectId::new(),
+            sku: "KB-1".into(),
+            name: "Keyboard <Pro>".into(),
+            unit_price: price,
+            quantity: Quantity::parse(2).expect("valid"),
+            line_total: price.checked_mul(2).expect("fits"),
+        }];
+        let totals = Totals::of(&lines, TaxRate::GST_18).expect("fits");
+        Order {
+            id: ObjectId::new(),
+            user_id: ObjectId::new(),
+            customer_email: "a@example.com".into(),
+            lines,
+            subtotal: totals.subtotal,
+            tax: totals.tax,
+            total: totals.total,
+            currency: "INR".into(),
+            status: OrderStatus::Processed,
+            email: EmailDelivery {
+                status: EmailStatus::Pending,
+                message_id: None,
+                attempts: 0,
+                attempted_at: None,
+                sent_at: None,
+                last_error: None,
+            },
+            history: vec![],
+            created_at: DateTime::now(),
+            updated_at: DateTime::now(),
+        }
+    }
+
+    #[test]
+    fn both_parts_carry_the_lines_and_totals() {
+        let order = order();
+        let email = confirmation(&order);
+        for part in [&email.text, &email.html] {
+            assert!(part.contains(&order.id.to_hex()));
+            assert!(part.contains("INR 998.00"), "subtotal missing: {part}");
+            assert!(part.contains("INR 179.64"), "GST missing: {part}");
+            assert!(part.contains("INR 1177.64"), "total missing: {part}");
+        }
+        assert!(email.subject.contains("INR 1177.64"));
+    }
+
+    #[test]
+    fn product_names_are_escaped_in_html() {
+        let email = confirmation(&order());
+        assert!(email.html.contains("Keyboard &lt;Pro&gt;"));
+        assert!(!email.html.contains("<Pro>"));
+    }
+}
