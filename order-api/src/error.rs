@@ -9,8 +9,13 @@ use axum::{
 };
 use serde_json::{Value, json};
 
+/// Boxed: handlers return `Result<_, ApiError>` everywhere, and the error
+/// path should not make every `Ok` bigger.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorBody>);
+
+#[derive(Debug)]
+struct ErrorBody {
     status: StatusCode,
     code: &'static str,
     message: String,
@@ -21,26 +26,26 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorBody {
             status,
             code,
             message: message.into(),
             details: None,
             source: None,
-        }
+        }))
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.0.details = Some(details);
         self
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     pub fn code(&self) -> &'static str {
-        self.code
+        self.0.code
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -80,35 +85,36 @@ impl ApiError {
     }
 
     pub fn internal(source: anyhow::Error) -> Self {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: "something went wrong on our side; it has been logged".into(),
-            details: None,
-            source: Some(source),
-        }
+        let mut error = Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side; it has been logged",
+        );
+        error.0.source = Some(source);
+        error
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.code, self.message)
+        write!(f, "{} {}: {}", self.0.status, self.0.code, self.0.message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Some(source) = &self.source {
-            tracing::error!(error = ?source, status = %self.status, "request failed");
-        } else if self.status.is_server_error() {
-            tracing::warn!(status = %self.status, message = %self.message, "request refused");
+        let error = *self.0;
+        if let Some(source) = &error.source {
+            tracing::error!(error = ?source, status = %error.status, "request failed");
+        } else if error.status.is_server_error() {
+            tracing::warn!(status = %error.status, message = %error.message, "request refused");
         }
-        let mut body = json!({ "code": self.code, "message": self.message });
-        if let Some(details) = self.details {
+        let mut body = json!({ "code": error.code, "message": error.message });
+        if let Some(details) = error.details {
             body["details"] = details;
         }
-        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let mut response = (error.status, Json(json!({ "error": body }))).into_response();
+        if error.status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));

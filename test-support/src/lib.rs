@@ -5,6 +5,8 @@
 //! A test that needs the stack and finds it down panics with a message that
 //! says how to start it; it never passes or skips silently.
 
+pub mod apps;
+
 use std::{future::Future, time::Duration};
 
 use aws_sdk_sqs::types::QueueAttributeName;

@@ -1,17 +1,13 @@
-use std::time::Duration;
-
 use mongodb::Database;
-use order_api::{
-    config::{AdminSeed, ApiConfig, AuthConfig, OutboxConfig, ShopConfig},
-    startup::Application,
-};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use test_support::{TestQueues, unique};
-use tokio_util::sync::CancellationToken;
+use test_support::{
+    TestQueues,
+    apps::{self, Running},
+    unique,
+};
 
-pub const ADMIN_EMAIL: &str = "admin@shop.test";
-pub const ADMIN_PASSWORD: &str = "admin-password-123";
+pub use test_support::apps::{ADMIN_EMAIL, ADMIN_PASSWORD};
 pub const PASSWORD: &str = "s3cure-passw0rd";
 
 pub struct TestApp {
@@ -20,43 +16,7 @@ pub struct TestApp {
     pub db: Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: TestQueues,
-    shutdown: CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-pub fn test_config(database: &str, queue: &str) -> ApiConfig {
-    ApiConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        development: true,
-        mongo: test_support::mongo_config(database),
-        sqs: test_support::sqs_config(queue),
-        auth: AuthConfig {
-            jwt_secret: "integration-test-secret-0123456789abcdef".into(),
-            access_token_ttl: Duration::from_secs(900),
-            refresh_token_ttl: Duration::from_secs(3600),
-            cookie_secure: false,
-            max_concurrent_hashes: 2,
-        },
-        admin: Some(AdminSeed {
-            username: "admin".into(),
-            email: ADMIN_EMAIL.into(),
-            password: ADMIN_PASSWORD.into(),
-        }),
-        shop: ShopConfig {
-            currency: "INR".into(),
-            tax_rate: common::domain::TaxRate::GST_18,
-        },
-        outbox: OutboxConfig {
-            batch_size: 10,
-            sweep_schedule: "*/1 * * * * *".into(),
-        },
-    }
+    _api: Running,
 }
 
 /// Starts order-api on a free port against the real stack, with a fresh
@@ -67,23 +27,18 @@ pub async fn spawn_app() -> TestApp {
     let queue = unique("orders");
     let sqs = test_support::sqs_client().await;
     let queues = test_support::create_queues(&sqs, &queue, 30).await;
-    let config = test_config(&database, &queue);
+    let config = apps::api_config(&database, &queue);
     let db = common::mongo::connect(&config.mongo, "api-test")
         .await
         .expect("connecting to MongoDB");
-    let app = Application::build(config)
-        .await
-        .expect("order-api starts against the local stack");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let api = apps::start_api(config).await;
     TestApp {
-        address,
+        address: api.address(),
         http: reqwest::Client::new(),
         db,
         sqs,
         queues,
-        shutdown,
+        _api: api,
     }
 }
 

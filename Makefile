@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:
+#   make run    the local stack (MongoDB, SQS, SMTP) plus both services
+#   make test   starts the stack if needed, then lint and every test
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help run test stack-up stack-down stack-status build lint fmt check-compose test-only
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: ## start the local stack and both services (Ctrl-C stops the services)
+	scripts/run.sh
+
+test: stack-up lint check-compose test-only ## the whole suite: fmt, clippy, compose file, all tests
+
+test-only: ## cargo tests against the running stack
+	cargo test --workspace --all-targets --no-fail-fast
+
+lint: ## rustfmt and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the tree
+	cargo fmt --all
+
+build: ## build both services (debug)
+	cargo build --bins -p order-api -p order-processor
+
+check-compose: ## validate docker-compose.yml and the Dockerfiles it names
+	scripts/check-compose.sh
+
+stack-up: ## install (first time) and start MongoDB, LocalStack SQS and MailDev on 127.0.0.1
+	scripts/stack.sh up
+
+stack-down: ## stop what stack-up started
+	scripts/stack.sh down
+
+stack-status: ## show what runs
+	scripts/stack.sh status

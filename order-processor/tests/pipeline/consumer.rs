@@ -1,0 +1,107 @@
+//! The consumer's single step, driven directly.
+
+use std::time::Duration;
+
+use mongodb::bson::{doc, oid::ObjectId};
+use order_processor::consumer::{Outcome, ProcessError};
+
+use crate::helpers::{spawn_pipeline, times_in_history};
+
+#[tokio::test]
+async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
+    let mut pipeline = spawn_pipeline(30).await;
+    // Stop the background consumer: this test drives the step itself.
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let (email, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 500, 2).await;
+    let order = pipeline.order(&customer, &product, 1).await;
+    let order_id = order["id"].as_str().expect("id");
+    let oid = ObjectId::parse_str(order_id).expect("id");
+    pipeline
+        .db
+        .collection::<mongodb::bson::Document>("orders")
+        .update_one(
+            doc! { "_id": oid },
+            doc! { "$set": { "status": "CANCELLED" } },
+        )
+        .await
+        .expect("cancel");
+
+    let consumer = consumer_for(&pipeline).await;
+    let event = format!(
+        r#"{{"eventId":"{}","type":"order.created","orderId":"{order_id}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
+        ObjectId::new().to_hex()
+    );
+    let outcome = consumer.try_process_message(&event).await.expect("handled");
+    assert_eq!(outcome, Outcome::SkippedCancelled);
+    let stored = pipeline.order_document(order_id).await;
+    assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
+    assert_eq!(times_in_history(&stored, "PROCESSED"), 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(test_support::emails_to(&email).await.is_empty());
+}
+
+#[tokio::test]
+async fn garbage_and_unknown_orders_are_errors_not_acknowledgements() {
+    let pipeline = spawn_pipeline(30).await;
+    let consumer = consumer_for(&pipeline).await;
+    let garbage = consumer.try_process_message("definitely not json").await;
+    assert!(
+        matches!(garbage, Err(ProcessError::Unparseable(_))),
+        "{garbage:?}"
+    );
+    let unknown_type = consumer
+        .try_process_message(r#"{"eventId":"e","type":"order.exploded","orderId":"o","occurredAt":"2026-01-01T00:00:00Z"}"#)
+        .await;
+    assert!(
+        matches!(unknown_type, Err(ProcessError::Unparseable(_))),
+        "{unknown_type:?}"
+    );
+    let missing = consumer
+        .try_process_message(&format!(
+            r#"{{"eventId":"e","type":"order.created","orderId":"{}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
+            ObjectId::new().to_hex()
+        ))
+        .await;
+    assert!(
+        matches!(missing, Err(ProcessError::UnknownOrder(_))),
+        "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_without_blocking_good_orders() {
+    let pipeline = spawn_pipeline(1).await;
+    pipeline.send_raw("{ this is not an order event").await;
+    let admin = pipeline.admin_token().await;
+    let (_, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 700, 3).await;
+    let order = pipeline.order(&customer, &product, 1).await;
+    pipeline
+        .wait_processed(&customer, order["id"].as_str().expect("id"))
+        .await;
+
+    // maxReceiveCount 5 with a 1 s visibility timeout: in the DLQ within ~10 s.
+    let dead = test_support::eventually(
+        Duration::from_secs(30),
+        "the poison message in the DLQ",
+        || async {
+            let bodies =
+                test_support::receive_bodies(&pipeline.sqs, &pipeline.queues.dlq_url, 1).await;
+            (!bodies.is_empty()).then_some(bodies)
+        },
+    )
+    .await;
+    assert_eq!(dead, vec!["{ this is not an order event".to_string()]);
+}
+
+async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::consumer::Consumer {
+    let config = test_support::apps::processor_config(&pipeline.database, &pipeline.queue);
+    let app = order_processor::startup::Application::build(config)
+        .await
+        .expect("builds");
+    app.consumer().clone()
+}

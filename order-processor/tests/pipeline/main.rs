@@ -1,0 +1,6 @@
+//! The whole pipeline on the real stack: order-api and order-processor share
+//! a fresh database and fresh queues; mail lands in the real MailDev inbox.
+
+mod consumer;
+mod end_to_end;
+mod helpers;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make run`: the local stack plus both services, in the foreground.
+# Ctrl-C (or SIGTERM) stops the two services by PID; the stack keeps running
+# (`make stack-down` stops it).
+set -euo pipefail
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+scripts/stack.sh up
+cargo build --bins -p order-api -p order-processor
+
+if [[ -f .env ]]; then
+    export ENV_FILE=.env
+else
+    echo "run: no .env found; using the development defaults in .env.example"
+    export ENV_FILE=.env.example
+fi
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop INT TERM EXIT
+
+target/debug/order-api &
+pids+=("$!")
+target/debug/order-processor &
+pids+=("$!")
+echo "run: order-api on http://127.0.0.1:8000 (pid ${pids[0]}), order-processor health on http://127.0.0.1:8001 (pid ${pids[1]})"
+echo "run: mail inbox at http://127.0.0.1:1080; Ctrl-C stops both services"
+# If either service exits, stop the other and report.
+set +e
+wait -n "${pids[@]}"
+status=$?
+echo "run: a service exited with status $status; stopping the other" >&2
+exit "$status"

@@ -1,0 +1,122 @@
+//! Launching the real services in-process, on free ports, against the local
+//! stack: each call gets the database and queue it is given.
+
+use std::time::Duration;
+
+use order_api::config::{AdminSeed, ApiConfig, AuthConfig, OutboxConfig, ShopConfig};
+use order_processor::config::{ConsumerConfig, ProcessorConfig, SmtpConfig, SmtpTls};
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_EMAIL: &str = "admin@shop.test";
+pub const ADMIN_PASSWORD: &str = "admin-password-123";
+
+/// A running service; stopping it (or dropping this) cancels its shutdown token.
+pub struct Running {
+    pub port: u16,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    pub fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Graceful stop, as on SIGTERM; waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn api_config(database: &str, queue: &str) -> ApiConfig {
+    ApiConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        development: true,
+        mongo: crate::mongo_config(database),
+        sqs: crate::sqs_config(queue),
+        auth: AuthConfig {
+            jwt_secret: "integration-test-secret-0123456789abcdef".into(),
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(3600),
+            cookie_secure: false,
+            max_concurrent_hashes: 2,
+        },
+        admin: Some(AdminSeed {
+            username: "admin".into(),
+            email: ADMIN_EMAIL.into(),
+            password: ADMIN_PASSWORD.into(),
+        }),
+        shop: ShopConfig {
+            currency: "INR".into(),
+            tax_rate: common::domain::TaxRate::GST_18,
+        },
+        outbox: OutboxConfig {
+            batch_size: 10,
+            sweep_schedule: "*/1 * * * * *".into(),
+        },
+    }
+}
+
+pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
+    ProcessorConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        mongo: crate::mongo_config(database),
+        sqs: crate::sqs_config(queue),
+        smtp: SmtpConfig {
+            host: crate::SMTP_HOST.into(),
+            port: crate::SMTP_PORT,
+            tls: SmtpTls::None,
+            username: None,
+            password: None,
+            from: "Order Pipeline Tests <orders@shop.test>"
+                .parse()
+                .expect("valid mailbox"),
+            timeout: Duration::from_secs(10),
+        },
+        consumer: ConsumerConfig {
+            wait_time: Duration::from_secs(1),
+            max_messages: 10,
+            concurrency: 4,
+            stale_send_after: Duration::from_secs(60),
+        },
+    }
+}
+
+pub async fn start_api(config: ApiConfig) -> Running {
+    let app = order_api::startup::Application::build(config)
+        .await
+        .expect("order-api starts against the local stack");
+    let port = app.port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Running {
+        port,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+pub async fn start_processor(config: ProcessorConfig) -> Running {
+    let app = order_processor::startup::Application::build(config)
+        .await
+        .expect("order-processor starts against the local stack");
+    let port = app.port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Running {
+        port,
+        shutdown,
+        task: Some(task),
+    }
+}
