@@ -34,5 +34,9 @@ echo "run: mail inbox at http://127.0.0.1:1080; Ctrl-C stops both services"
 set +e
 wait -n "${pids[@]}"
 status=$?
-echo "run: a service exited with status $status; stopping the other" >&2
+if [[ $status -ne 0 ]]; then
+    echo "run: a service exited with status $status; stopping the other" >&2
+else
+    echo "run: services stopped"
+fi
 exit "$status"

@@ -139,3 +139,35 @@ mod tests {
         assert!(config.uri.expose_secret().contains("hunter2"));
     }
 }
+
+#[cfg(test)]
+mod env_example_tests {
+    use std::collections::HashMap;
+
+    /// `make run` loads .env.example when there is no .env: it must parse,
+    /// and every value the services parse must be valid.
+    #[test]
+    fn env_example_parses_and_names_every_setting() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../.env.example");
+        let vars: HashMap<String, String> = dotenvy::from_path_iter(path)
+            .expect(".env.example exists")
+            .collect::<Result<_, _>>()
+            .expect(".env.example parses as dotenv");
+        for name in [
+            "MONGODB_URI",
+            "SQS_QUEUE_NAME",
+            "JWT_SECRET",
+            "ADMIN_EMAIL",
+            "ADMIN_PASSWORD",
+            "OUTBOX_SWEEP_SCHEDULE",
+            "SMTP_HOST",
+            "SMTP_TLS",
+            "MAIL_FROM",
+        ] {
+            assert!(vars.contains_key(name), "{name} missing from .env.example");
+        }
+        assert_eq!(vars["OUTBOX_SWEEP_SCHEDULE"], "*/5 * * * * *");
+        assert_eq!(vars["MAIL_FROM"], "Order Pipeline <orders@example.com>");
+        assert!(vars["JWT_SECRET"].len() >= 32);
+    }
+}

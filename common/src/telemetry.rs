@@ -5,6 +5,10 @@
 
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
+/// Used when `RUST_LOG` is unset: our own lines at info, the cron
+/// scheduler's per-tick chatter only when something is wrong.
+pub const DEFAULT_FILTER: &str = "info,tokio_cron_scheduler=warn";
+
 pub fn init_telemetry(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));

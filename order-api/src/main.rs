@@ -3,7 +3,7 @@ use order_api::{config::ApiConfig, startup::Application};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init_telemetry("info");
+    common::telemetry::init_telemetry(common::telemetry::DEFAULT_FILTER);
     let env_source = common::config::load_env_file()?;
     let config = ApiConfig::from_env().context("reading configuration")?;
     config.log_summary(&env_source);

@@ -301,3 +301,47 @@ async fn rows_left_pending_are_published_by_the_sweep() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let product = app.product(&admin, 100, 5).await;
+    let created = app
+        .post(
+            "/api/orders",
+            Some(&customer),
+            &json!({ "items": [{ "productId": product, "quantity": 1 }] }),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let _ = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 1).await;
+    let outbox = app.db.collection::<mongodb::bson::Document>("outbox");
+    outbox
+        .update_many(
+            mongodb::bson::doc! {},
+            mongodb::bson::doc! { "$set": { "status": "PENDING", "attempts": 0 } },
+        )
+        .await
+        .expect("reset");
+
+    // A relay whose queue does not exist: every send fails.
+    let missing_queue = format!("{}-gone", app.queues.queue_url);
+    let relay = order_api::outbox::Relay::new(app.db.clone(), app.sqs.clone(), missing_queue, 10);
+    let result = relay.try_publish_batch().await;
+    assert!(result.is_err(), "{result:?}");
+
+    let row = outbox
+        .find_one(mongodb::bson::doc! {})
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(row.get_str("status").expect("status"), "PENDING");
+    assert!(row.get_i32("attempts").expect("attempts") >= 1);
+    assert!(
+        row.get_str("last_error")
+            .is_ok_and(|e| e.contains("SendMessageBatch")),
+        "{row}"
+    );
+}
