@@ -8,14 +8,19 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderEventType {
+    /// Placed: process it and send the confirmation.
     #[serde(rename = "order.created")]
     OrderCreated,
+    /// Cancelled (stock already restored): send the cancellation email.
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
 }
 
 impl OrderEventType {
     pub fn as_str(self) -> &'static str {
         match self {
             OrderEventType::OrderCreated => "order.created",
+            OrderEventType::OrderCancelled => "order.cancelled",
         }
     }
 }

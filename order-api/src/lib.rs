@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod orders;
 pub mod outbox;
+pub mod pagination;
 pub mod products;
 pub mod startup;
 pub mod state;

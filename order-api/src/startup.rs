@@ -114,6 +114,7 @@ async fn create_indexes(db: &mongodb::Database) -> mongodb::error::Result<()> {
     auth::tokens::create_indexes(db).await?;
     products::store::create_indexes(db).await?;
     orders::store::create_indexes(db).await?;
+    orders::idempotency::create_indexes(db).await?;
     outbox::store::create_indexes(db).await?;
     Ok(())
 }

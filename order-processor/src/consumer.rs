@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bson::oid::ObjectId;
 use common::{
-    domain::{EmailStatus, Order, OrderStatus},
+    domain::{EmailKind, EmailStatus, Order, OrderStatus},
     event::{OrderEvent, OrderEventType},
 };
 use futures::{StreamExt, stream};
@@ -46,7 +46,9 @@ pub enum Outcome {
     Duplicate,
     /// The order was cancelled before it could be processed.
     SkippedCancelled,
-    /// The order is processed; the SMTP server refused the email for good.
+    /// The cancellation email was sent now.
+    CancellationSent,
+    /// The SMTP server refused the email for good (recorded as FAILED).
     EmailFailed,
 }
 
@@ -101,22 +103,28 @@ impl Consumer {
     pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
         let event =
             OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
+        let id = ObjectId::parse_str(&event.order_id)
+            .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
         match event.event_type {
-            OrderEventType::OrderCreated => self.fulfil(&event.order_id).await,
+            OrderEventType::OrderCreated => self.fulfil(id).await,
+            OrderEventType::OrderCancelled => self.announce_cancellation(id).await,
         }
     }
 
-    async fn fulfil(&self, order_id: &str) -> Result<Outcome, ProcessError> {
-        let id = ObjectId::parse_str(order_id)
-            .map_err(|_| ProcessError::Unparseable(format!("order id {order_id:?}")))?;
-        let mut order = fulfilment::load(&self.db, id)
+    async fn load(&self, id: ObjectId) -> Result<Order, ProcessError> {
+        fulfilment::load(&self.db, id)
             .await?
-            .ok_or_else(|| ProcessError::UnknownOrder(order_id.to_string()))?;
+            .ok_or_else(|| ProcessError::UnknownOrder(id.to_hex()))
+    }
+
+    async fn fulfil(&self, id: ObjectId) -> Result<Outcome, ProcessError> {
+        let order_id = id.to_hex();
+        let order_id = order_id.as_str();
+        let mut order = self.load(id).await?;
         let mut changed = false;
         for next in [OrderStatus::Processing, OrderStatus::Processed] {
             if order.status == OrderStatus::Cancelled {
-                tracing::info!(order_id, "order was cancelled; not processing it");
-                return Ok(Outcome::SkippedCancelled);
+                break;
             }
             if order.status.can_become(next) {
                 match fulfilment::advance(&self.db, id, next).await? {
@@ -125,16 +133,16 @@ impl Consumer {
                         order = updated;
                         changed = true;
                     }
-                    // Someone else moved it meanwhile: read where it is now.
-                    None => {
-                        order = fulfilment::load(&self.db, id)
-                            .await?
-                            .ok_or_else(|| ProcessError::UnknownOrder(order_id.to_string()))?;
-                    }
+                    // Someone else moved it meanwhile (another delivery, or
+                    // a cancel): read where it is now.
+                    None => order = self.load(id).await?,
                 }
             }
         }
         if order.status == OrderStatus::Cancelled {
+            // The cancel won the race: never mark it processed, and say so.
+            fulfilment::record_processing_skipped(&self.db, id).await?;
+            tracing::info!(order_id, "order was cancelled; not processing it");
             return Ok(Outcome::SkippedCancelled);
         }
         match order.email.status {
@@ -144,16 +152,41 @@ impl Consumer {
                 Outcome::Duplicate
             }),
             EmailStatus::Failed => Ok(Outcome::EmailFailed),
-            EmailStatus::Pending | EmailStatus::Sending => self.send_confirmation(&order).await,
+            EmailStatus::Pending | EmailStatus::Sending => self
+                .send(&order, EmailKind::Confirmation)
+                .await
+                .map(|failed| failed.unwrap_or(Outcome::Processed)),
         }
     }
 
-    async fn send_confirmation(&self, order: &Order) -> Result<Outcome, ProcessError> {
-        let message_id = Order::confirmation_message_id(&order.id, &self.message_id_domain);
+    /// Sends the cancellation email of a cancelled order, once.
+    async fn announce_cancellation(&self, id: ObjectId) -> Result<Outcome, ProcessError> {
+        let order = self.load(id).await?;
+        let Some(delivery) = order.cancellation_email.as_ref() else {
+            return Err(ProcessError::Transient(anyhow::anyhow!(
+                "order {id} has no cancellation record although it was announced cancelled"
+            )));
+        };
+        match delivery.status {
+            EmailStatus::Sent => Ok(Outcome::Duplicate),
+            EmailStatus::Failed => Ok(Outcome::EmailFailed),
+            EmailStatus::Pending | EmailStatus::Sending => self
+                .send(&order, EmailKind::Cancellation)
+                .await
+                .map(|failed| failed.unwrap_or(Outcome::CancellationSent)),
+        }
+    }
+
+    /// Sends one of the order's emails as a recorded side effect: claim
+    /// (`SENDING`), SMTP, then `SENT` or `FAILED`. `Some(EmailFailed)` when
+    /// the server refused it for good.
+    async fn send(&self, order: &Order, kind: EmailKind) -> Result<Option<Outcome>, ProcessError> {
+        let message_id = kind.message_id(&order.id, &self.message_id_domain);
         // Intent first: a crash after this line leaves a visible SENDING.
         let Some(claimed) = fulfilment::claim_email(
             &self.db,
             order.id,
+            kind,
             &message_id,
             self.config.stale_send_after,
         )
@@ -162,33 +195,31 @@ impl Consumer {
             return Err(ProcessError::InFlight);
         };
         let order_id = order.id.to_hex();
-        let sent = self
+        let rendered = match kind {
+            EmailKind::Confirmation => email::confirmation(&claimed),
+            EmailKind::Cancellation => email::cancellation(&claimed),
+        };
+        let attempt = claimed.delivery(kind).map_or(0, |d| d.attempts);
+        match self
             .mailer
-            .send(
-                &claimed.customer_email,
-                &message_id,
-                email::confirmation(&claimed),
-            )
-            .await;
-        match sent {
+            .send(&claimed.customer_email, &message_id, rendered)
+            .await
+        {
             Ok(()) => {
-                fulfilment::record_email_sent(&self.db, order.id).await?;
-                tracing::info!(
-                    order_id,
-                    attempt = claimed.email.attempts,
-                    "confirmation email sent"
-                );
-                Ok(Outcome::Processed)
+                fulfilment::record_email_sent(&self.db, &claimed, kind).await?;
+                tracing::info!(order_id, email = kind.field(), attempt, "email sent");
+                Ok(None)
             }
             Err(SendError::Permanent(reason)) => {
-                fulfilment::record_email_failed(&self.db, order.id, &reason).await?;
-                tracing::error!(order_id, %reason, "confirmation email refused for good");
-                Ok(Outcome::EmailFailed)
+                fulfilment::record_email_failed(&self.db, &claimed, kind, &reason).await?;
+                tracing::error!(order_id, email = kind.field(), %reason, "email refused for good");
+                Ok(Some(Outcome::EmailFailed))
             }
             Err(SendError::Transient(reason)) => {
-                fulfilment::record_email_retry(&self.db, order.id, &reason).await?;
+                fulfilment::record_email_retry(&self.db, order.id, kind, &reason).await?;
                 Err(ProcessError::Transient(anyhow::anyhow!(
-                    "sending the confirmation: {reason}"
+                    "sending the {}: {reason}",
+                    kind.field()
                 )))
             }
         }

@@ -7,6 +7,9 @@ mod product;
 mod quantity;
 
 pub use money::{Money, TaxRate};
-pub use order::{EmailDelivery, EmailStatus, Order, OrderLine, OrderStatus, StatusChange, Totals};
+pub use order::{
+    EmailDelivery, EmailKind, EmailStatus, Order, OrderLine, OrderStatus, TimelineEntry,
+    TimelineEvent, Totals,
+};
 pub use product::Product;
 pub use quantity::{Quantity, QuantityError};

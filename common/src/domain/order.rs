@@ -86,10 +86,122 @@ pub struct EmailDelivery {
     pub last_error: Option<String>,
 }
 
+/// Something that happened to an order, for its timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineEvent {
+    Placed,
+    Processing,
+    Processed,
+    Cancelled,
+    /// The processor found the order cancelled and did not process it.
+    ProcessingSkipped,
+    ConfirmationSent,
+    ConfirmationFailed,
+    CancellationSent,
+    CancellationFailed,
+}
+
+impl TimelineEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimelineEvent::Placed => "placed",
+            TimelineEvent::Processing => "processing",
+            TimelineEvent::Processed => "processed",
+            TimelineEvent::Cancelled => "cancelled",
+            TimelineEvent::ProcessingSkipped => "processing_skipped",
+            TimelineEvent::ConfirmationSent => "confirmation_sent",
+            TimelineEvent::ConfirmationFailed => "confirmation_failed",
+            TimelineEvent::CancellationSent => "cancellation_sent",
+            TimelineEvent::CancellationFailed => "cancellation_failed",
+        }
+    }
+
+    /// The timeline event recorded when an order enters `status`.
+    pub fn entering(status: OrderStatus) -> TimelineEvent {
+        match status {
+            OrderStatus::Pending => TimelineEvent::Placed,
+            OrderStatus::Processing => TimelineEvent::Processing,
+            OrderStatus::Processed => TimelineEvent::Processed,
+            OrderStatus::Cancelled => TimelineEvent::Cancelled,
+        }
+    }
+}
+
+/// One line of an order's timeline: what happened, the status after it, when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusChange {
+pub struct TimelineEntry {
+    pub event: TimelineEvent,
     pub status: OrderStatus,
     pub at: DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl TimelineEntry {
+    pub fn new(event: TimelineEvent, status: OrderStatus, at: DateTime) -> Self {
+        TimelineEntry {
+            event,
+            status,
+            at,
+            detail: None,
+        }
+    }
+}
+
+/// Which of an order's two emails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    Confirmation,
+    Cancellation,
+}
+
+impl EmailKind {
+    /// The order document's field holding this email's delivery record.
+    pub fn field(self) -> &'static str {
+        match self {
+            EmailKind::Confirmation => "email",
+            EmailKind::Cancellation => "cancellation_email",
+        }
+    }
+
+    pub fn sent_event(self) -> TimelineEvent {
+        match self {
+            EmailKind::Confirmation => TimelineEvent::ConfirmationSent,
+            EmailKind::Cancellation => TimelineEvent::CancellationSent,
+        }
+    }
+
+    pub fn failed_event(self) -> TimelineEvent {
+        match self {
+            EmailKind::Confirmation => TimelineEvent::ConfirmationFailed,
+            EmailKind::Cancellation => TimelineEvent::CancellationFailed,
+        }
+    }
+
+    /// The Message-ID of this email for `order_id`: deterministic, so a resend
+    /// after a crash carries the same id and the inbox can fold duplicates.
+    pub fn message_id(self, order_id: &ObjectId, domain: &str) -> String {
+        let kind = match self {
+            EmailKind::Confirmation => "confirmation",
+            EmailKind::Cancellation => "cancellation",
+        };
+        format!("<order-{}.{kind}@{domain}>", order_id.to_hex())
+    }
+}
+
+impl EmailDelivery {
+    /// Nothing attempted yet.
+    pub fn pending() -> Self {
+        EmailDelivery {
+            status: EmailStatus::Pending,
+            message_id: None,
+            attempts: 0,
+            attempted_at: None,
+            sent_at: None,
+            last_error: None,
+        }
+    }
 }
 
 /// One line of an order. Name and unit price are snapshots taken when the
@@ -117,17 +229,23 @@ pub struct Order {
     pub total: Money,
     pub currency: String,
     pub status: OrderStatus,
+    /// The confirmation email.
     pub email: EmailDelivery,
-    /// Every status the order has had, oldest first.
-    pub history: Vec<StatusChange>,
+    /// The cancellation email; present once the order is cancelled.
+    #[serde(default)]
+    pub cancellation_email: Option<EmailDelivery>,
+    /// What happened to the order, oldest first.
+    pub timeline: Vec<TimelineEntry>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
 }
 
 impl Order {
-    /// The Message-ID of this order's confirmation email.
-    pub fn confirmation_message_id(order_id: &ObjectId, domain: &str) -> String {
-        format!("<order-{}.confirmation@{domain}>", order_id.to_hex())
+    pub fn delivery(&self, kind: EmailKind) -> Option<&EmailDelivery> {
+        match kind {
+            EmailKind::Confirmation => Some(&self.email),
+            EmailKind::Cancellation => self.cancellation_email.as_ref(),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
-//! Orders: placing one (stock, order and outbox row in one transaction) and
-//! reading it back.
+//! Orders: placing one (stock, order and outbox row in one transaction),
+//! cancelling one (status, stock back, outbox row in one transaction),
+//! listing and reading them, and their timeline.
 
+pub mod cancel;
+pub mod idempotency;
 pub mod place;
 mod routes;
 pub mod store;
@@ -17,6 +20,8 @@ pub use view::OrderView;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", post(routes::create))
+        .route("/", post(routes::create).get(routes::list))
         .route("/{id}", get(routes::get_one))
+        .route("/{id}/cancel", post(routes::cancel))
+        .route("/{id}/events", get(routes::events))
 }

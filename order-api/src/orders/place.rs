@@ -1,21 +1,22 @@
 //! Placing an order: in ONE transaction, reserve every line's stock with a
-//! guarded decrement, insert the order, insert its outbox row. Either all of
-//! it is written or none of it.
+//! guarded decrement, insert the order, insert its outbox row (and, with an
+//! Idempotency-Key, the key's record). Either all of it is written or none.
 
 use std::time::Duration;
 
 use bson::{DateTime, doc, oid::ObjectId};
 use common::{
     domain::{
-        EmailDelivery, EmailStatus, Order, OrderLine, OrderStatus, Product, Quantity, StatusChange,
-        TaxRate, Totals,
+        EmailDelivery, Order, OrderLine, OrderStatus, Product, Quantity, TaxRate, TimelineEntry,
+        TimelineEvent, Totals,
     },
-    event::{OrderEvent, OrderEventType},
+    event::OrderEventType,
 };
 use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
 
-use crate::{orders::store as orders, outbox, products::store as products};
+use super::{idempotency, store as orders, view::OrderView};
+use crate::{outbox, products::store as products};
 
 /// One requested line, already parsed.
 #[derive(Debug, Clone, Copy)]
@@ -33,8 +34,10 @@ pub struct Customer {
 /// driver's custom error, so the driver aborts the transaction.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlaceOrderError {
-    #[error("product {product_id} does not exist or is not for sale")]
+    #[error("product {product_id} does not exist")]
     UnknownProduct { product_id: ObjectId },
+    #[error("product {name:?} is not for sale")]
+    InactiveProduct { product_id: ObjectId, name: String },
     #[error("not enough stock of {name:?}: requested {requested}, available {available}")]
     InsufficientStock {
         product_id: ObjectId,
@@ -64,13 +67,16 @@ pub struct OrderSettings<'a> {
     pub deadline: Duration,
 }
 
+/// What the transaction needs to know about one request.
+pub struct NewOrder<'a> {
+    pub customer: &'a Customer,
+    pub lines: &'a [LineRequest],
+    pub settings: &'a OrderSettings<'a>,
+    pub idempotency: Option<&'a idempotency::KeyedRequest>,
+}
+
 /// Places an order; retried as a whole on transient transaction errors.
-pub async fn place_order(
-    db: &Database,
-    customer: &Customer,
-    lines: &[LineRequest],
-    settings: &OrderSettings<'_>,
-) -> Result<Order, PlaceError> {
+pub async fn place_order(db: &Database, request: &NewOrder<'_>) -> Result<Order, PlaceError> {
     let attempt = async {
         let mut session = db
             .client()
@@ -81,34 +87,29 @@ pub async fn place_order(
             .start_transaction()
             // `and_run` with a context rather than `and_run2`: the async
             // closure form trips rust-lang/rust#96865 (Send not general enough).
-            .and_run(
-                (db, customer, lines, settings),
-                |session, (db, customer, lines, settings)| {
-                    write_order(db, session, customer, lines, settings).boxed()
-                },
-            )
+            .and_run((db, request), |session, (db, request)| {
+                write_order(db, session, request).boxed()
+            })
             .await
             .map_err(|e| match e.get_custom::<PlaceOrderError>() {
                 Some(refused) => PlaceError::Refused(refused.clone()),
                 None => PlaceError::Database(e),
             })
     };
-    tokio::time::timeout(settings.deadline, attempt)
+    tokio::time::timeout(request.settings.deadline, attempt)
         .await
-        .unwrap_or(Err(PlaceError::TimedOut(settings.deadline)))
+        .unwrap_or(Err(PlaceError::TimedOut(request.settings.deadline)))
 }
 
 /// The transaction's body. Runs again from the start on a transient error.
 async fn write_order(
     db: &Database,
     session: &mut ClientSession,
-    customer: &Customer,
-    lines: &[LineRequest],
-    settings: &OrderSettings<'_>,
+    request: &NewOrder<'_>,
 ) -> mongodb::error::Result<Order> {
     let now = DateTime::now();
-    let mut order_lines = Vec::with_capacity(lines.len());
-    for line in lines {
+    let mut order_lines = Vec::with_capacity(request.lines.len());
+    for line in request.lines {
         let product = reserve_stock(db, session, line, now).await?;
         let line_total = product
             .price
@@ -123,32 +124,26 @@ async fn write_order(
             line_total,
         });
     }
-    let totals = Totals::of(&order_lines, settings.tax_rate)
+    let totals = Totals::of(&order_lines, request.settings.tax_rate)
         .ok_or_else(|| MongoError::custom(PlaceOrderError::TotalOverflow))?;
 
-    let order_id = ObjectId::new();
     let order = Order {
-        id: order_id,
-        user_id: customer.id,
-        customer_email: customer.email.clone(),
+        id: ObjectId::new(),
+        user_id: request.customer.id,
+        customer_email: request.customer.email.clone(),
         lines: order_lines,
         subtotal: totals.subtotal,
         tax: totals.tax,
         total: totals.total,
-        currency: settings.currency.to_string(),
+        currency: request.settings.currency.to_string(),
         status: OrderStatus::Pending,
-        email: EmailDelivery {
-            status: EmailStatus::Pending,
-            message_id: None,
-            attempts: 0,
-            attempted_at: None,
-            sent_at: None,
-            last_error: None,
-        },
-        history: vec![StatusChange {
-            status: OrderStatus::Pending,
-            at: now,
-        }],
+        email: EmailDelivery::pending(),
+        cancellation_email: None,
+        timeline: vec![TimelineEntry::new(
+            TimelineEvent::Placed,
+            OrderStatus::Pending,
+            now,
+        )],
         created_at: now,
         updated_at: now,
     };
@@ -156,15 +151,12 @@ async fn write_order(
         .insert_one(&order)
         .session(&mut *session)
         .await?;
-
-    let event_id = ObjectId::new();
-    let event = OrderEvent {
-        event_id: event_id.to_hex(),
-        event_type: OrderEventType::OrderCreated,
-        order_id: order_id.to_hex(),
-        occurred_at: now.to_chrono(),
-    };
-    outbox::store::insert(db, session, event_id, order_id, &event).await?;
+    outbox::store::enqueue(db, session, order.id, OrderEventType::OrderCreated, now).await?;
+    if let Some(keyed) = request.idempotency {
+        let body =
+            serde_json::to_string(&OrderView::from(order.clone())).map_err(MongoError::custom)?;
+        idempotency::record(db, session, keyed, order.id, 201, body).await?;
+    }
     Ok(order)
 }
 
@@ -193,14 +185,18 @@ async fn reserve_stock(
         .session(&mut *session)
         .await?;
     Err(MongoError::custom(match product {
-        Some(p) if p.active => PlaceOrderError::InsufficientStock {
+        None => PlaceOrderError::UnknownProduct {
+            product_id: line.product_id,
+        },
+        Some(p) if !p.active => PlaceOrderError::InactiveProduct {
+            product_id: p.id,
+            name: p.name,
+        },
+        Some(p) => PlaceOrderError::InsufficientStock {
             product_id: p.id,
             name: p.name,
             requested: line.quantity.get(),
             available: p.stock,
-        },
-        _ => PlaceOrderError::UnknownProduct {
-            product_id: line.product_id,
         },
     }))
 }

@@ -1,28 +1,39 @@
 use std::{collections::HashSet, time::Duration};
 
-use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
-use bson::{doc, oid::ObjectId};
-use common::domain::Quantity;
+use axum::{
+    Json as JsonResponse,
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bson::oid::ObjectId;
+use common::domain::{OrderStatus, Quantity};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use validator::Validate;
 
 use super::{
-    place::{self, Customer, LineRequest, OrderSettings, PlaceError, PlaceOrderError},
-    store,
-    view::OrderView,
+    cancel::{self, CancelError, CancelRefused},
+    idempotency::{self, KeyedRequest, Prior},
+    place::{self, Customer, LineRequest, NewOrder, OrderSettings, PlaceError, PlaceOrderError},
+    store::{self, ListFilter},
+    view::{OrderView, TimelineView},
 };
 use crate::{
     auth::{AuthUser, users},
     error::{ApiError, ApiResult},
-    extract::{IdPath, Json, object_id_hex},
+    extract::{IdPath, Json, Query, object_id_hex},
+    pagination::{self, Page},
     state::AppState,
 };
 
-/// How long placing one order may take, retries included.
-const PLACE_ORDER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long placing or cancelling one order may take, retries included.
+const TRANSACTION_DEADLINE: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Deserialize, Validate)]
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+#[derive(Debug, Deserialize, Serialize, Validate)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     #[validate(length(min = 1, max = 50, message = "an order has 1 to 50 lines"))]
@@ -40,30 +51,16 @@ pub struct ItemRequest {
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
+    headers: HeaderMap,
     Json(body): Json<CreateOrder>,
-) -> ApiResult<impl IntoResponse> {
-    let mut seen = HashSet::new();
-    let duplicates: Vec<String> = body
-        .items
-        .iter()
-        .filter(|item| !seen.insert(item.product_id))
-        .map(|item| item.product_id.to_hex())
-        .collect();
-    if !duplicates.is_empty() {
-        return Err(ApiError::unprocessable(
-            "duplicate_products",
-            "each product may appear only once in an order",
-        )
-        .with_details(json!({ "productIds": duplicates })));
+) -> ApiResult<Response> {
+    let lines = distinct_lines(&body)?;
+    let keyed = idempotency_key(&headers, user.id, &body)?;
+    if let Some(keyed) = &keyed
+        && let Prior::Replay { status, body } = idempotency::lookup(&state.db, keyed).await?
+    {
+        return Ok(replay(status, body));
     }
-    let lines: Vec<LineRequest> = body
-        .items
-        .iter()
-        .map(|item| LineRequest {
-            product_id: item.product_id,
-            quantity: item.quantity,
-        })
-        .collect();
 
     let account = users::find_by_id(&state.db, user.id)
         .await?
@@ -75,18 +72,93 @@ pub async fn create(
     let settings = OrderSettings {
         currency: &state.config.shop.currency,
         tax_rate: state.config.shop.tax_rate,
-        deadline: PLACE_ORDER_DEADLINE,
+        deadline: TRANSACTION_DEADLINE,
     };
-    let order = place::place_order(&state.db, &customer, &lines, &settings)
-        .await
-        .map_err(refusal)?;
+    let request = NewOrder {
+        customer: &customer,
+        lines: &lines,
+        settings: &settings,
+        idempotency: keyed.as_ref(),
+    };
+    let order = match place::place_order(&state.db, &request).await {
+        Ok(order) => order,
+        // Another request with the same key committed first: answer as it did.
+        Err(PlaceError::Database(e)) if keyed.is_some() && common::mongo::is_duplicate_key(&e) => {
+            let keyed = keyed.as_ref().ok_or_else(|| ApiError::internal(e.into()))?;
+            return match idempotency::lookup(&state.db, keyed).await? {
+                Prior::Replay { status, body } => Ok(replay(status, body)),
+                Prior::None => Err(ApiError::conflict(
+                    "idempotency_conflict",
+                    "a request with this Idempotency-Key is in progress; retry",
+                )),
+            };
+        }
+        Err(e) => return Err(place_refusal(e)),
+    };
     tracing::info!(order_id = %order.id, total = order.total.minor(), "order placed");
     // The row is committed: wake the relay so it reaches the queue now.
     state.outbox_wake.notify_one();
-    Ok((StatusCode::CREATED, JsonResponse(OrderView::from(order))))
+    Ok((StatusCode::CREATED, JsonResponse(OrderView::from(order))).into_response())
 }
 
-fn refusal(error: PlaceError) -> ApiError {
+/// The lines of a request, refusing any product named twice.
+fn distinct_lines(body: &CreateOrder) -> ApiResult<Vec<LineRequest>> {
+    let mut seen = HashSet::new();
+    let mut duplicates: Vec<String> = body
+        .items
+        .iter()
+        .filter(|item| !seen.insert(item.product_id))
+        .map(|item| item.product_id.to_hex())
+        .collect();
+    if !duplicates.is_empty() {
+        duplicates.dedup();
+        return Err(ApiError::unprocessable(
+            "duplicate_products",
+            "each product may appear only once in an order",
+        )
+        .with_details(json!({ "productIds": duplicates })));
+    }
+    Ok(body
+        .items
+        .iter()
+        .map(|item| LineRequest {
+            product_id: item.product_id,
+            quantity: item.quantity,
+        })
+        .collect())
+}
+
+fn idempotency_key(
+    headers: &HeaderMap,
+    user_id: ObjectId,
+    body: &CreateOrder,
+) -> ApiResult<Option<KeyedRequest>> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = raw.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+    })?;
+    KeyedRequest::new(user_id, key, body).map(Some)
+}
+
+fn replay(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    (
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn place_refusal(error: PlaceError) -> ApiError {
     match error {
         PlaceError::Refused(PlaceOrderError::InsufficientStock {
             product_id,
@@ -106,9 +178,13 @@ fn refusal(error: PlaceError) -> ApiError {
         PlaceError::Refused(PlaceOrderError::UnknownProduct { product_id }) => {
             ApiError::unprocessable(
                 "unknown_product",
-                format!("product {product_id} does not exist or is not for sale"),
+                format!("product {product_id} does not exist"),
             )
             .with_details(json!({ "productId": product_id.to_hex() }))
+        }
+        PlaceError::Refused(PlaceOrderError::InactiveProduct { product_id, name }) => {
+            ApiError::unprocessable("product_inactive", format!("{name:?} is not for sale"))
+                .with_details(json!({ "productId": product_id.to_hex() }))
         }
         PlaceError::Refused(PlaceOrderError::TotalOverflow) => {
             ApiError::unprocessable("total_too_large", "the order total is too large")
@@ -120,19 +196,95 @@ fn refusal(error: PlaceError) -> ApiError {
     }
 }
 
+/// Customers see their own orders; admins see everyone's.
+fn visibility(user: &AuthUser) -> Option<ObjectId> {
+    (!user.is_admin()).then_some(user.id)
+}
+
 pub async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
     IdPath(id): IdPath,
 ) -> ApiResult<JsonResponse<OrderView>> {
-    let mut filter = doc! { "_id": id };
-    if !user.is_admin() {
-        // Someone else's order is indistinguishable from a missing one.
-        filter.insert("user_id", user.id);
-    }
-    store::collection(&state.db)
-        .find_one(filter)
+    store::find_visible(&state.db, id, visibility(&user))
         .await?
         .map(|order| JsonResponse(OrderView::from(order)))
         .ok_or_else(|| ApiError::not_found("order"))
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath,
+) -> ApiResult<JsonResponse<TimelineView>> {
+    store::find_visible(&state.db, id, visibility(&user))
+        .await?
+        .map(|order| JsonResponse(TimelineView::from(order)))
+        .ok_or_else(|| ApiError::not_found("order"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<OrderStatus>,
+    /// Admins only: one customer's orders.
+    user_id: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<JsonResponse<Page<OrderView>>> {
+    let limit = pagination::limit(query.limit)?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode_cursor)
+        .transpose()?;
+    let owner = match (user.is_admin(), query.user_id.as_deref()) {
+        (false, None) => Some(user.id),
+        (false, Some(_)) => return Err(ApiError::forbidden()),
+        (true, None) => None,
+        (true, Some(raw)) => Some(ObjectId::parse_str(raw).map_err(|_| {
+            ApiError::unprocessable("validation_failed", "userId is not a valid id")
+        })?),
+    };
+    let filter = ListFilter {
+        owner,
+        status: query.status,
+        before,
+        limit,
+    };
+    let orders = store::list(&state.db, &filter).await?;
+    Ok(JsonResponse(pagination::page(
+        orders,
+        limit,
+        |o| o.id,
+        OrderView::from,
+    )))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath,
+) -> ApiResult<JsonResponse<OrderView>> {
+    let order = cancel::cancel_order(&state.db, id, visibility(&user), TRANSACTION_DEADLINE)
+        .await
+        .map_err(|e| match e {
+            CancelError::Refused(CancelRefused::NotFound) => ApiError::not_found("order"),
+            CancelError::Refused(CancelRefused::AlreadyCancelled) => {
+                ApiError::conflict("already_cancelled", "the order is already cancelled")
+            }
+            CancelError::TimedOut(_) => ApiError::unavailable(
+                "the shop is busy; the order was not cancelled, retry shortly",
+            ),
+            CancelError::Database(e) => e.into(),
+        })?;
+    tracing::info!(order_id = %order.id, "order cancelled; stock restored");
+    state.outbox_wake.notify_one();
+    Ok(JsonResponse(OrderView::from(order)))
 }

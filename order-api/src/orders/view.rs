@@ -1,6 +1,8 @@
 //! How the API shows an order: camelCase, ids as strings, money in minor units.
 
-use common::domain::{EmailStatus, Order, OrderStatus};
+use common::domain::{
+    EmailDelivery, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent,
+};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -14,7 +16,11 @@ pub struct OrderView {
     pub tax: i64,
     pub total: i64,
     pub currency: String,
+    /// The confirmation email.
     pub email: EmailView,
+    /// Present once the order is cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation_email: Option<EmailView>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -39,8 +45,37 @@ pub struct EmailView {
     pub last_error: Option<String>,
 }
 
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineView {
+    pub order_id: String,
+    pub status: OrderStatus,
+    pub events: Vec<TimelineEntryView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntryView {
+    pub event: TimelineEvent,
+    pub status: OrderStatus,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 fn rfc3339(at: bson::DateTime) -> String {
     at.try_to_rfc3339_string().unwrap_or_default()
+}
+
+impl From<EmailDelivery> for EmailView {
+    fn from(email: EmailDelivery) -> Self {
+        EmailView {
+            status: email.status,
+            attempts: email.attempts,
+            sent_at: email.sent_at.map(rfc3339),
+            last_error: email.last_error,
+        }
+    }
 }
 
 impl From<Order> for OrderView {
@@ -65,14 +100,36 @@ impl From<Order> for OrderView {
             tax: order.tax.minor(),
             total: order.total.minor(),
             currency: order.currency,
-            email: EmailView {
-                status: order.email.status,
-                attempts: order.email.attempts,
-                sent_at: order.email.sent_at.map(rfc3339),
-                last_error: order.email.last_error,
-            },
+            email: order.email.into(),
+            cancellation_email: order.cancellation_email.map(EmailView::from),
             created_at: rfc3339(order.created_at),
             updated_at: rfc3339(order.updated_at),
+        }
+    }
+}
+
+impl From<Order> for TimelineView {
+    fn from(order: Order) -> Self {
+        TimelineView {
+            order_id: order.id.to_hex(),
+            status: order.status,
+            events: order
+                .timeline
+                .into_iter()
+                .map(
+                    |TimelineEntry {
+                         event,
+                         status,
+                         at,
+                         detail,
+                     }| TimelineEntryView {
+                        event,
+                        status,
+                        at: rfc3339(at),
+                        detail,
+                    },
+                )
+                .collect(),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! order it announces, and is marked published once SQS has accepted it.
 
 use bson::{DateTime, doc, oid::ObjectId};
-use common::event::OrderEvent;
+use common::event::{OrderEvent, OrderEventType};
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -49,14 +49,22 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
-/// Inserts the event's row inside the caller's transaction.
-pub async fn insert(
+/// Writes the event announcing `event_type` for `order_id`, inside the
+/// caller's transaction: the event exists exactly when the change does.
+pub async fn enqueue(
     db: &Database,
     session: &mut ClientSession,
-    id: ObjectId,
     order_id: ObjectId,
-    event: &OrderEvent,
+    event_type: OrderEventType,
+    occurred_at: DateTime,
 ) -> mongodb::error::Result<()> {
+    let id = ObjectId::new();
+    let event = OrderEvent {
+        event_id: id.to_hex(),
+        event_type,
+        order_id: order_id.to_hex(),
+        occurred_at: occurred_at.to_chrono(),
+    };
     let row = OutboxMessage {
         id,
         order_id,

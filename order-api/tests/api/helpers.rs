@@ -114,6 +114,30 @@ impl TestApp {
         body["id"].as_str().expect("id").to_string()
     }
 
+    /// Places an order for one product and returns the order JSON.
+    pub async fn order(&self, token: &str, product: &str, quantity: u32) -> Value {
+        let response = self
+            .post(
+                "/api/orders",
+                Some(token),
+                &json!({ "items": [{ "productId": product, "quantity": quantity }] }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "place order");
+        response.json().await.expect("json")
+    }
+
+    pub async fn post_keyed(&self, token: &str, key: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url("/api/orders"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     pub async fn stock_of(&self, product_id: &str) -> i64 {
         let body: Value = self
             .get(&format!("/api/products/{product_id}"), None)

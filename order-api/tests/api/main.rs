@@ -2,6 +2,9 @@
 //! to link, and every test still gets its own database and queues.
 
 mod auth;
+mod cancel;
 mod helpers;
+mod idempotency;
+mod listing;
 mod orders;
 mod products;

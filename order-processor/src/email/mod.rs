@@ -3,5 +3,5 @@
 mod render;
 mod smtp;
 
-pub use render::{RenderedEmail, confirmation};
+pub use render::{RenderedEmail, cancellation, confirmation};
 pub use smtp::{Mailer, SendError};

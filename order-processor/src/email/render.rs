@@ -58,6 +58,35 @@ pub fn confirmation(order: &Order) -> RenderedEmail {
     }
 }
 
+/// The cancellation notice: which order, what was cancelled, the total
+/// that will not be charged.
+pub fn cancellation(order: &Order) -> RenderedEmail {
+    let id = order.id.to_hex();
+    let total = format!("{} {}", order.currency, order.total);
+    let mut text = format!("Your order {id} has been cancelled.\n\n");
+    let mut items = String::new();
+    for line in &order.lines {
+        text.push_str(&format!("  {} x {}\n", line.quantity.get(), line.name));
+        items.push_str(&format!(
+            "<li>{} x {}</li>",
+            line.quantity.get(),
+            escape(&line.name)
+        ));
+    }
+    text.push_str(&format!("\nOrder total {total} will not be charged.\n"));
+    let html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\">\
+         <h2>Your order has been cancelled</h2>\
+         <p>Order <strong>{id}</strong></p><ul>{items}</ul>\
+         <p>Order total {total} will not be charged.</p></body></html>"
+    );
+    RenderedEmail {
+        subject: format!("Order cancelled: {id}"),
+        text,
+        html,
+    }
+}
+
 fn escape(raw: &str) -> String {
     raw.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -69,9 +98,7 @@ fn escape(raw: &str) -> String {
 mod tests {
     use super::*;
     use bson::{DateTime, oid::ObjectId};
-    use common::domain::{
-        EmailDelivery, EmailStatus, OrderLine, OrderStatus, Quantity, TaxRate, Totals,
-    };
+    use common::domain::{EmailDelivery, OrderLine, OrderStatus, Quantity, TaxRate, Totals};
 
     fn order() -> Order {
         let price = Money::from_minor(49_900).expect("valid");
@@ -94,15 +121,9 @@ mod tests {
             total: totals.total,
             currency: "INR".into(),
             status: OrderStatus::Processed,
-            email: EmailDelivery {
-                status: EmailStatus::Pending,
-                message_id: None,
-                attempts: 0,
-                attempted_at: None,
-                sent_at: None,
-                last_error: None,
-            },
-            history: vec![],
+            email: EmailDelivery::pending(),
+            cancellation_email: None,
+            timeline: vec![],
             created_at: DateTime::now(),
             updated_at: DateTime::now(),
         }
@@ -119,6 +140,17 @@ mod tests {
             assert!(part.contains("INR 1177.64"), "total missing: {part}");
         }
         assert!(email.subject.contains("INR 1177.64"));
+    }
+
+    #[test]
+    fn the_cancellation_names_the_order_and_its_total() {
+        let order = order();
+        let email = cancellation(&order);
+        assert!(email.subject.contains(&order.id.to_hex()));
+        for part in [&email.text, &email.html] {
+            assert!(part.contains("INR 1177.64"), "{part}");
+            assert!(part.contains("cancelled"), "{part}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use mongodb::bson::{doc, oid::ObjectId};
 use order_processor::consumer::{Outcome, ProcessError};
 
-use crate::helpers::{spawn_pipeline, times_in_history};
+use crate::helpers::{spawn_pipeline, times_in_timeline};
 
 #[tokio::test]
 async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
@@ -39,7 +39,7 @@ async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
     assert_eq!(outcome, Outcome::SkippedCancelled);
     let stored = pipeline.order_document(order_id).await;
     assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
-    assert_eq!(times_in_history(&stored, "PROCESSED"), 0);
+    assert_eq!(times_in_timeline(&stored, "processed"), 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(test_support::emails_to(&email).await.is_empty());
 }

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use mongodb::bson::doc;
 
-use crate::helpers::{spawn_pipeline, times_in_history};
+use crate::helpers::{spawn_pipeline, times_in_timeline};
 
 #[tokio::test]
 async fn an_order_becomes_processed_and_exactly_one_email_arrives() {
@@ -75,8 +75,8 @@ async fn an_order_becomes_processed_and_exactly_one_email_arrives() {
     assert_eq!(outbox.get_str("status").expect("status"), "PUBLISHED");
 
     let stored = pipeline.order_document(order_id).await;
-    assert_eq!(times_in_history(&stored, "PROCESSING"), 1);
-    assert_eq!(times_in_history(&stored, "PROCESSED"), 1);
+    assert_eq!(times_in_timeline(&stored, "processing"), 1);
+    assert_eq!(times_in_timeline(&stored, "processed"), 1);
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn the_same_message_delivered_twice_makes_one_transition_and_one_email() {
     .await;
 
     let stored = pipeline.order_document(order_id).await;
-    assert_eq!(times_in_history(&stored, "PROCESSED"), 1, "{stored}");
+    assert_eq!(times_in_timeline(&stored, "processed"), 1, "{stored}");
     assert_eq!(
         stored
             .get_document("email")
@@ -118,4 +118,145 @@ async fn the_same_message_delivered_twice_makes_one_transition_and_one_email() {
         1
     );
     assert_eq!(test_support::emails_to(&email).await.len(), 1);
+}
+
+/// The events of the order's timeline, in order.
+fn timeline_events(order: &mongodb::bson::Document) -> Vec<String> {
+    order
+        .get_array("timeline")
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e.as_document()?.get_str("event").ok().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn cancelling_a_processed_order_sends_one_cancellation_email() {
+    let pipeline = spawn_pipeline(30).await;
+    let admin = pipeline.admin_token().await;
+    let (email, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 25_000, 4).await;
+    let order = pipeline.order(&customer, &product, 2).await;
+    let order_id = order["id"].as_str().expect("id");
+    pipeline.wait_processed(&customer, order_id).await;
+
+    let (status, cancelled) = pipeline
+        .post(
+            &format!("/api/orders/{order_id}/cancel"),
+            Some(&customer),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{cancelled}");
+    let after = test_support::eventually(
+        Duration::from_secs(20),
+        "the cancellation email to be SENT",
+        || async {
+            let (_, order) = pipeline
+                .get(&format!("/api/orders/{order_id}"), &customer)
+                .await;
+            (order["cancellationEmail"]["status"] == "SENT").then_some(order)
+        },
+    )
+    .await;
+    assert_eq!(after["status"], "CANCELLED");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mails = test_support::emails_to(&email).await;
+    let cancellations: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject.starts_with("Order cancelled"))
+        .collect();
+    let confirmations: Vec<_> = mails
+        .iter()
+        .filter(|m| m.subject.starts_with("Order confirmed"))
+        .collect();
+    assert_eq!(cancellations.len(), 1, "{mails:?}");
+    assert_eq!(confirmations.len(), 1, "{mails:?}");
+    assert!(cancellations[0].subject.contains(order_id));
+
+    let stored = pipeline.order_document(order_id).await;
+    assert_eq!(
+        timeline_events(&stored),
+        vec![
+            "placed",
+            "processing",
+            "processed",
+            "confirmation_sent",
+            "cancelled",
+            "cancellation_sent"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_racing_the_processor_wins_cleanly() {
+    let pipeline = spawn_pipeline(30).await;
+    let admin = pipeline.admin_token().await;
+    let (email, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 1_000, 20).await;
+
+    // Cancel each order the moment it is placed: the processor sees some
+    // before the cancel and some after. Bounded: 8 orders.
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let order = pipeline.order(&customer, &product, 2).await;
+        let id = order["id"].as_str().expect("id").to_string();
+        let (status, body) = pipeline
+            .post(
+                &format!("/api/orders/{id}/cancel"),
+                Some(&customer),
+                &serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        ids.push(id);
+    }
+    for id in &ids {
+        test_support::eventually(
+            Duration::from_secs(20),
+            "the cancellation email to be SENT",
+            || async {
+                let (_, order) = pipeline.get(&format!("/api/orders/{id}"), &customer).await;
+                (order["cancellationEmail"]["status"] == "SENT").then_some(())
+            },
+        )
+        .await;
+    }
+    test_support::eventually(Duration::from_secs(20), "the queue to drain", || async {
+        (pipeline.queue_depth().await == 0).then_some(())
+    })
+    .await;
+
+    for id in &ids {
+        let stored = pipeline.order_document(id).await;
+        assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
+        let events = timeline_events(&stored);
+        let cancelled_at = events
+            .iter()
+            .position(|e| e == "cancelled")
+            .expect("cancelled");
+        assert!(
+            !events[cancelled_at..]
+                .iter()
+                .any(|e| e == "processing" || e == "processed"),
+            "nothing processed after the cancel: {events:?}"
+        );
+        let processed_first = events[..cancelled_at].iter().any(|e| e == "processed");
+        let skip_recorded = events.iter().filter(|e| *e == "processing_skipped").count();
+        assert!(
+            processed_first ^ (skip_recorded == 1),
+            "the processor either finished before the cancel or recorded one skip: {events:?}"
+        );
+    }
+    let (_, product_now) = pipeline
+        .get(&format!("/api/products/{product}"), &customer)
+        .await;
+    assert_eq!(product_now["stock"], 20, "all stock back");
+    let cancellations = test_support::emails_to(&email)
+        .await
+        .into_iter()
+        .filter(|m| m.subject.starts_with("Order cancelled"))
+        .count();
+    assert_eq!(cancellations, ids.len(), "one cancellation email per order");
 }

@@ -195,12 +195,12 @@ impl Pipeline {
     }
 }
 
-/// How many times `status` appears in the order's history.
-pub fn times_in_history(order: &Document, status: &str) -> usize {
+/// How many times `event` (e.g. "processed") appears in the order's timeline.
+pub fn times_in_timeline(order: &Document, event: &str) -> usize {
     order
-        .get_array("history")
-        .expect("history")
+        .get_array("timeline")
+        .expect("timeline")
         .iter()
-        .filter(|h| h.as_document().and_then(|d| d.get_str("status").ok()) == Some(status))
+        .filter(|h| h.as_document().and_then(|d| d.get_str("event").ok()) == Some(event))
         .count()
 }

@@ -1,0 +1,127 @@
+//! Cancelling an order: in ONE transaction the order becomes CANCELLED, every
+//! line's stock is put back, and an `order.cancelled` outbox row is written
+//! (the processor then sends the cancellation email, once).
+//!
+//! The status update names the statuses it may cancel from, so a cancel and
+//! the processor racing on the same order settle cleanly: whichever update
+//! lands second finds the status it expected gone.
+
+use std::time::Duration;
+
+use bson::{DateTime, doc, oid::ObjectId};
+use common::{
+    domain::{EmailDelivery, Order, OrderStatus, TimelineEntry, TimelineEvent},
+    event::OrderEventType,
+};
+use futures::FutureExt;
+use mongodb::{ClientSession, Database, error::Error as MongoError, options::ReturnDocument};
+
+use super::store as orders;
+use crate::{outbox, products::store as products};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CancelRefused {
+    #[error("order not found")]
+    NotFound,
+    #[error("the order is already cancelled")]
+    AlreadyCancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error(transparent)]
+    Refused(CancelRefused),
+    #[error("the transaction did not complete within {0:?}")]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Database(MongoError),
+}
+
+/// Cancels `order_id`. `owner` restricts it to that user's orders (customers);
+/// `None` is an admin, who may cancel any order.
+pub async fn cancel_order(
+    db: &Database,
+    order_id: ObjectId,
+    owner: Option<ObjectId>,
+    deadline: Duration,
+) -> Result<Order, CancelError> {
+    let attempt = async {
+        let mut session = db
+            .client()
+            .start_session()
+            .await
+            .map_err(CancelError::Database)?;
+        session
+            .start_transaction()
+            .and_run((db, order_id, owner), |session, (db, order_id, owner)| {
+                write_cancellation(db, session, *order_id, *owner).boxed()
+            })
+            .await
+            .map_err(|e| match e.get_custom::<CancelRefused>() {
+                Some(refused) => CancelError::Refused(refused.clone()),
+                None => CancelError::Database(e),
+            })
+    };
+    tokio::time::timeout(deadline, attempt)
+        .await
+        .unwrap_or(Err(CancelError::TimedOut(deadline)))
+}
+
+async fn write_cancellation(
+    db: &Database,
+    session: &mut ClientSession,
+    order_id: ObjectId,
+    owner: Option<ObjectId>,
+) -> mongodb::error::Result<Order> {
+    let now = DateTime::now();
+    let mut filter = doc! { "_id": order_id };
+    if let Some(owner) = owner {
+        filter.insert("user_id", owner);
+    }
+    let cancellable: Vec<&str> = OrderStatus::predecessors_of(OrderStatus::Cancelled)
+        .into_iter()
+        .map(OrderStatus::as_str)
+        .collect();
+    let mut conditional = filter.clone();
+    conditional.insert("status", doc! { "$in": cancellable });
+    let entry = TimelineEntry::new(TimelineEvent::Cancelled, OrderStatus::Cancelled, now);
+    let cancelled = orders::collection(db)
+        .find_one_and_update(
+            conditional,
+            doc! {
+                "$set": {
+                    "status": OrderStatus::Cancelled.as_str(),
+                    "updated_at": now,
+                    "cancellation_email": bson::to_bson(&EmailDelivery::pending()).map_err(MongoError::custom)?,
+                },
+                "$push": { "timeline": bson::to_bson(&entry).map_err(MongoError::custom)? },
+            },
+        )
+        .return_document(ReturnDocument::After)
+        .session(&mut *session)
+        .await?;
+    let Some(order) = cancelled else {
+        let existing = orders::collection(db)
+            .find_one(filter)
+            .session(&mut *session)
+            .await?;
+        return Err(MongoError::custom(match existing {
+            None => CancelRefused::NotFound,
+            Some(_) => CancelRefused::AlreadyCancelled,
+        }));
+    };
+    for line in &order.lines {
+        products::collection(db)
+            .update_one(
+                doc! { "_id": line.product_id },
+                doc! {
+                    "$inc": { "stock": i64::from(line.quantity.get()) },
+                    "$set": { "updated_at": now },
+                },
+            )
+            .session(&mut *session)
+            .await?;
+    }
+    outbox::store::enqueue(db, session, order.id, OrderEventType::OrderCancelled, now).await?;
+    Ok(order)
+}
