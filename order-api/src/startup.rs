@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/orders", orders::router());
     Router::new()
         .nest("/api", api)
+        .merge(crate::openapi::router())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

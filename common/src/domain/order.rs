@@ -10,6 +10,7 @@ use super::{Money, Quantity, TaxRate};
 ///    └────────────┴──────────────┴──> CANCELLED
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
@@ -59,6 +60,7 @@ impl std::fmt::Display for OrderStatus {
 /// The confirmation email, recorded as a side effect: intent (`SENDING`)
 /// before the SMTP call, result (`SENT`/`FAILED`) after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EmailStatus {
     Pending,
@@ -88,6 +90,7 @@ pub struct EmailDelivery {
 
 /// Something that happened to an order, for its timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimelineEvent {
     Placed,

@@ -5,7 +5,7 @@
 pub mod cancel;
 pub mod idempotency;
 pub mod place;
-mod routes;
+pub(crate) mod routes;
 pub mod store;
 mod view;
 

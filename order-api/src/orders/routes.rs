@@ -33,21 +33,36 @@ const TRANSACTION_DEADLINE: Duration = Duration::from_secs(10);
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-#[derive(Debug, Deserialize, Serialize, Validate)]
+#[derive(Debug, Deserialize, Serialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     #[validate(length(min = 1, max = 50, message = "an order has 1 to 50 lines"))]
     items: Vec<ItemRequest>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ItemRequest {
     #[serde(deserialize_with = "object_id_hex::deserialize")]
+    #[schema(value_type = String, pattern = "^[0-9a-f]{24}$")]
     product_id: ObjectId,
+    #[schema(value_type = u32, minimum = 1, maximum = 1000)]
     quantity: Quantity,
 }
 
+#[utoipa::path(post, path = "/api/orders", tag = "orders",
+    security(("bearer" = [])),
+    request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Retrying with the same key and body replays the first response (header `Idempotent-Replayed: true`)")),
+    responses(
+        (status = 201, description = "Placed: stock reserved, order and outbox row written in one transaction", body = OrderView),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "`insufficient_stock`: nothing was written", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Invalid lines, unknown/inactive/duplicate products, or a reused Idempotency-Key", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Database unavailable or too busy; retry", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -201,6 +216,14 @@ fn visibility(user: &AuthUser) -> Option<ObjectId> {
     (!user.is_admin()).then_some(user.id)
 }
 
+#[utoipa::path(get, path = "/api/orders/{id}", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order with its status and email state", body = OrderView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn get_one(
     State(state): State<AppState>,
     user: AuthUser,
@@ -212,6 +235,14 @@ pub async fn get_one(
         .ok_or_else(|| ApiError::not_found("order"))
 }
 
+#[utoipa::path(get, path = "/api/orders/{id}/events", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order's timeline, oldest first", body = TimelineView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn events(
     State(state): State<AppState>,
     user: AuthUser,
@@ -223,16 +254,29 @@ pub async fn events(
         .ok_or_else(|| ApiError::not_found("order"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1 to 100, default 20.
     limit: Option<i64>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
     status: Option<OrderStatus>,
     /// Admins only: one customer's orders.
     user_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/orders", tag = "orders",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first; customers see their own, admins everyone's", body = Page<OrderView>),
+        (status = 400, description = "Invalid query or cursor", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "`userId` given by a customer", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "`limit` out of range", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
@@ -267,6 +311,15 @@ pub async fn list(
     )))
 }
 
+#[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = "orders",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "Cancelled: stock restored and `order.cancelled` enqueued in one transaction", body = OrderView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "`already_cancelled`", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,

@@ -5,7 +5,7 @@ use common::domain::{
 };
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderView {
     pub id: String,
@@ -25,7 +25,7 @@ pub struct OrderView {
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderLineView {
     pub product_id: String,
@@ -36,7 +36,7 @@ pub struct OrderLineView {
     pub line_total: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmailView {
     pub status: EmailStatus,
@@ -45,7 +45,7 @@ pub struct EmailView {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineView {
     pub order_id: String,
@@ -53,7 +53,7 @@ pub struct TimelineView {
     pub events: Vec<TimelineEntryView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntryView {
     pub event: TimelineEvent,

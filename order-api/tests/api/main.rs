@@ -6,5 +6,6 @@ mod cancel;
 mod helpers;
 mod idempotency;
 mod listing;
+mod openapi;
 mod orders;
 mod products;

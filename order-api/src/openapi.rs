@@ -1,0 +1,87 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the
+//! response types themselves, served at `/api/openapi.json`, with an
+//! interactive page at `/api/docs`.
+
+use axum::{Json, Router, routing::get};
+use serde::Serialize;
+use utoipa::{
+    Modify, OpenApi, ToSchema,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::{health, orders, state::AppState};
+
+/// The one error shape every 4xx/5xx response has.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `insufficient_stock`, `validation_failed`, ...
+    pub code: String,
+    /// For humans.
+    pub message: String,
+    /// Per-field messages (422) or the facts behind the refusal (409).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// On 5xx: the id also logged with the cause, and sent as `x-request-id`.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-pipeline API",
+        description = "A shop's orders on a transactional outbox. Amounts are integers in minor units (paise).",
+    ),
+    paths(
+        health::health,
+        orders::routes::create,
+        orders::routes::list,
+        orders::routes::get_one,
+        orders::routes::cancel,
+        orders::routes::events,
+    ),
+    components(schemas(ErrorResponse, ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "health", description = "Liveness"),
+        (name = "orders", description = "Placing, reading and cancelling orders"),
+    )
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router() -> Router<AppState> {
+    let doc = document();
+    Router::new()
+        .route("/api/openapi.json", get(move || async move { Json(doc) }))
+        .merge(Scalar::with_url("/api/docs", document()))
+}

@@ -1,0 +1,253 @@
+//! The OpenAPI document against reality: every documented operation is
+//! exercised, and every real response body is validated against the schema
+//! the document declares for its path, method and status.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// The document, and which (method, path, status) triples were checked.
+struct Contract {
+    doc: Value,
+    checked: BTreeSet<(String, String)>,
+}
+
+impl Contract {
+    async fn fetch(app: &TestApp) -> Self {
+        let response = app.get("/api/openapi.json", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let doc: Value = response.json().await.expect("the document is JSON");
+        assert!(
+            doc["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1")),
+            "OpenAPI 3.1: {}",
+            doc["openapi"]
+        );
+        Contract {
+            doc,
+            checked: BTreeSet::new(),
+        }
+    }
+
+    /// Sends a request and validates the response against the document.
+    async fn call(
+        &mut self,
+        app: &TestApp,
+        method: Method,
+        template: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = app.http.request(method.clone(), app.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("sent");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"))
+        };
+        self.validate(&method, template, status, &value);
+        (status, value)
+    }
+
+    fn validate(&mut self, method: &Method, template: &str, status: StatusCode, body: &Value) {
+        let verb = method.as_str().to_lowercase();
+        let operation = &self.doc["paths"][template][&verb];
+        assert!(operation.is_object(), "{verb} {template} is not documented");
+        let documented = &operation["responses"][status.as_str()];
+        assert!(
+            documented.is_object(),
+            "{verb} {template} answered {status}, which the document does not list"
+        );
+        let schema = &documented["content"]["application/json"]["schema"];
+        if schema.is_object() {
+            let root = json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "components": self.doc["components"],
+                "allOf": [schema],
+            });
+            let validator = jsonschema::draft202012::new(&root).expect("the schema compiles");
+            let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+            assert!(
+                errors.is_empty(),
+                "{verb} {template} {status}: the body does not match the document: {errors:?}\nbody: {body}"
+            );
+        }
+        self.checked.insert((verb, template.to_string()));
+    }
+
+    /// Every operation in the document was exercised at least once.
+    fn assert_complete(&self) {
+        let documented: BTreeSet<(String, String)> = self.doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .expect("operations")
+                    .keys()
+                    .map(move |verb| (verb.clone(), path.clone()))
+            })
+            .collect();
+        let missed: Vec<_> = documented.difference(&self.checked).collect();
+        assert!(
+            missed.is_empty(),
+            "documented but never exercised: {missed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn real_responses_match_the_openapi_document() {
+    let app = spawn_app().await;
+    let mut contract = Contract::fetch(&app).await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let product = app.product(&admin, 49_900, 3).await;
+    let c = Some(customer.as_str());
+
+    contract
+        .call(&app, Method::GET, "/api/health", "/api/health", None, None)
+        .await;
+
+    let order_body = json!({ "items": [{ "productId": product, "quantity": 1 }] });
+    let (status, order) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders",
+            "/api/orders",
+            c,
+            Some(&order_body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = order["id"].as_str().expect("id").to_string();
+    let too_many = json!({ "items": [{ "productId": product, "quantity": 50 }] });
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders",
+            "/api/orders",
+            c,
+            Some(&too_many),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders",
+            "/api/orders",
+            c,
+            Some(&json!({ "items": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders",
+            "/api/orders",
+            None,
+            Some(&order_body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let one = format!("/api/orders/{id}");
+    let (status, _) = contract
+        .call(&app, Method::GET, "/api/orders/{id}", &one, c, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let missing = "/api/orders/000000000000000000000000";
+    let (status, _) = contract
+        .call(&app, Method::GET, "/api/orders/{id}", missing, c, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::GET,
+            "/api/orders",
+            "/api/orders?limit=1",
+            c,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::GET,
+            "/api/orders",
+            "/api/orders?cursor=zz",
+            c,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let cancel = format!("/api/orders/{id}/cancel");
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders/{id}/cancel",
+            &cancel,
+            c,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::POST,
+            "/api/orders/{id}/cancel",
+            &cancel,
+            c,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let events = format!("/api/orders/{id}/events");
+    let (status, _) = contract
+        .call(
+            &app,
+            Method::GET,
+            "/api/orders/{id}/events",
+            &events,
+            c,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    contract.assert_complete();
+}
+
+#[tokio::test]
+async fn the_docs_page_is_served() {
+    let app = spawn_app().await;
+    let response = app.get("/api/docs", None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.text().await.expect("html");
+    assert!(html.contains("<html") && html.contains("openapi"), "{html}");
+}
