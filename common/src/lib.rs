@@ -8,4 +8,5 @@ pub mod event;
 pub mod mongo;
 pub mod shutdown;
 pub mod sqs;
+pub mod startup;
 pub mod telemetry;

@@ -68,6 +68,16 @@ pub struct ConsumerConfig {
     pub concurrency: usize,
     /// A `SENDING` email older than this is a crashed attempt and is retried.
     pub stale_send_after: Duration,
+    /// A handler still running after this is abandoned; the message is retried.
+    pub handler_timeout: Duration,
+    /// First retry delay after a transient failure; doubles per receive.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// How long handled event ids are remembered. Must cover the queue's
+    /// message retention, or a late redelivery could be processed twice.
+    pub inbox_retention: Duration,
+    /// How long start-up waits for MongoDB and SQS.
+    pub startup_timeout: Duration,
 }
 
 impl ProcessorConfig {
@@ -104,6 +114,11 @@ impl ProcessorConfig {
                 max_messages,
                 concurrency: config::parsed_or("CONSUMER_CONCURRENCY", 10)?,
                 stale_send_after: config::seconds_or("EMAIL_STALE_SEND_SECS", 60)?,
+                handler_timeout: config::seconds_or("HANDLER_TIMEOUT_SECS", 120)?,
+                retry_base: config::seconds_or("RETRY_BASE_SECS", 2)?,
+                retry_cap: config::seconds_or("RETRY_CAP_SECS", 300)?,
+                inbox_retention: config::seconds_or("INBOX_RETENTION_SECS", 14 * 24 * 3600)?,
+                startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
             },
         })
     }

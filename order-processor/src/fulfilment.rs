@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bson::{Bson, DateTime, doc, oid::ObjectId};
 use common::domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent};
-use mongodb::{Collection, Database, error::Error as MongoError, options::ReturnDocument};
+use mongodb::{
+    ClientSession, Collection, Database, error::Error as MongoError, options::ReturnDocument,
+};
 
 pub fn orders(db: &Database) -> Collection<Order> {
     db.collection("orders")
@@ -27,46 +29,67 @@ fn entry(
     bson::to_bson(&entry).map_err(MongoError::custom)
 }
 
-/// Moves the order to `next` if it is in a status that may become `next`.
-/// Returns the updated order, or `None` when it was not in such a status
-/// (already moved on, or cancelled).
-pub async fn advance(
+/// The event names an order that does not exist: retrying cannot help.
+#[derive(Debug, Clone, Copy)]
+pub struct UnknownOrder;
+
+pub async fn load_in(
     db: &Database,
+    session: &mut ClientSession,
     id: ObjectId,
-    next: OrderStatus,
 ) -> mongodb::error::Result<Option<Order>> {
-    let from: Vec<&str> = OrderStatus::predecessors_of(next)
-        .into_iter()
-        .map(OrderStatus::as_str)
-        .collect();
-    let now = DateTime::now();
     orders(db)
-        .find_one_and_update(
-            doc! { "_id": id, "status": { "$in": from } },
-            doc! {
-                "$set": { "status": next.as_str(), "updated_at": now },
-                "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
-            },
-        )
-        .return_document(ReturnDocument::After)
+        .find_one(doc! { "_id": id })
+        .session(session)
         .await
 }
 
-/// Notes, once, that the processor found the order cancelled and did not
-/// process it.
-pub async fn record_processing_skipped(db: &Database, id: ObjectId) -> mongodb::error::Result<()> {
-    let skipped = TimelineEvent::ProcessingSkipped.as_str();
-    orders(db)
-        .update_one(
-            doc! { "_id": id, "status": "CANCELLED", "timeline.event": { "$ne": skipped } },
-            doc! { "$push": { "timeline": entry(
-                TimelineEvent::ProcessingSkipped,
-                OrderStatus::Cancelled,
-                DateTime::now(),
-                Some("order was cancelled before processing"),
-            )? } },
-        )
-        .await?;
+/// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each
+/// step conditional on the status before it. An order already cancelled is
+/// left alone and the skip is noted on its timeline instead.
+pub async fn process(
+    db: &Database,
+    session: &mut ClientSession,
+    id: ObjectId,
+) -> mongodb::error::Result<()> {
+    let Some(mut order) = load_in(db, session, id).await? else {
+        return Err(MongoError::custom(UnknownOrder));
+    };
+    for next in [OrderStatus::Processing, OrderStatus::Processed] {
+        if order.status.can_become(next) {
+            let now = DateTime::now();
+            let advanced = orders(db)
+                .find_one_and_update(
+                    doc! { "_id": id, "status": order.status.as_str() },
+                    doc! {
+                        "$set": { "status": next.as_str(), "updated_at": now },
+                        "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
+                    },
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *session)
+                .await?;
+            // In a transaction the order cannot change under us; a miss
+            // would be a bug, so fail the transaction rather than guess.
+            order = advanced.ok_or_else(|| {
+                MongoError::custom(format!("order {id} changed inside a transaction"))
+            })?;
+        }
+    }
+    if order.status == OrderStatus::Cancelled {
+        orders(db)
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$push": { "timeline": entry(
+                    TimelineEvent::ProcessingSkipped,
+                    OrderStatus::Cancelled,
+                    DateTime::now(),
+                    Some("order was cancelled before processing"),
+                )? } },
+            )
+            .session(session)
+            .await?;
+    }
     Ok(())
 }
 

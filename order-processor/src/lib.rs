@@ -3,9 +3,12 @@
 //! messages, `fulfilment` moves orders through their states, `email` renders
 //! and sends the confirmation.
 
+pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod dlq;
 pub mod email;
 pub mod fulfilment;
 pub mod health;
+pub mod inbox;
 pub mod startup;

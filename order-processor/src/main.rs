@@ -1,11 +1,33 @@
 use anyhow::Context;
-use order_processor::{config::ProcessorConfig, startup::Application};
+use clap::{Parser, Subcommand};
+use order_processor::{cli, config::ProcessorConfig, startup::Application};
+
+/// Consumes order events from SQS, processes orders and sends their emails.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect or replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: cli::DlqAction,
+    },
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Cli::parse();
     common::telemetry::init_telemetry(common::telemetry::DEFAULT_FILTER);
     let env_source = common::config::load_env_file()?;
     let config = ProcessorConfig::from_env().context("reading configuration")?;
+    if let Some(Command::Dlq { action }) = args.command {
+        return cli::dlq(&config, action).await;
+    }
     config.log_summary(&env_source);
 
     let shutdown = common::shutdown::on_signal();

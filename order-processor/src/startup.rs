@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ProcessorConfig, consumer::Consumer, email::Mailer, health};
+use crate::{
+    config::ProcessorConfig, consumer::Consumer, dlq::Queues, email::Mailer, health, inbox,
+};
 
 pub struct Application {
     listener: TcpListener,
@@ -14,19 +17,44 @@ pub struct Application {
     consumer: Consumer,
 }
 
+/// The queue settings that must agree with ours.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub visibility_timeout: Duration,
+    pub message_retention: Duration,
+}
+
 impl Application {
+    /// Waits for MongoDB and SQS (with backoff, up to the start-up timeout),
+    /// prepares indexes, checks that settings agree, binds the health port.
     pub async fn build(config: ProcessorConfig) -> anyhow::Result<Self> {
-        let db = common::mongo::connect(&config.mongo, "order-processor").await?;
+        let within = config.consumer.startup_timeout;
+        let db = common::startup::wait_for("MongoDB", within, || {
+            common::mongo::connect(&config.mongo, "order-processor")
+        })
+        .await?;
+        inbox::create_indexes(&db)
+            .await
+            .context("creating the inbox indexes")?;
         let sqs = common::sqs::client(&config.sqs).await;
-        let queue_url = common::sqs::queue_url(&sqs, &config.sqs.queue_name).await?;
+        let queues = common::startup::wait_for("SQS", within, || async {
+            Ok(Queues {
+                main: common::sqs::queue_url(&sqs, &config.sqs.queue_name).await?,
+                dead_letter: common::sqs::queue_url(&sqs, &config.sqs.dlq_name).await?,
+            })
+        })
+        .await?;
+        let settings = queue_settings(&sqs, &queues.main).await?;
+        check_settings(&config, settings)?;
         let mailer = Mailer::new(&config.smtp)?;
         let consumer = Consumer::new(
             db,
             sqs,
-            queue_url,
+            queues,
             mailer,
             config.consumer.clone(),
             config.smtp.message_id_domain().to_string(),
+            settings.visibility_timeout,
         );
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
@@ -65,5 +93,110 @@ impl Application {
         }
         tracing::info!("order-processor stopped");
         served
+    }
+}
+
+async fn queue_settings(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> anyhow::Result<QueueSettings> {
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::MessageRetentionPeriod)
+        .send()
+        .await
+        .context("reading the queue's settings")?
+        .attributes
+        .unwrap_or_default();
+    let seconds = |name: QueueAttributeName| -> anyhow::Result<Duration> {
+        let raw = attributes
+            .get(&name)
+            .with_context(|| format!("the queue reports no {name}"))?;
+        Ok(Duration::from_secs(
+            raw.parse().with_context(|| format!("{name}={raw:?}"))?,
+        ))
+    };
+    Ok(QueueSettings {
+        visibility_timeout: seconds(QueueAttributeName::VisibilityTimeout)?,
+        message_retention: seconds(QueueAttributeName::MessageRetentionPeriod)?,
+    })
+}
+
+/// Settings that must agree, each refused with what and why.
+pub fn check_settings(config: &ProcessorConfig, queue: QueueSettings) -> anyhow::Result<()> {
+    let consumer = &config.consumer;
+    if queue.visibility_timeout < Duration::from_secs(3) {
+        bail!(
+            "the queue's VisibilityTimeout is {:?}; at least 3 s is needed, because the heartbeat renews it every third of it while a handler runs",
+            queue.visibility_timeout
+        );
+    }
+    if config.smtp.timeout >= consumer.handler_timeout {
+        bail!(
+            "SMTP_TIMEOUT_SECS ({:?}) must be shorter than HANDLER_TIMEOUT_SECS ({:?}), or a slow mail server makes every handler time out before it can record the result",
+            config.smtp.timeout,
+            consumer.handler_timeout
+        );
+    }
+    if consumer.inbox_retention < queue.message_retention {
+        bail!(
+            "INBOX_RETENTION_SECS ({:?}) is shorter than the queue's MessageRetentionPeriod ({:?}): a message redelivered after its inbox entry expired would be processed again",
+            consumer.inbox_retention,
+            queue.message_retention
+        );
+    }
+    if consumer.retry_cap > Duration::from_secs(43_200) {
+        bail!("RETRY_CAP_SECS may be at most 43200 (SQS's 12-hour visibility limit)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ProcessorConfig {
+        // SAFETY of the test: from_env only reads; defaults apply to unset vars.
+        ProcessorConfig::from_env().expect("defaults are valid")
+    }
+
+    fn queue(visibility: u64, retention: u64) -> QueueSettings {
+        QueueSettings {
+            visibility_timeout: Duration::from_secs(visibility),
+            message_retention: Duration::from_secs(retention),
+        }
+    }
+
+    #[test]
+    fn defaults_agree_with_a_default_queue() {
+        assert!(check_settings(&config(), queue(30, 4 * 24 * 3600)).is_ok());
+    }
+
+    #[test]
+    fn a_visibility_timeout_too_short_to_heartbeat_is_refused() {
+        let error = check_settings(&config(), queue(2, 3600)).expect_err("refused");
+        assert!(error.to_string().contains("VisibilityTimeout"), "{error}");
+    }
+
+    #[test]
+    fn an_inbox_that_forgets_before_the_queue_does_is_refused() {
+        let mut config = config();
+        config.consumer.inbox_retention = Duration::from_secs(3600);
+        let error = check_settings(&config, queue(30, 7200)).expect_err("refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("INBOX_RETENTION_SECS") && message.contains("processed again"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_smtp_timeout_longer_than_the_handler_is_refused() {
+        let mut config = config();
+        config.smtp.timeout = Duration::from_secs(200);
+        let error = check_settings(&config, queue(30, 3600)).expect_err("refused");
+        assert!(error.to_string().contains("SMTP_TIMEOUT_SECS"), "{error}");
     }
 }

@@ -89,6 +89,11 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             max_messages: 10,
             concurrency: 4,
             stale_send_after: Duration::from_secs(60),
+            handler_timeout: Duration::from_secs(30),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(5),
+            inbox_retention: Duration::from_secs(14 * 24 * 3600),
+            startup_timeout: Duration::from_secs(5),
         },
     }
 }

@@ -304,44 +304,60 @@ async fn rows_left_pending_are_published_by_the_sweep() {
 
 #[tokio::test]
 async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let (_, customer) = app.customer().await;
-    let product = app.product(&admin, 100, 5).await;
-    let created = app
-        .post(
-            "/api/orders",
-            Some(&customer),
-            &json!({ "items": [{ "productId": product, "quantity": 1 }] }),
-        )
-        .await;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let _ = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 1).await;
-    let outbox = app.db.collection::<mongodb::bson::Document>("outbox");
-    outbox
-        .update_many(
-            mongodb::bson::doc! {},
-            mongodb::bson::doc! { "$set": { "status": "PENDING", "attempts": 0 } },
-        )
+    test_support::require_stack().await;
+    // A database no running relay watches, so only the relay under test acts.
+    let database = test_support::unique("relay").replace('-', "_");
+    let db = common::mongo::connect(&test_support::mongo_config(&database), "relay-test")
         .await
-        .expect("reset");
+        .expect("connect");
+    let sqs = test_support::sqs_client().await;
+    let queues = test_support::create_queues(&sqs, &test_support::unique("relay"), 30).await;
+    let outbox = order_api::outbox::store::collection(&db);
+    let mut session = db.client().start_session().await.expect("session");
+    session.start_transaction().await.expect("begin");
+    order_api::outbox::store::enqueue(
+        &db,
+        &mut session,
+        mongodb::bson::oid::ObjectId::new(),
+        common::event::OrderEventType::OrderCreated,
+        mongodb::bson::DateTime::now(),
+    )
+    .await
+    .expect("enqueue");
+    session.commit_transaction().await.expect("commit");
 
-    // A relay whose queue does not exist: every send fails.
-    let missing_queue = format!("{}-gone", app.queues.queue_url);
-    let relay = order_api::outbox::Relay::new(app.db.clone(), app.sqs.clone(), missing_queue, 10);
-    let result = relay.try_publish_batch().await;
+    // A queue that does not exist: the send fails.
+    let gone = format!("{}-gone", queues.queue_url);
+    let broken = order_api::outbox::Relay::new(db.clone(), sqs.clone(), gone, 10);
+    let result = broken.try_publish_batch().await;
     assert!(result.is_err(), "{result:?}");
-
     let row = outbox
         .find_one(mongodb::bson::doc! {})
         .await
         .expect("query")
         .expect("row");
-    assert_eq!(row.get_str("status").expect("status"), "PENDING");
-    assert!(row.get_i32("attempts").expect("attempts") >= 1);
+    assert_eq!(row.status, order_api::outbox::store::OutboxStatus::Pending);
+    assert_eq!(row.attempts, 1);
     assert!(
-        row.get_str("last_error")
-            .is_ok_and(|e| e.contains("SendMessageBatch")),
-        "{row}"
+        row.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("SendMessageBatch")),
+        "{row:?}"
     );
+
+    // The next attempt, with SQS reachable, publishes it.
+    let relay =
+        order_api::outbox::Relay::new(db.clone(), sqs.clone(), queues.queue_url.clone(), 10);
+    let outcome = relay.try_publish_batch().await.expect("publishes");
+    assert_eq!(outcome.published, 1);
+    let row = outbox
+        .find_one(mongodb::bson::doc! {})
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(
+        row.status,
+        order_api::outbox::store::OutboxStatus::Published
+    );
+    assert!(row.sqs_message_id.is_some());
 }

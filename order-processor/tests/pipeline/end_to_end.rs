@@ -81,7 +81,7 @@ async fn an_order_becomes_processed_and_exactly_one_email_arrives() {
 
 #[tokio::test]
 async fn the_same_message_delivered_twice_makes_one_transition_and_one_email() {
-    let pipeline = spawn_pipeline(2).await;
+    let pipeline = spawn_pipeline(3).await;
     let admin = pipeline.admin_token().await;
     let (email, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 10_000, 5).await;

@@ -2,5 +2,6 @@
 //! a fresh database and fresh queues; mail lands in the real MailDev inbox.
 
 mod consumer;
+mod delivery;
 mod end_to_end;
 mod helpers;

@@ -1,0 +1,324 @@
+//! The queue consumer.
+//!
+//! `try_process_message` (process.rs) handles one event and says what
+//! happened; `poll_once` receives a batch, handles it under a visibility
+//! heartbeat, and settles every message: deleted when handled, put back with
+//! an exponential delay after a transient failure, or moved to the
+//! dead-letter queue at once when retrying cannot help; `run` loops over
+//! `poll_once` until shutdown.
+//!
+//! After maxReceiveCount receives SQS itself dead-letters a message that
+//! keeps failing.
+
+mod process;
+pub mod visibility;
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::Context;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+    MessageSystemAttributeName,
+};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use common::event::OrderEvent;
+use futures::{StreamExt, stream};
+use mongodb::Database;
+use tokio_util::sync::CancellationToken;
+
+pub use process::{Outcome, ProcessError};
+
+use crate::{
+    config::ConsumerConfig,
+    dlq::{self, Queues},
+    email::Mailer,
+};
+
+#[derive(Clone)]
+pub struct Consumer {
+    db: Database,
+    sqs: aws_sdk_sqs::Client,
+    queues: Queues,
+    mailer: Mailer,
+    config: ConsumerConfig,
+    message_id_domain: String,
+    /// The queue's visibility timeout: the heartbeat renews it.
+    visibility: Duration,
+}
+
+/// What becomes of one received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settlement {
+    Delete,
+    RetryAfter(Duration),
+    /// Already moved to the DLQ and deleted from the main queue.
+    DeadLettered,
+}
+
+/// Counts from one `poll_once`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub received: usize,
+    pub acknowledged: usize,
+    pub retried: usize,
+    pub dead_lettered: usize,
+    pub visibility_extensions: u32,
+}
+
+impl Consumer {
+    pub fn new(
+        db: Database,
+        sqs: aws_sdk_sqs::Client,
+        queues: Queues,
+        mailer: Mailer,
+        config: ConsumerConfig,
+        message_id_domain: String,
+        visibility: Duration,
+    ) -> Self {
+        Consumer {
+            db,
+            sqs,
+            queues,
+            mailer,
+            config,
+            message_id_domain,
+            visibility,
+        }
+    }
+
+    /// Receives up to a batch, handles it (one order's messages in order,
+    /// different orders concurrently up to the configured limit) and settles
+    /// every message.
+    pub async fn poll_once(&self) -> anyhow::Result<BatchReport> {
+        let messages = self.receive().await?;
+        self.settle(messages).await
+    }
+
+    /// One long poll: up to a batch of messages, possibly none.
+    async fn receive(&self) -> anyhow::Result<Vec<Message>> {
+        let received = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queues.main)
+            .max_number_of_messages(self.config.max_messages)
+            .wait_time_seconds(i32::try_from(self.config.wait_time.as_secs()).unwrap_or(20))
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .context("receiving from SQS")?;
+        Ok(received.messages.unwrap_or_default())
+    }
+
+    /// Handles received messages and settles each one.
+    async fn settle(&self, messages: Vec<Message>) -> anyhow::Result<BatchReport> {
+        if messages.is_empty() {
+            return Ok(BatchReport::default());
+        }
+
+        // Messages about the same order are handled one after another, so a
+        // duplicate in the same batch finds the first one's work done.
+        let mut by_order: HashMap<String, Vec<Message>> = HashMap::new();
+        for message in messages {
+            let key = message
+                .body()
+                .and_then(|b| OrderEvent::from_json(b).ok())
+                .map(|e| e.order_id)
+                .unwrap_or_else(|| message.message_id().unwrap_or_default().to_string());
+            by_order.entry(key).or_default().push(message);
+        }
+        let settled: Vec<(Message, Settlement, u32)> = stream::iter(by_order.into_values())
+            .map(|group| async move {
+                let mut done = Vec::with_capacity(group.len());
+                for message in group {
+                    let (settlement, extensions) = self.handle(&message).await;
+                    done.push((message, settlement, extensions));
+                }
+                done
+            })
+            .buffer_unordered(self.config.concurrency.max(1))
+            .flat_map(stream::iter)
+            .collect()
+            .await;
+
+        let mut report = BatchReport {
+            received: settled.len(),
+            ..BatchReport::default()
+        };
+        let mut delete = Vec::new();
+        let mut retry = Vec::new();
+        for (message, settlement, extensions) in settled {
+            report.visibility_extensions += extensions;
+            match settlement {
+                Settlement::Delete => {
+                    report.acknowledged += 1;
+                    delete.push(message);
+                }
+                Settlement::RetryAfter(delay) => {
+                    report.retried += 1;
+                    retry.push((message, delay));
+                }
+                Settlement::DeadLettered => report.dead_lettered += 1,
+            }
+        }
+        self.delete(&delete).await?;
+        self.postpone(&retry).await?;
+        Ok(report)
+    }
+
+    /// Handles one message under a visibility heartbeat and decides its fate.
+    async fn handle(&self, message: &Message) -> (Settlement, u32) {
+        let body = message.body().unwrap_or_default();
+        let sqs_id = message.message_id().unwrap_or_default();
+        let receipt = message.receipt_handle().unwrap_or_default();
+        let (result, extensions) = visibility::with_heartbeat(
+            self.try_process_message(body),
+            &self.sqs,
+            &self.queues.main,
+            receipt,
+            self.visibility,
+            self.config.handler_timeout,
+        )
+        .await;
+        let receives = receive_count(message);
+        let backoff =
+            visibility::retry_delay(receives, self.config.retry_base, self.config.retry_cap);
+        let settlement = match result {
+            Ok(Ok(outcome)) => {
+                tracing::debug!(sqs_message_id = sqs_id, ?outcome, "message handled");
+                Settlement::Delete
+            }
+            Ok(Err(e @ (ProcessError::Unparseable(_) | ProcessError::UnknownOrder(_)))) => {
+                let reason = e.to_string();
+                match dlq::dead_letter(&self.sqs, &self.queues, message, &reason).await {
+                    Ok(()) => {
+                        tracing::error!(sqs_message_id = sqs_id, %reason, "message dead-lettered: retrying cannot help");
+                        Settlement::DeadLettered
+                    }
+                    Err(e) => {
+                        tracing::warn!(sqs_message_id = sqs_id, error = %format!("{e:#}"), "could not dead-letter; will retry");
+                        Settlement::RetryAfter(backoff)
+                    }
+                }
+            }
+            Ok(Err(e @ ProcessError::InFlight)) => {
+                tracing::info!(sqs_message_id = sqs_id, reason = %e, "another attempt is in flight; retrying later");
+                Settlement::RetryAfter(backoff)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(sqs_message_id = sqs_id, receives, error = %e, retry_in = ?backoff, "message not handled; will retry");
+                Settlement::RetryAfter(backoff)
+            }
+            Err(visibility::TimedOut) => {
+                tracing::warn!(sqs_message_id = sqs_id, timeout = ?self.config.handler_timeout, "handler timed out; will retry");
+                Settlement::RetryAfter(backoff)
+            }
+        };
+        (settlement, extensions)
+    }
+
+    async fn delete(&self, messages: &[Message]) -> anyhow::Result<()> {
+        for chunk in messages.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .set_receipt_handle(m.receipt_handle().map(str::to_string))
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            let out = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&self.queues.main)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .context("deleting handled messages")?;
+            for failed in out.failed() {
+                // Harmless: the message comes back and is a duplicate then.
+                tracing::warn!(code = failed.code(), "SQS did not delete a handled message");
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes failed messages invisible for their backoff delay.
+    async fn postpone(&self, messages: &[(Message, Duration)]) -> anyhow::Result<()> {
+        for chunk in messages.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (m, delay))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .set_receipt_handle(m.receipt_handle().map(str::to_string))
+                        .visibility_timeout(visibility::seconds(*delay))
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>();
+            self.sqs
+                .change_message_visibility_batch()
+                .queue_url(&self.queues.main)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .context("postponing failed messages")?;
+        }
+        Ok(())
+    }
+}
+
+fn receive_count(message: &Message) -> u32 {
+    message
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Polls until `shutdown`. A receive in progress is abandoned at shutdown
+/// (SQS has handed nothing over yet, or its messages reappear after the
+/// visibility timeout); a batch in hand is always finished and settled.
+pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
+    let backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = backoff();
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = consumer.receive() => received,
+        };
+        let result = match received {
+            Ok(messages) => consumer.settle(messages).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(report) => {
+                if report.received > 0 {
+                    tracing::debug!(?report, "batch done");
+                }
+                delays = backoff();
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %format!("{e:#}"), ?delay, "consumer step failed; backing off");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::info!("consumer stopped");
+}

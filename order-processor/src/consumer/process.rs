@@ -1,0 +1,202 @@
+//! Handling one event: the order change it asks for (recorded in the inbox in
+//! the same transaction) and the email that follows it.
+
+use bson::oid::ObjectId;
+use common::{
+    domain::{EmailKind, EmailStatus, Order, OrderStatus},
+    event::{OrderEvent, OrderEventType},
+};
+use futures::FutureExt;
+
+use super::Consumer;
+use crate::{
+    email::{self, SendError},
+    fulfilment, inbox,
+};
+
+/// What handling one event did. Every outcome acknowledges the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The order was processed and its confirmation sent now.
+    Processed,
+    /// Everything this event asks for had already happened (a redelivery).
+    Duplicate,
+    /// The order was cancelled before it could be processed.
+    SkippedCancelled,
+    /// The cancellation email was sent now.
+    CancellationSent,
+    /// The SMTP server refused the email for good (recorded as FAILED).
+    EmailFailed,
+}
+
+/// Why an event was not handled; the message stays in the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("unparseable message body: {0}")]
+    Unparseable(String),
+    #[error("order {0} does not exist")]
+    UnknownOrder(String),
+    #[error("another attempt is sending this order's email")]
+    InFlight,
+    #[error("transient failure: {0:#}")]
+    Transient(#[from] anyhow::Error),
+}
+
+impl From<mongodb::error::Error> for ProcessError {
+    fn from(e: mongodb::error::Error) -> Self {
+        ProcessError::Transient(e.into())
+    }
+}
+
+impl Consumer {
+    /// Handles one event body: PENDING → PROCESSING → PROCESSED, then the
+    /// confirmation email, each step conditional so a redelivery repeats none.
+    pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
+        let event =
+            OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
+        let id = ObjectId::parse_str(&event.order_id)
+            .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
+        let first_delivery = self.apply(&event, id).await?;
+        match event.event_type {
+            OrderEventType::OrderCreated => self.confirm(id, first_delivery).await,
+            OrderEventType::OrderCancelled => self.announce_cancellation(id).await,
+        }
+    }
+
+    /// In ONE transaction: record the event in the inbox and make the order
+    /// change it asks for. `false` when the inbox already had it: a
+    /// redelivery, which changes nothing.
+    async fn apply(&self, event: &OrderEvent, id: ObjectId) -> Result<bool, ProcessError> {
+        let entry = inbox::entry(
+            &event.event_id,
+            event.event_type.as_str(),
+            &event.order_id,
+            self.config.inbox_retention,
+        );
+        let mut session = self.db.client().start_session().await?;
+        let applied = session
+            .start_transaction()
+            .and_run(
+                (&self.db, &entry, id, event.event_type),
+                |session, (db, entry, id, event_type)| {
+                    async move {
+                        if !inbox::record_first(db, session, entry).await? {
+                            return Ok(false);
+                        }
+                        if *event_type == OrderEventType::OrderCreated {
+                            fulfilment::process(db, session, *id).await?;
+                        } else if fulfilment::load_in(db, session, *id).await?.is_none() {
+                            return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
+                        }
+                        Ok(true)
+                    }
+                    .boxed()
+                },
+            )
+            .await;
+        match applied {
+            Ok(first) => Ok(first),
+            Err(e) if e.get_custom::<fulfilment::UnknownOrder>().is_some() => {
+                Err(ProcessError::UnknownOrder(id.to_hex()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load(&self, id: ObjectId) -> Result<Order, ProcessError> {
+        fulfilment::load(&self.db, id)
+            .await?
+            .ok_or_else(|| ProcessError::UnknownOrder(id.to_hex()))
+    }
+
+    /// After `order.created`: the confirmation email, unless the order was
+    /// cancelled first.
+    async fn confirm(&self, id: ObjectId, first_delivery: bool) -> Result<Outcome, ProcessError> {
+        let order = self.load(id).await?;
+        if order.status == OrderStatus::Cancelled {
+            tracing::info!(order_id = %id, "order was cancelled; not processing it");
+            return Ok(Outcome::SkippedCancelled);
+        }
+        if first_delivery {
+            tracing::info!(order_id = %id, status = %order.status, "order processed");
+        }
+        match order.email.status {
+            EmailStatus::Sent => Ok(if first_delivery {
+                Outcome::Processed
+            } else {
+                Outcome::Duplicate
+            }),
+            EmailStatus::Failed => Ok(Outcome::EmailFailed),
+            EmailStatus::Pending | EmailStatus::Sending => self
+                .send(&order, EmailKind::Confirmation)
+                .await
+                .map(|failed| failed.unwrap_or(Outcome::Processed)),
+        }
+    }
+
+    /// Sends the cancellation email of a cancelled order, once.
+    async fn announce_cancellation(&self, id: ObjectId) -> Result<Outcome, ProcessError> {
+        let order = self.load(id).await?;
+        let Some(delivery) = order.cancellation_email.as_ref() else {
+            return Err(ProcessError::Transient(anyhow::anyhow!(
+                "order {id} has no cancellation record although it was announced cancelled"
+            )));
+        };
+        match delivery.status {
+            EmailStatus::Sent => Ok(Outcome::Duplicate),
+            EmailStatus::Failed => Ok(Outcome::EmailFailed),
+            EmailStatus::Pending | EmailStatus::Sending => self
+                .send(&order, EmailKind::Cancellation)
+                .await
+                .map(|failed| failed.unwrap_or(Outcome::CancellationSent)),
+        }
+    }
+
+    /// Sends one of the order's emails as a recorded side effect: claim
+    /// (`SENDING`), SMTP, then `SENT` or `FAILED`. `Some(EmailFailed)` when
+    /// the server refused it for good.
+    async fn send(&self, order: &Order, kind: EmailKind) -> Result<Option<Outcome>, ProcessError> {
+        let message_id = kind.message_id(&order.id, &self.message_id_domain);
+        // Intent first: a crash after this line leaves a visible SENDING.
+        let Some(claimed) = fulfilment::claim_email(
+            &self.db,
+            order.id,
+            kind,
+            &message_id,
+            self.config.stale_send_after,
+        )
+        .await?
+        else {
+            return Err(ProcessError::InFlight);
+        };
+        let order_id = order.id.to_hex();
+        let rendered = match kind {
+            EmailKind::Confirmation => email::confirmation(&claimed),
+            EmailKind::Cancellation => email::cancellation(&claimed),
+        };
+        let attempt = claimed.delivery(kind).map_or(0, |d| d.attempts);
+        match self
+            .mailer
+            .send(&claimed.customer_email, &message_id, rendered)
+            .await
+        {
+            Ok(()) => {
+                fulfilment::record_email_sent(&self.db, &claimed, kind).await?;
+                tracing::info!(order_id, email = kind.field(), attempt, "email sent");
+                Ok(None)
+            }
+            Err(SendError::Permanent(reason)) => {
+                fulfilment::record_email_failed(&self.db, &claimed, kind, &reason).await?;
+                tracing::error!(order_id, email = kind.field(), %reason, "email refused for good");
+                Ok(Some(Outcome::EmailFailed))
+            }
+            Err(SendError::Transient(reason)) => {
+                fulfilment::record_email_retry(&self.db, order.id, kind, &reason).await?;
+                Err(ProcessError::Transient(anyhow::anyhow!(
+                    "sending the {}: {reason}",
+                    kind.field()
+                )))
+            }
+        }
+    }
+}

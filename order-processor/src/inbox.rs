@@ -1,0 +1,77 @@
+//! The inbox: every event id the processor has acted on, with a unique `_id`,
+//! written in the same transaction as the order change the event causes. A
+//! redelivered event finds its id and changes nothing. Rows expire after the
+//! configured retention, which start-up checks is at least the queue's
+//! message retention (a message can never outlive its inbox row).
+
+use std::time::Duration;
+
+use bson::{DateTime, doc};
+use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// The event id (the outbox row's id).
+    #[serde(rename = "_id")]
+    pub event_id: String,
+    pub event_type: String,
+    pub order_id: String,
+    pub handled_at: DateTime,
+    pub expires_at: DateTime,
+}
+
+fn collection(db: &Database) -> Collection<InboxEntry> {
+    db.collection("inbox")
+}
+
+pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
+    collection(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "expires_at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::from_secs(0))
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records the event inside the caller's transaction. `false` when it was
+/// already recorded: the caller must then change nothing.
+///
+/// Checks before inserting rather than catching the duplicate-key error: a
+/// failed write aborts the transaction on the server. Two deliveries racing
+/// here conflict on the same `_id` and the driver retries the loser, which
+/// then sees the winner's row.
+pub async fn record_first(
+    db: &Database,
+    session: &mut ClientSession,
+    entry: &InboxEntry,
+) -> mongodb::error::Result<bool> {
+    let seen = collection(db)
+        .find_one(doc! { "_id": &entry.event_id })
+        .session(&mut *session)
+        .await?;
+    if seen.is_some() {
+        return Ok(false);
+    }
+    collection(db).insert_one(entry).session(session).await?;
+    Ok(true)
+}
+
+pub fn entry(event_id: &str, event_type: &str, order_id: &str, retention: Duration) -> InboxEntry {
+    let now = DateTime::now();
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
+    InboxEntry {
+        event_id: event_id.to_string(),
+        event_type: event_type.to_string(),
+        order_id: order_id.to_string(),
+        handled_at: now,
+        expires_at: DateTime::from_millis(now.timestamp_millis().saturating_add(retention_ms)),
+    }
+}
