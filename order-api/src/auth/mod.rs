@@ -1,5 +1,5 @@
-//! Accounts and tokens: registration, login, refresh-token rotation, and the
-//! `AuthUser` extractor every protected route takes.
+//! Accounts and tokens: registration, login, refresh-token
+//! rotation, logout, and the `AuthUser` extractor every protected route takes.
 
 mod extractor;
 pub mod password;
@@ -9,7 +9,10 @@ pub mod users;
 
 use std::sync::Arc;
 
-use axum::{Router, routing::post};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 
 pub use extractor::AuthUser;
 pub use password::PasswordHasher;
@@ -40,4 +43,6 @@ pub fn router() -> Router<AppState> {
         .route("/register", post(routes::register))
         .route("/login", post(routes::login))
         .route("/refresh", post(routes::refresh))
+        .route("/logout", post(routes::logout))
+        .route("/me", get(routes::me))
 }

@@ -65,6 +65,14 @@ impl TestApp {
 
     /// Registers a customer with a unique name and returns (email, access token).
     pub async fn customer(&self) -> (String, String) {
+        let email = self.register().await;
+        let token = self.login(&email, PASSWORD).await;
+        (email, token)
+    }
+
+    /// Registers a customer (password [`PASSWORD`]) without logging in, so
+    /// no login attempt is spent; returns the email.
+    pub async fn register(&self) -> String {
         let name = unique("u");
         let email = format!("{name}@shop.test");
         let response = self
@@ -75,18 +83,28 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED, "register");
-        let token = self.login(&email, PASSWORD).await;
-        (email, token)
+        email
+    }
+
+    /// One login attempt, whatever its outcome.
+    pub async fn try_login(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// The whole login response body: tokens and user.
+    pub async fn login_body(&self, email: &str, password: &str) -> Value {
+        let response = self.try_login(email, password).await;
+        assert_eq!(response.status(), StatusCode::OK, "login as {email}");
+        response.json().await.expect("json")
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let response = self
-            .post(
-                "/api/auth/login",
-                None,
-                &json!({ "email": email, "password": password }),
-            )
-            .await;
+        let response = self.try_login(email, password).await;
         assert_eq!(response.status(), StatusCode::OK, "login as {email}");
         let body: Value = response.json().await.expect("json");
         body["accessToken"]
