@@ -1,6 +1,6 @@
 //! order-api's settings, read once at start-up.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use anyhow::{Context, bail};
 use common::{
@@ -32,6 +32,17 @@ pub struct AuthConfig {
     pub cookie_secure: bool,
     /// Concurrent argon2 computations; each takes ~19 MiB and a core.
     pub max_concurrent_hashes: usize,
+    pub login_rate: LoginRateLimits,
+}
+
+/// Login attempts allowed per minute, as a burst that refills evenly over the
+/// minute. Every attempt counts, successful or not.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRateLimits {
+    /// Per client address (an IPv6 client's whole /64).
+    pub per_ip_per_minute: NonZeroU32,
+    /// Per account, keyed by the lowercased email.
+    pub per_account_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +56,11 @@ pub struct AdminSeed {
 pub struct ShopConfig {
     pub currency: String,
     pub tax_rate: TaxRate,
+}
+
+impl LoginRateLimits {
+    pub const DEFAULT_PER_IP: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
+    pub const DEFAULT_PER_ACCOUNT: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +116,16 @@ impl ApiConfig {
                 refresh_token_ttl: config::seconds_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
                 cookie_secure: config::parsed_or("COOKIE_SECURE", true)?,
                 max_concurrent_hashes: config::parsed_or("MAX_CONCURRENT_HASHES", 2)?,
+                login_rate: LoginRateLimits {
+                    per_ip_per_minute: config::parsed_or(
+                        "LOGIN_RATE_PER_MINUTE_PER_IP",
+                        LoginRateLimits::DEFAULT_PER_IP,
+                    )?,
+                    per_account_per_minute: config::parsed_or(
+                        "LOGIN_RATE_PER_MINUTE_PER_ACCOUNT",
+                        LoginRateLimits::DEFAULT_PER_ACCOUNT,
+                    )?,
+                },
             },
             admin,
             shop: ShopConfig {

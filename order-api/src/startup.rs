@@ -1,6 +1,6 @@
 //! Building and running the service: the router, its state, and the relay.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -30,6 +30,9 @@ use crate::{
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// How often login-limiter keys whose allowance has refilled are dropped.
+const FORGET_IDLE_LOGIN_KEYS_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Application {
     listener: TcpListener,
@@ -89,9 +92,16 @@ impl Application {
         // Rows left pending before this start are published at once.
         wake.notify_one();
         let relay = tokio::spawn(outbox::relay::run(self.relay, wake, shutdown.clone()));
+        let limiter_housekeeping = tokio::spawn(auth::rate_limit::forget_idle_until_stopped(
+            self.state.auth.clone(),
+            FORGET_IDLE_LOGIN_KEYS_EVERY,
+            shutdown.clone(),
+        ));
 
         let server_shutdown = shutdown.clone();
-        let served = axum::serve(self.listener, router(self.state))
+        // The peer address is what login throttling keys clients by.
+        let app = router(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
             .context("serving HTTP");
@@ -103,6 +113,7 @@ impl Application {
         {
             tracing::warn!("outbox relay did not stop within 10 s");
         }
+        let _ = limiter_housekeeping.await;
         if let Err(e) = sweep.shutdown().await {
             tracing::warn!(error = %e, "stopping the sweep scheduler");
         }
@@ -121,6 +132,9 @@ async fn create_indexes(db: &mongodb::Database) -> mongodb::error::Result<()> {
 }
 
 /// The whole HTTP surface. Its own function so tests can drive it.
+///
+/// Login reads the peer address: serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health::health))

@@ -1,8 +1,9 @@
-//! Accounts and tokens: registration, login, refresh-token
+//! Accounts and tokens: registration, login (throttled), refresh-token
 //! rotation, logout, and the `AuthUser` extractor every protected route takes.
 
 mod extractor;
 pub mod password;
+pub mod rate_limit;
 mod routes;
 pub mod tokens;
 pub mod users;
@@ -16,6 +17,7 @@ use axum::{
 
 pub use extractor::AuthUser;
 pub use password::PasswordHasher;
+pub use rate_limit::LoginLimiter;
 pub use tokens::{AccessClaims, TokenIssuer};
 pub use users::{Role, User};
 
@@ -26,6 +28,7 @@ pub struct Authenticator {
     pub passwords: PasswordHasher,
     pub tokens: TokenIssuer,
     pub cookie_secure: bool,
+    pub login_limiter: LoginLimiter,
 }
 
 impl Authenticator {
@@ -34,6 +37,7 @@ impl Authenticator {
             passwords: PasswordHasher::new(config.max_concurrent_hashes)?,
             tokens: TokenIssuer::new(config),
             cookie_secure: config.cookie_secure,
+            login_limiter: LoginLimiter::new(config.login_rate),
         }))
     }
 }

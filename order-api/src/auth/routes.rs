@@ -1,4 +1,11 @@
-use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
+use std::net::SocketAddr;
+
+use axum::{
+    Json as JsonResponse,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use bson::{DateTime, oid::ObjectId};
 use secrecy::SecretString;
@@ -90,11 +97,21 @@ pub struct TokenResponse {
     user: UserView,
 }
 
+/// Throttled per client address and per account before any password work,
+/// so guessing costs the guesser time and the server nothing.
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     jar: CookieJar,
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    if let Err(throttled) = state.auth.login_limiter.check(peer.ip(), &body.email) {
+        tracing::warn!(client = %peer.ip(), retry_after = ?throttled.retry_after, "login throttled");
+        return Err(ApiError::rate_limited(
+            throttled.retry_after,
+            "too many login attempts; retry later",
+        ));
+    }
     let user = users::find_by_email(&state.db, &body.email).await?;
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
     // Same work whether or not the account exists: no user enumeration.

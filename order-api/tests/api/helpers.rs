@@ -1,4 +1,5 @@
 use mongodb::Database;
+use order_api::config::ApiConfig;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use test_support::{
@@ -22,12 +23,18 @@ pub struct TestApp {
 /// Starts order-api on a free port against the real stack, with a fresh
 /// database and fresh queues.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `spawn_app` with the test configuration changed first.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
     test_support::require_stack().await;
     let database = unique("api").replace('-', "_");
     let queue = unique("orders");
     let sqs = test_support::sqs_client().await;
     let queues = test_support::create_queues(&sqs, &queue, 30).await;
-    let config = apps::api_config(&database, &queue);
+    let mut config = apps::api_config(&database, &queue);
+    configure(&mut config);
     let db = common::mongo::connect(&config.mongo, "api-test")
         .await
         .expect("connecting to MongoDB");

@@ -5,3 +5,4 @@ mod auth;
 mod helpers;
 mod orders;
 mod products;
+mod rate_limit;
