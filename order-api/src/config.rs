@@ -82,7 +82,10 @@ impl ApiConfig {
         let jwt_secret = match config::secret("JWT_SECRET") {
             Some(secret) => secret,
             None if development => SecretString::from(DEVELOPMENT_JWT_SECRET),
-            None => bail!("JWT_SECRET must be set (at least {MIN_JWT_SECRET_BYTES} bytes)"),
+            None => bail!(
+                "JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} random bytes \
+                 (only APP_ENV=development may run without it, on a built-in development secret)"
+            ),
         };
         if jwt_secret.expose_secret().len() < MIN_JWT_SECRET_BYTES {
             bail!(

@@ -8,7 +8,7 @@ use test_support::{
     unique,
 };
 
-pub use test_support::apps::{ADMIN_EMAIL, ADMIN_PASSWORD};
+pub use test_support::apps::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
 pub const PASSWORD: &str = "s3cure-passw0rd";
 
 pub struct TestApp {

@@ -6,3 +6,5 @@ mod helpers;
 mod orders;
 mod products;
 mod rate_limit;
+mod startup;
+mod tokens;
