@@ -1,5 +1,6 @@
-//! The catalogue: admins add products; anyone may browse.
+//! The catalogue: admins add and change products; anyone may browse.
 
+pub mod requests;
 mod routes;
 pub mod store;
 
@@ -12,5 +13,5 @@ pub use store::ProductView;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(routes::list).post(routes::create))
-        .route("/{id}", get(routes::get_one))
+        .route("/{id}", get(routes::get_one).patch(routes::update))
 }

@@ -62,6 +62,14 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self.http.patch(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let mut request = self.http.get(self.url(path));
         if let Some(token) = token {
