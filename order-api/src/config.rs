@@ -58,6 +58,19 @@ pub struct ShopConfig {
     pub tax_rate: TaxRate,
 }
 
+impl ShopConfig {
+    /// Read on its own too: `order-api seed-products` needs the currency but
+    /// none of the serving settings (no JWT secret, no queue).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let tax_rate = TaxRate::from_basis_points(config::parsed_or("TAX_RATE_BPS", 1800)?)
+            .context("TAX_RATE_BPS must be between 0 and 10000")?;
+        Ok(ShopConfig {
+            currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
+            tax_rate,
+        })
+    }
+}
+
 impl LoginRateLimits {
     pub const DEFAULT_PER_IP: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
     pub const DEFAULT_PER_ACCOUNT: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
@@ -105,8 +118,6 @@ impl ApiConfig {
             (None, None) => None,
             _ => bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
-        let tax_rate = TaxRate::from_basis_points(config::parsed_or("TAX_RATE_BPS", 1800)?)
-            .context("TAX_RATE_BPS must be between 0 and 10000")?;
         Ok(ApiConfig {
             host: config::optional("API_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("API_PORT", 8000)?,
@@ -131,10 +142,7 @@ impl ApiConfig {
                 },
             },
             admin,
-            shop: ShopConfig {
-                currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
-                tax_rate,
-            },
+            shop: ShopConfig::from_env()?,
             outbox: OutboxConfig {
                 batch_size: 10,
                 sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")

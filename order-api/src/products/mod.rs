@@ -1,7 +1,9 @@
-//! The catalogue: admins add and change products; anyone may browse.
+//! The catalogue: admins add and change products (or seed them from a file);
+//! anyone may browse.
 
 pub mod requests;
 mod routes;
+pub mod seed;
 pub mod store;
 
 use axum::{Router, routing::get};

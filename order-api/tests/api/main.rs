@@ -6,5 +6,6 @@ mod helpers;
 mod orders;
 mod products;
 mod rate_limit;
+mod seed;
 mod startup;
 mod tokens;

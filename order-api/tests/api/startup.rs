@@ -96,3 +96,42 @@ fn development_without_a_secret_gets_as_far_as_the_database() {
     assert!(stderr.contains("MongoDB"), "{stderr}");
     assert!(!stderr.contains("JWT_SECRET"), "{stderr}");
 }
+
+#[test]
+fn seed_products_refuses_a_bad_file_before_touching_the_database() {
+    let file = empty_dir().join("products.json");
+    std::fs::write(
+        &file,
+        r#"[{"name": "Ok", "sku": "OK-1", "price": 100, "stock": 1},
+            {"name": "", "sku": "BAD-1", "price": -5, "stock": 1}]"#,
+    )
+    .expect("written");
+    let path = file.to_str().expect("utf-8 path");
+    let output = run_order_api(
+        &["seed-products", path],
+        &[NO_DATABASE, QUICK_DATABASE_TIMEOUT],
+    );
+    let stderr = stderr(&output);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("entry 2"), "{stderr}");
+    assert!(stderr.contains("BAD-1"), "{stderr}");
+    assert!(!stderr.contains("MongoDB"), "{stderr}");
+}
+
+#[tokio::test]
+async fn seed_products_prints_its_summary() {
+    test_support::require_stack().await;
+    let database = test_support::unique("seedcli").replace('-', "_");
+    let seed_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../seed/products.json");
+    let uri = test_support::mongo_uri();
+    let output = run_order_api(
+        &["seed-products", seed_file],
+        &[("MONGODB_URI", &uri), ("MONGODB_DATABASE", &database)],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", stderr(&output));
+    assert!(
+        stdout.contains("seeded 10 products: 10 created, 0 updated, 0 unchanged"),
+        "{stdout}"
+    );
+}
