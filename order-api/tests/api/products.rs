@@ -161,7 +161,15 @@ async fn bad_patches_are_refused() {
     for (body, why) in [
         (json!({}), "empty"),
         (json!({ "sku": "NEW-SKU" }), "the sku cannot change"),
+        (
+            json!({ "price": 1, "sku": "NEW-SKU" }),
+            "the sku cannot change, even beside a valid field",
+        ),
         (json!({ "colour": "red" }), "unknown field"),
+        (
+            json!({ "price": 1, "colour": "red" }),
+            "unknown field beside a valid one",
+        ),
         (json!({ "price": -1 }), "negative price"),
         (json!({ "price": 9.99 }), "float price"),
         (json!({ "price": "999" }), "price as a string"),
