@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test stack-up stack-down stack-status build lint fmt check-compose test-only
+.PHONY: help run test stack-up stack-down stack-status build lint fmt check-compose test-only seed
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ lint: ## rustfmt and clippy, warnings are errors
 
 fmt: ## format the tree
 	cargo fmt --all
+
+seed: ## add the sample catalogue in seed/products.json (safe to repeat; never resets stock)
+	ENV_FILE=$$([[ -f .env ]] && echo .env || echo .env.example) \
+	  cargo run -q -p order-api -- seed-products seed/products.json
 
 build: ## build both services (debug)
 	cargo build --bins -p order-api -p order-processor

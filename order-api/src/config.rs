@@ -1,6 +1,6 @@
 //! order-api's settings, read once at start-up.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
 use anyhow::{Context, bail};
 use common::{
@@ -32,6 +32,17 @@ pub struct AuthConfig {
     pub cookie_secure: bool,
     /// Concurrent argon2 computations; each takes ~19 MiB and a core.
     pub max_concurrent_hashes: usize,
+    pub login_rate: LoginRateLimits,
+}
+
+/// Login attempts allowed per minute, as a burst that refills evenly over the
+/// minute. Every attempt counts, successful or not.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginRateLimits {
+    /// Per client address (an IPv6 client's whole /64).
+    pub per_ip_per_minute: NonZeroU32,
+    /// Per account, keyed by the lowercased email.
+    pub per_account_per_minute: NonZeroU32,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +56,24 @@ pub struct AdminSeed {
 pub struct ShopConfig {
     pub currency: String,
     pub tax_rate: TaxRate,
+}
+
+impl ShopConfig {
+    /// Read on its own too: `order-api seed-products` needs the currency but
+    /// none of the serving settings (no JWT secret, no queue).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let tax_rate = TaxRate::from_basis_points(config::parsed_or("TAX_RATE_BPS", 1800)?)
+            .context("TAX_RATE_BPS must be between 0 and 10000")?;
+        Ok(ShopConfig {
+            currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
+            tax_rate,
+        })
+    }
+}
+
+impl LoginRateLimits {
+    pub const DEFAULT_PER_IP: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
+    pub const DEFAULT_PER_ACCOUNT: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +95,10 @@ impl ApiConfig {
         let jwt_secret = match config::secret("JWT_SECRET") {
             Some(secret) => secret,
             None if development => SecretString::from(DEVELOPMENT_JWT_SECRET),
-            None => bail!("JWT_SECRET must be set (at least {MIN_JWT_SECRET_BYTES} bytes)"),
+            None => bail!(
+                "JWT_SECRET must be set to at least {MIN_JWT_SECRET_BYTES} random bytes \
+                 (only APP_ENV=development may run without it, on a built-in development secret)"
+            ),
         };
         if jwt_secret.expose_secret().len() < MIN_JWT_SECRET_BYTES {
             bail!(
@@ -86,8 +118,6 @@ impl ApiConfig {
             (None, None) => None,
             _ => bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
-        let tax_rate = TaxRate::from_basis_points(config::parsed_or("TAX_RATE_BPS", 1800)?)
-            .context("TAX_RATE_BPS must be between 0 and 10000")?;
         Ok(ApiConfig {
             host: config::optional("API_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("API_PORT", 8000)?,
@@ -100,12 +130,19 @@ impl ApiConfig {
                 refresh_token_ttl: config::seconds_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
                 cookie_secure: config::parsed_or("COOKIE_SECURE", true)?,
                 max_concurrent_hashes: config::parsed_or("MAX_CONCURRENT_HASHES", 2)?,
+                login_rate: LoginRateLimits {
+                    per_ip_per_minute: config::parsed_or(
+                        "LOGIN_RATE_PER_MINUTE_PER_IP",
+                        LoginRateLimits::DEFAULT_PER_IP,
+                    )?,
+                    per_account_per_minute: config::parsed_or(
+                        "LOGIN_RATE_PER_MINUTE_PER_ACCOUNT",
+                        LoginRateLimits::DEFAULT_PER_ACCOUNT,
+                    )?,
+                },
             },
             admin,
-            shop: ShopConfig {
-                currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
-                tax_rate,
-            },
+            shop: ShopConfig::from_env()?,
             outbox: OutboxConfig {
                 batch_size: 10,
                 sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")

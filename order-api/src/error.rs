@@ -1,13 +1,24 @@
 //! One error shape for every response: `{"error": {"code", "message", "details"?}}`.
-//! 5xx bodies are opaque; their cause goes to the log, inside the request's span.
+//! 5xx bodies are opaque; their cause goes to the log, inside the request's span,
+//! and the body carries `requestId` (added by [`request_id_in_server_errors`]) so
+//! a client's report leads to that log line.
+
+use std::time::Duration;
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, PathRejection},
+    body::Body,
+    extract::{
+        Request,
+        rejection::{JsonRejection, PathRejection},
+    },
     http::{HeaderValue, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
+
+use crate::startup::REQUEST_ID;
 
 /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the error
 /// path should not make every `Ok` bigger.
@@ -20,9 +31,16 @@ struct ErrorBody {
     code: &'static str,
     message: String,
     details: Option<Value>,
+    /// Whole seconds for the `Retry-After` header.
+    retry_after: Option<u64>,
     /// Logged, never sent.
     source: Option<anyhow::Error>,
 }
+
+/// Set on 5xx responses built from an [`ApiError`]: the JSON body, kept so
+/// the request-id middleware can add `requestId` without re-parsing bytes.
+#[derive(Debug, Clone)]
+struct ServerErrorBody(Value);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -31,6 +49,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
             source: None,
         }))
     }
@@ -81,7 +100,22 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        let mut error = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        error.0.retry_after = Some(2);
+        error
+    }
+
+    /// 429 with `Retry-After` rounded up to whole seconds (at least 1, so a
+    /// client that honours it does not come straight back).
+    pub fn rate_limited(retry_after: Duration, message: impl Into<String>) -> Self {
+        let seconds = retry_after
+            .as_secs()
+            .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+            .max(1);
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            .with_details(json!({ "retryAfterSeconds": seconds }));
+        error.0.retry_after = Some(seconds);
+        error
     }
 
     pub fn internal(source: anyhow::Error) -> Self {
@@ -113,14 +147,53 @@ impl IntoResponse for ApiError {
         if let Some(details) = error.details {
             body["details"] = details;
         }
-        let mut response = (error.status, Json(json!({ "error": body }))).into_response();
-        if error.status == StatusCode::SERVICE_UNAVAILABLE {
+        let body = json!({ "error": body });
+        let mut response = (error.status, Json(&body)).into_response();
+        if let Some(seconds) = error.retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if error.status.is_server_error() {
+            response.extensions_mut().insert(ServerErrorBody(body));
         }
         response
     }
+}
+
+/// Middleware: a 5xx body built from an [`ApiError`] gets `error.requestId`,
+/// the same id as the `x-request-id` header and the log line's span, so a
+/// client quoting it leads straight to the cause. Must run inside the layer
+/// that assigns the request id.
+pub async fn request_id_in_server_errors(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut response = next.run(request).await;
+    let (Some(request_id), Some(ServerErrorBody(mut body))) = (
+        request_id,
+        response.extensions_mut().remove::<ServerErrorBody>(),
+    ) else {
+        return response;
+    };
+    body["error"]["requestId"] = Value::String(request_id);
+    // The length changed; hyper recomputes it from the new body.
+    response.headers_mut().remove(header::CONTENT_LENGTH);
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
+/// For tower-http's `CatchPanicLayer`: a panicking handler answers the same
+/// opaque 500 as any other failure, and the panic message goes to the log.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    ApiError::internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
 }
 
 impl From<anyhow::Error> for ApiError {

@@ -1,14 +1,21 @@
 //! Launching the real services in-process, on free ports, against the local
 //! stack: each call gets the database and queue it is given.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, time::Duration};
 
-use order_api::config::{AdminSeed, ApiConfig, AuthConfig, OutboxConfig, ShopConfig};
+use order_api::config::{
+    AdminSeed, ApiConfig, AuthConfig, LoginRateLimits, OutboxConfig, ShopConfig,
+};
 use order_processor::config::{ConsumerConfig, ProcessorConfig, SmtpConfig, SmtpTls};
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
 pub const ADMIN_PASSWORD: &str = "admin-password-123";
+/// The JWT secret every test API signs with, so tests can forge tokens.
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+/// Login attempts per minute in tests: every client is 127.0.0.1, so only
+/// tests about throttling set a small limit (`spawn_app_with`).
+pub const TEST_LOGIN_RATE: NonZeroU32 = NonZeroU32::new(10_000).expect("non-zero");
 
 /// A running service; stopping it (or dropping this) cancels its shutdown token.
 pub struct Running {
@@ -45,11 +52,15 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
         mongo: crate::mongo_config(database),
         sqs: crate::sqs_config(queue),
         auth: AuthConfig {
-            jwt_secret: "integration-test-secret-0123456789abcdef".into(),
+            jwt_secret: JWT_SECRET.into(),
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(3600),
             cookie_secure: false,
             max_concurrent_hashes: 2,
+            login_rate: LoginRateLimits {
+                per_ip_per_minute: TEST_LOGIN_RATE,
+                per_account_per_minute: TEST_LOGIN_RATE,
+            },
         },
         admin: Some(AdminSeed {
             username: "admin".into(),

@@ -1,18 +1,23 @@
-//! Accounts and tokens: registration, login, refresh-token rotation, and the
-//! `AuthUser` extractor every protected route takes.
+//! Accounts and tokens: registration, login (throttled), refresh-token
+//! rotation, logout, and the `AuthUser` extractor every protected route takes.
 
 mod extractor;
 pub mod password;
+pub mod rate_limit;
 mod routes;
 pub mod tokens;
 pub mod users;
 
 use std::sync::Arc;
 
-use axum::{Router, routing::post};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 
 pub use extractor::AuthUser;
 pub use password::PasswordHasher;
+pub use rate_limit::LoginLimiter;
 pub use tokens::{AccessClaims, TokenIssuer};
 pub use users::{Role, User};
 
@@ -23,6 +28,7 @@ pub struct Authenticator {
     pub passwords: PasswordHasher,
     pub tokens: TokenIssuer,
     pub cookie_secure: bool,
+    pub login_limiter: LoginLimiter,
 }
 
 impl Authenticator {
@@ -31,6 +37,7 @@ impl Authenticator {
             passwords: PasswordHasher::new(config.max_concurrent_hashes)?,
             tokens: TokenIssuer::new(config),
             cookie_secure: config.cookie_secure,
+            login_limiter: LoginLimiter::new(config.login_rate),
         }))
     }
 }
@@ -40,4 +47,6 @@ pub fn router() -> Router<AppState> {
         .route("/register", post(routes::register))
         .route("/login", post(routes::login))
         .route("/refresh", post(routes::refresh))
+        .route("/logout", post(routes::logout))
+        .route("/me", get(routes::me))
 }

@@ -1,4 +1,11 @@
-use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
+use std::net::SocketAddr;
+
+use axum::{
+    Json as JsonResponse,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+    response::IntoResponse,
+};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use bson::{DateTime, oid::ObjectId};
 use secrecy::SecretString;
@@ -6,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use validator::Validate;
 
 use super::{
-    Role, User,
+    AuthUser, Role, User,
     tokens::{self, Rotation},
     users::{self, UserView},
 };
@@ -90,11 +97,21 @@ pub struct TokenResponse {
     user: UserView,
 }
 
+/// Throttled per client address and per account before any password work,
+/// so guessing costs the guesser time and the server nothing.
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     jar: CookieJar,
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
+    if let Err(throttled) = state.auth.login_limiter.check(peer.ip(), &body.email) {
+        tracing::warn!(client = %peer.ip(), retry_after = ?throttled.retry_after, "login throttled");
+        return Err(ApiError::rate_limited(
+            throttled.retry_after,
+            "too many login attempts; retry later",
+        ));
+    }
     let user = users::find_by_email(&state.db, &body.email).await?;
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
     // Same work whether or not the account exists: no user enumeration.
@@ -123,9 +140,9 @@ pub async fn refresh(
     jar: CookieJar,
     body: Option<Json<RefreshRequest>>,
 ) -> ApiResult<impl IntoResponse> {
-    let from_body = body.and_then(|Json(b)| b.refresh_token);
-    let presented = from_body
-        .or_else(|| jar.get(REFRESH_COOKIE).map(|c| c.value().to_string()))
+    let presented = presented_refresh_tokens(&jar, body)
+        .into_iter()
+        .next()
         .ok_or_else(|| ApiError::unauthorized("no refresh token in the cookie or the body"))?;
     match tokens::rotate_refresh(&state.db, &presented, state.auth.tokens.refresh_ttl).await? {
         Rotation::Rotated { user_id, token } => {
@@ -141,6 +158,60 @@ pub async fn refresh(
     }
 }
 
+/// The refresh tokens a request carries: the body's first, then the cookie's.
+fn presented_refresh_tokens(jar: &CookieJar, body: Option<Json<RefreshRequest>>) -> Vec<String> {
+    let from_body = body.and_then(|Json(b)| b.refresh_token);
+    let from_cookie = jar
+        .get(REFRESH_COOKIE)
+        .map(|c| c.value().to_string())
+        .filter(|v| !v.is_empty());
+    let mut tokens: Vec<String> = from_body.into_iter().chain(from_cookie).collect();
+    tokens.dedup();
+    tokens
+}
+
+/// Ends the session: every refresh token presented (body and cookie) is
+/// revoked together with its family, and the cookie is cleared. Always 204,
+/// even with an unknown, spent or absent token: the client asked to hold no
+/// session and now holds none, and the answer tells nobody whether a token
+/// was live.
+pub async fn logout(
+    State(state): State<AppState>,
+    jar: CookieJar,
+    body: Option<Json<RefreshRequest>>,
+) -> ApiResult<impl IntoResponse> {
+    for token in presented_refresh_tokens(&jar, body) {
+        if let Some(revoked) = tokens::revoke_family(&state.db, &token).await? {
+            tracing::info!(user_id = %revoked.user_id, family = %revoked.family_id, "logged out");
+        }
+    }
+    let mut cleared = refresh_cookie(String::new(), state.auth.cookie_secure);
+    cleared.make_removal();
+    Ok((StatusCode::NO_CONTENT, jar.add(cleared)))
+}
+
+/// The caller's own account, as the API shows users (never the hash).
+pub async fn me(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<JsonResponse<UserView>> {
+    users::find_by_id(&state.db, user.id)
+        .await?
+        .map(|u| JsonResponse(UserView::from(&u)))
+        .ok_or_else(|| ApiError::unauthorized("account no longer exists"))
+}
+
+/// Every refresh cookie, set or cleared, has the same attributes: a browser
+/// only replaces (or removes) a cookie whose name, path and domain match.
+fn refresh_cookie(value: String, secure: bool) -> Cookie<'static> {
+    Cookie::build((REFRESH_COOKIE, value))
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .path("/api/auth")
+        .secure(secure)
+        .build()
+}
+
 fn token_response(
     state: &AppState,
     jar: CookieJar,
@@ -149,13 +220,8 @@ fn token_response(
 ) -> ApiResult<impl IntoResponse + use<>> {
     let issuer = &state.auth.tokens;
     let access_token = issuer.issue_access(user.id, user.role)?;
-    let cookie = Cookie::build((REFRESH_COOKIE, refresh_token.clone()))
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .path("/api/auth")
-        .secure(state.auth.cookie_secure)
-        .max_age(time_from_std(issuer.refresh_ttl))
-        .build();
+    let mut cookie = refresh_cookie(refresh_token.clone(), state.auth.cookie_secure);
+    cookie.set_max_age(time_from_std(issuer.refresh_ttl));
     Ok((
         jar.add(cookie),
         JsonResponse(TokenResponse {

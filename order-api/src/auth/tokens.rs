@@ -203,3 +203,23 @@ pub async fn rotate_refresh(
         _ => Ok(Rotation::Invalid),
     }
 }
+
+/// Revokes the family `token` belongs to (the token itself included):
+/// logging out ends the whole login, not only its latest token. Returns the
+/// token's record, or `None` for a token we never issued.
+pub async fn revoke_family(
+    db: &Database,
+    token: &str,
+) -> mongodb::error::Result<Option<RefreshTokenRecord>> {
+    let hash = hash_refresh_token(token);
+    let Some(record) = collection(db).find_one(doc! { "_id": &hash }).await? else {
+        return Ok(None);
+    };
+    collection(db)
+        .update_many(
+            doc! { "family_id": record.family_id, "revoked_at": null },
+            doc! { "$set": { "revoked_at": DateTime::now() } },
+        )
+        .await?;
+    Ok(Some(record))
+}

@@ -1,6 +1,9 @@
-//! The catalogue: admins add products; anyone may browse.
+//! The catalogue: admins add and change products (or seed them from a file);
+//! anyone may browse.
 
+pub mod requests;
 mod routes;
+pub mod seed;
 pub mod store;
 
 use axum::{Router, routing::get};
@@ -12,5 +15,5 @@ pub use store::ProductView;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(routes::list).post(routes::create))
-        .route("/{id}", get(routes::get_one))
+        .route("/{id}", get(routes::get_one).patch(routes::update))
 }

@@ -1,11 +1,13 @@
 use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
-use bson::{DateTime, doc, oid::ObjectId};
-use common::domain::{Money, Product};
-use futures::TryStreamExt;
-use serde::Deserialize;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bson::{DateTime, Document, oid::ObjectId};
+use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::store::{self, ProductView};
+use super::{
+    requests::{NewProduct, ProductPatch},
+    store::{self, ProductView},
+};
 use crate::{
     auth::AuthUser,
     error::{ApiError, ApiResult},
@@ -13,63 +15,17 @@ use crate::{
     state::AppState,
 };
 
-fn valid_sku(sku: &str) -> Result<(), validator::ValidationError> {
-    if sku
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        Ok(())
-    } else {
-        Err(validator::ValidationError::new("sku")
-            .with_message("only letters, digits, '-', '_' and '.'".into()))
-    }
-}
-
-#[derive(Debug, Deserialize, Validate)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProduct {
-    #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
-    name: String,
-    #[validate(
-        length(min = 1, max = 64, message = "must be 1 to 64 characters"),
-        custom(function = "valid_sku")
-    )]
-    sku: String,
-    /// Minor units (paise): an integer, never a float.
-    #[validate(range(
-        min = 0,
-        max = 1_000_000_000_000i64,
-        message = "must be 0 to 10^12 minor units"
-    ))]
-    price: i64,
-    #[validate(range(min = 0, max = 1_000_000_000i64, message = "must be 0 to 10^9"))]
-    stock: i64,
-    #[validate(length(max = 2000, message = "at most 2000 characters"))]
-    description: Option<String>,
-}
-
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    Json(body): Json<CreateProduct>,
+    Json(body): Json<NewProduct>,
 ) -> ApiResult<impl IntoResponse> {
     user.require_admin()?;
-    let price = Money::from_minor(body.price).ok_or_else(|| {
-        ApiError::unprocessable("validation_failed", "price must not be negative")
-    })?;
-    let now = DateTime::now();
-    let product = Product {
-        id: ObjectId::new(),
-        sku: body.sku,
-        name: body.name,
-        description: body.description,
-        price,
-        currency: state.config.shop.currency.clone(),
-        stock: body.stock,
-        active: true,
-        created_at: now,
-        updated_at: now,
-    };
+    let product = body
+        .into_product(&state.config.shop.currency)
+        .ok_or_else(|| {
+            ApiError::unprocessable("validation_failed", "price must not be negative")
+        })?;
     match store::collection(&state.db).insert_one(&product).await {
         Ok(_) => Ok((
             StatusCode::CREATED,
@@ -83,26 +39,112 @@ pub async fn create(
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<i64>,
+/// Changes only the fields given. Orders are untouched: each order line
+/// holds its own copy of the name and unit price it was placed at.
+pub async fn update(
+    State(state): State<AppState>,
+    user: AuthUser,
+    IdPath(id): IdPath,
+    Json(patch): Json<ProductPatch>,
+) -> ApiResult<JsonResponse<ProductView>> {
+    user.require_admin()?;
+    if patch.is_empty() {
+        return Err(ApiError::unprocessable(
+            "validation_failed",
+            "the patch changes nothing: give at least one of name, description, price, stock, active",
+        ));
+    }
+    let mut set = Document::new();
+    if let Some(name) = patch.name {
+        set.insert("name", name);
+    }
+    if let Some(description) = patch.description {
+        set.insert("description", description);
+    }
+    if let Some(price) = patch.price {
+        set.insert("price", price);
+    }
+    if let Some(stock) = patch.stock {
+        set.insert("stock", stock);
+    }
+    if let Some(active) = patch.active {
+        set.insert("active", active);
+    }
+    set.insert("updated_at", DateTime::now());
+    store::update(&state.db, id, set)
+        .await?
+        .map(|p| JsonResponse(ProductView::from(p)))
+        .ok_or_else(|| ApiError::not_found("product"))
 }
 
+const DEFAULT_PAGE_SIZE: i64 = 20;
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct ListQuery {
+    #[validate(range(min = 1, max = 100, message = "must be 1 to 100"))]
+    limit: Option<i64>,
+    /// `nextCursor` of the previous page.
+    cursor: Option<String>,
+    /// Admins only: inactive products too.
+    #[serde(default)]
+    include_inactive: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductPage {
+    items: Vec<ProductView>,
+    /// `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// The catalogue in `_id` order, a page at a time. Anyone sees active
+/// products; `includeInactive=true` needs an admin's token.
 pub async fn list(
     State(state): State<AppState>,
+    caller: Result<AuthUser, ApiError>,
     Query(query): Query<ListQuery>,
-) -> ApiResult<JsonResponse<Vec<ProductView>>> {
-    let limit = query.limit.unwrap_or(50).clamp(1, 100);
-    let products: Vec<Product> = store::collection(&state.db)
-        .find(doc! { "active": true })
-        .sort(doc! { "_id": 1 })
-        .limit(limit)
-        .await?
-        .try_collect()
-        .await?;
-    Ok(JsonResponse(
-        products.into_iter().map(ProductView::from).collect(),
-    ))
+) -> ApiResult<JsonResponse<ProductPage>> {
+    query.validate()?;
+    if query.include_inactive {
+        caller?.require_admin()?;
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    // One more than the page holds tells whether another page follows.
+    let mut products = store::page(&state.db, after, limit + 1, query.include_inactive).await?;
+    let page_size = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_cursor = if products.len() > page_size {
+        products.truncate(page_size);
+        products.last().map(|p| encode_cursor(p.id))
+    } else {
+        None
+    };
+    Ok(JsonResponse(ProductPage {
+        items: products.into_iter().map(ProductView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// Opaque to clients (they must not build cursors), trivial for us: the last
+/// id of the page, base64url-encoded.
+fn encode_cursor(last: ObjectId) -> String {
+    URL_SAFE_NO_PAD.encode(last.to_hex())
+}
+
+fn decode_cursor(cursor: &str) -> Result<ObjectId, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|hex| ObjectId::parse_str(hex).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor is not one this API issued; start again without it",
+            )
+        })
 }
 
 pub async fn get_one(
@@ -113,4 +155,20 @@ pub async fn get_one(
         .await?
         .map(|p| JsonResponse(ProductView::from(p)))
         .ok_or_else(|| ApiError::not_found("product"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_round_trips_and_anything_else_is_invalid() {
+        let id = ObjectId::new();
+        assert_eq!(decode_cursor(&encode_cursor(id)).expect("valid"), id);
+        for bad in ["", "not base64!", "YWJj", &URL_SAFE_NO_PAD.encode("zz")] {
+            let error = decode_cursor(bad).expect_err(bad);
+            assert_eq!(error.code(), "invalid_cursor");
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        }
+    }
 }

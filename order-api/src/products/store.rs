@@ -1,8 +1,12 @@
 //! The `products` collection.
 
-use bson::{doc, oid::ObjectId};
+use bson::{Document, doc, oid::ObjectId};
 use common::domain::Product;
-use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
+use futures::TryStreamExt;
+use mongodb::{
+    Collection, Database, IndexModel,
+    options::{IndexOptions, ReturnDocument},
+};
 use serde::Serialize;
 
 pub fn collection(db: &Database) -> Collection<Product> {
@@ -23,6 +27,48 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
 
 pub async fn find(db: &Database, id: ObjectId) -> mongodb::error::Result<Option<Product>> {
     collection(db).find_one(doc! { "_id": id }).await
+}
+
+pub async fn find_by_sku(db: &Database, sku: &str) -> mongodb::error::Result<Option<Product>> {
+    collection(db).find_one(doc! { "sku": sku }).await
+}
+
+/// Applies `set` to one product and returns it as it is afterwards; `None`
+/// if there is no such product.
+pub async fn update(
+    db: &Database,
+    id: ObjectId,
+    set: Document,
+) -> mongodb::error::Result<Option<Product>> {
+    collection(db)
+        .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
+        .return_document(ReturnDocument::After)
+        .await
+}
+
+/// Up to `limit` products after `after` in `_id` order. `_id` is unique and
+/// indexed, so a page is one index range scan and no product is skipped or
+/// repeated between pages, whatever is inserted meanwhile.
+pub async fn page(
+    db: &Database,
+    after: Option<ObjectId>,
+    limit: i64,
+    include_inactive: bool,
+) -> mongodb::error::Result<Vec<Product>> {
+    let mut filter = Document::new();
+    if let Some(after) = after {
+        filter.insert("_id", doc! { "$gt": after });
+    }
+    if !include_inactive {
+        filter.insert("active", true);
+    }
+    collection(db)
+        .find(filter)
+        .sort(doc! { "_id": 1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await
 }
 
 #[derive(Debug, Serialize)]

@@ -1,7 +1,7 @@
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, error_code, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, error_code, spawn_app};
 
 #[tokio::test]
 async fn register_returns_the_user_without_the_hash() {
@@ -205,4 +205,227 @@ async fn protected_routes_refuse_missing_and_invalid_tokens() {
     let forged = parts.join(".");
     let response = app.post("/api/orders", Some(&forged), &body).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// The `Set-Cookie` header of a response, as a string.
+fn set_cookie(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(header::SET_COOKIE)
+        .expect("a Set-Cookie header")
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
+fn assert_clears_the_refresh_cookie(cookie: &str) {
+    assert!(cookie.starts_with("refresh_token=;"), "{cookie}");
+    assert!(cookie.contains("Max-Age=0"), "{cookie}");
+    // A browser removes a cookie only if the path matches the one it set.
+    assert!(cookie.contains("Path=/api/auth"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+}
+
+async fn refresh_with(app: &TestApp, token: &str) -> StatusCode {
+    app.post("/api/auth/refresh", None, &json!({ "refreshToken": token }))
+        .await
+        .status()
+}
+
+#[tokio::test]
+async fn logout_revokes_the_refresh_token_and_clears_the_cookie() {
+    let app = spawn_app().await;
+    let email = app.register().await;
+    let login = app.login_body(&email, PASSWORD).await;
+    let token = login["refreshToken"].as_str().expect("token");
+
+    let response = app
+        .post("/api/auth/logout", None, &json!({ "refreshToken": token }))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_clears_the_refresh_cookie(&set_cookie(&response));
+
+    let record = app
+        .db
+        .collection::<mongodb::bson::Document>("refresh_tokens")
+        .find_one(mongodb::bson::doc! {})
+        .await
+        .expect("query")
+        .expect("the login's token record");
+    assert!(
+        record.get_datetime("revoked_at").is_ok(),
+        "revoked_at set: {record}"
+    );
+    assert_eq!(refresh_with(&app, token).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn logout_reads_the_cookie_and_ends_only_that_login() {
+    let app = spawn_app().await;
+    let email = app.register().await;
+    let laptop = app.login_body(&email, PASSWORD).await;
+    let phone = app.login_body(&email, PASSWORD).await;
+    let laptop_token = laptop["refreshToken"].as_str().expect("token");
+
+    let response = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .header(header::COOKIE, format!("refresh_token={laptop_token}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_clears_the_refresh_cookie(&set_cookie(&response));
+
+    assert_eq!(
+        refresh_with(&app, laptop_token).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let phone_token = phone["refreshToken"].as_str().expect("token");
+    assert_eq!(
+        refresh_with(&app, phone_token).await,
+        StatusCode::OK,
+        "another login of the same account stays signed in"
+    );
+}
+
+/// Logout ends the whole login: presenting any token of it, even one already
+/// rotated away, revokes the token the client holds now.
+#[tokio::test]
+async fn logout_revokes_the_rotated_successor_too() {
+    let app = spawn_app().await;
+    let email = app.register().await;
+    let login = app.login_body(&email, PASSWORD).await;
+    let first = login["refreshToken"].as_str().expect("token");
+    let rotated: Value = app
+        .post("/api/auth/refresh", None, &json!({ "refreshToken": first }))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let current = rotated["refreshToken"].as_str().expect("token");
+
+    let response = app
+        .post("/api/auth/logout", None, &json!({ "refreshToken": first }))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(refresh_with(&app, current).await, StatusCode::UNAUTHORIZED);
+}
+
+/// Logout is idempotent: whatever the client holds, afterwards it holds no
+/// session, and the answer does not reveal whether a token was live.
+#[tokio::test]
+async fn logout_without_a_live_token_is_still_204_and_clears_the_cookie() {
+    let app = spawn_app().await;
+    let no_token = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(no_token.status(), StatusCode::NO_CONTENT);
+    assert_clears_the_refresh_cookie(&set_cookie(&no_token));
+
+    let unknown = app
+        .post(
+            "/api/auth/logout",
+            None,
+            &json!({ "refreshToken": "never-issued-token" }),
+        )
+        .await;
+    assert_eq!(unknown.status(), StatusCode::NO_CONTENT);
+    assert_clears_the_refresh_cookie(&set_cookie(&unknown));
+
+    let email = app.register().await;
+    let login = app.login_body(&email, PASSWORD).await;
+    let token = login["refreshToken"].as_str().expect("token");
+    for _ in 0..2 {
+        let twice = app
+            .post("/api/auth/logout", None, &json!({ "refreshToken": token }))
+            .await;
+        assert_eq!(twice.status(), StatusCode::NO_CONTENT);
+    }
+}
+
+#[tokio::test]
+async fn me_is_the_caller_without_the_hash() {
+    let app = spawn_app().await;
+    let (email, token) = app.customer().await;
+    let response = app.get("/api/auth/me", Some(&token)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["email"], email.as_str());
+    assert_eq!(body["role"], "customer");
+    assert!(body["id"].is_string() && body["username"].is_string());
+    let text = body.to_string();
+    assert!(
+        !text.contains("argon2") && !text.to_lowercase().contains("hash"),
+        "{text}"
+    );
+
+    let admin = app.admin_token().await;
+    let body: Value = app
+        .get("/api/auth/me", Some(&admin))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["role"], "admin");
+
+    let anonymous = app.get("/api/auth/me", None).await;
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(anonymous).await, "unauthorized");
+}
+
+/// `{"$gt": ""}` where a string belongs would, if it reached a MongoDB
+/// filter, match any email. Typed fields refuse it at the door.
+#[tokio::test]
+async fn operator_objects_in_login_and_register_fields_are_422() {
+    let app = spawn_app().await;
+    let email = app.register().await;
+    let operator = json!({ "$gt": "" });
+    let cases = [
+        (
+            "/api/auth/login",
+            json!({ "email": operator, "password": PASSWORD }),
+        ),
+        (
+            "/api/auth/login",
+            json!({ "email": email, "password": operator }),
+        ),
+        (
+            "/api/auth/login",
+            json!({ "email": { "$ne": null }, "password": { "$ne": null } }),
+        ),
+        (
+            "/api/auth/register",
+            json!({ "username": operator, "email": "x@shop.test", "password": PASSWORD }),
+        ),
+        (
+            "/api/auth/register",
+            json!({ "username": "okname", "email": operator, "password": PASSWORD }),
+        ),
+        (
+            "/api/auth/register",
+            json!({ "username": "okname", "email": "x@shop.test", "password": operator }),
+        ),
+        (
+            "/api/auth/refresh",
+            json!({ "refreshToken": { "$gt": "" } }),
+        ),
+        ("/api/auth/logout", json!({ "refreshToken": { "$gt": "" } })),
+    ];
+    for (path, body) in cases {
+        let response = app.post(path, None, &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}"
+        );
+        assert_eq!(
+            error_code(response).await,
+            "validation_failed",
+            "{path} {body}"
+        );
+    }
 }

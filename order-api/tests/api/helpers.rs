@@ -1,4 +1,5 @@
 use mongodb::Database;
+use order_api::config::ApiConfig;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use test_support::{
@@ -7,7 +8,7 @@ use test_support::{
     unique,
 };
 
-pub use test_support::apps::{ADMIN_EMAIL, ADMIN_PASSWORD};
+pub use test_support::apps::{ADMIN_EMAIL, ADMIN_PASSWORD, JWT_SECRET};
 pub const PASSWORD: &str = "s3cure-passw0rd";
 
 pub struct TestApp {
@@ -22,12 +23,18 @@ pub struct TestApp {
 /// Starts order-api on a free port against the real stack, with a fresh
 /// database and fresh queues.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// `spawn_app` with the test configuration changed first.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
     test_support::require_stack().await;
     let database = unique("api").replace('-', "_");
     let queue = unique("orders");
     let sqs = test_support::sqs_client().await;
     let queues = test_support::create_queues(&sqs, &queue, 30).await;
-    let config = apps::api_config(&database, &queue);
+    let mut config = apps::api_config(&database, &queue);
+    configure(&mut config);
     let db = common::mongo::connect(&config.mongo, "api-test")
         .await
         .expect("connecting to MongoDB");
@@ -55,6 +62,14 @@ impl TestApp {
         request.send().await.expect("request sent")
     }
 
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self.http.patch(self.url(path)).json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
         let mut request = self.http.get(self.url(path));
         if let Some(token) = token {
@@ -65,6 +80,14 @@ impl TestApp {
 
     /// Registers a customer with a unique name and returns (email, access token).
     pub async fn customer(&self) -> (String, String) {
+        let email = self.register().await;
+        let token = self.login(&email, PASSWORD).await;
+        (email, token)
+    }
+
+    /// Registers a customer (password [`PASSWORD`]) without logging in, so
+    /// no login attempt is spent; returns the email.
+    pub async fn register(&self) -> String {
         let name = unique("u");
         let email = format!("{name}@shop.test");
         let response = self
@@ -75,18 +98,28 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), StatusCode::CREATED, "register");
-        let token = self.login(&email, PASSWORD).await;
-        (email, token)
+        email
+    }
+
+    /// One login attempt, whatever its outcome.
+    pub async fn try_login(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/auth/login",
+            None,
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// The whole login response body: tokens and user.
+    pub async fn login_body(&self, email: &str, password: &str) -> Value {
+        let response = self.try_login(email, password).await;
+        assert_eq!(response.status(), StatusCode::OK, "login as {email}");
+        response.json().await.expect("json")
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
-        let response = self
-            .post(
-                "/api/auth/login",
-                None,
-                &json!({ "email": email, "password": password }),
-            )
-            .await;
+        let response = self.try_login(email, password).await;
         assert_eq!(response.status(), StatusCode::OK, "login as {email}");
         let body: Value = response.json().await.expect("json");
         body["accessToken"]

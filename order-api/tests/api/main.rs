@@ -9,3 +9,7 @@ mod listing;
 mod openapi;
 mod orders;
 mod products;
+mod rate_limit;
+mod seed;
+mod startup;
+mod tokens;
