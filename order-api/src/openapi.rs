@@ -10,7 +10,7 @@ use utoipa::{
 };
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::{health, orders, state::AppState};
+use crate::{auth, health, orders, products, state::AppState};
 
 /// The one error shape every 4xx/5xx response has.
 #[derive(Serialize, ToSchema)]
@@ -60,6 +60,15 @@ impl Modify for BearerAuth {
     ),
     paths(
         health::health,
+        auth::routes::register,
+        auth::routes::login,
+        auth::routes::refresh,
+        auth::routes::logout,
+        auth::routes::me,
+        products::routes::create,
+        products::routes::list,
+        products::routes::get_one,
+        products::routes::update,
         orders::routes::create,
         orders::routes::list,
         orders::routes::get_one,
@@ -70,6 +79,8 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness"),
+        (name = "auth", description = "Accounts, access tokens and rotating refresh tokens"),
+        (name = "products", description = "The catalogue"),
         (name = "orders", description = "Placing, reading and cancelling orders"),
     )
 )]

@@ -5,6 +5,7 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::oid::ObjectId;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::error::ApiError;
 
@@ -24,10 +25,11 @@ pub fn limit(requested: Option<i64>) -> Result<i64, ApiError> {
     match requested {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::unprocessable(
-            "validation_failed",
-            format!("limit must be 1 to {MAX_LIMIT}, got {n}"),
-        )),
+        // The same shape as any other field that fails validation.
+        Some(_) => Err(
+            ApiError::unprocessable("validation_failed", "some fields are invalid")
+                .with_details(json!({ "limit": [format!("must be 1 to {MAX_LIMIT}")] })),
+        ),
     }
 }
 
@@ -75,8 +77,11 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_refused() {
         let id = ObjectId::new();
         assert_eq!(decode_cursor(&encode_cursor(&id)).ok(), Some(id));
-        assert!(decode_cursor("!!").is_err());
-        assert!(decode_cursor("AAAA").is_err(), "wrong length");
+        for bad in ["", "!!", "not base64!", "AAAA", "YWJj"] {
+            let error = decode_cursor(bad).expect_err(bad);
+            assert_eq!(error.code(), "invalid_cursor");
+            assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod extractor;
 pub mod password;
 pub mod rate_limit;
-mod routes;
+pub(crate) mod routes;
 pub mod tokens;
 pub mod users;
 

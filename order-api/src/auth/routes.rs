@@ -37,9 +37,10 @@ fn valid_username(username: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// 3 to 32 of letters, digits, `_`, `.`, `-`; unique.
     #[validate(
         length(min = 3, max = 32, message = "must be 3 to 32 characters"),
         custom(function = "valid_username")
@@ -51,6 +52,13 @@ pub struct RegisterRequest {
     password: String,
 }
 
+#[utoipa::path(post, path = "/api/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered", body = crate::auth::users::UserView),
+        (status = 409, description = "`account_exists`", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Invalid fields, per field in `details`", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn register(
     State(state): State<AppState>,
     Json(body): Json<RegisterRequest>,
@@ -78,7 +86,7 @@ pub async fn register(
     }
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[validate(length(min = 1, max = 320))]
@@ -87,7 +95,7 @@ pub struct LoginRequest {
     password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenResponse {
     access_token: String,
@@ -99,6 +107,14 @@ pub struct TokenResponse {
 
 /// Throttled per client address and per account before any password work,
 /// so guessing costs the guesser time and the server nothing.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Tokens; the refresh token also as an HttpOnly SameSite=Strict cookie", body = TokenResponse),
+        (status = 401, description = "Wrong email or password (the same answer either way)", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Invalid fields", body = crate::openapi::ErrorResponse),
+        (status = 429, description = "Too many attempts for this address or account; see `Retry-After`", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -127,7 +143,7 @@ pub async fn login(
     token_response(&state, jar, &user, refresh)
 }
 
-#[derive(Debug, Default, Deserialize, Validate)]
+#[derive(Debug, Default, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshRequest {
     #[validate(length(min = 1, max = 256))]
@@ -135,6 +151,12 @@ pub struct RefreshRequest {
 }
 
 /// Body is optional: the refresh token comes from the cookie or the body.
+#[utoipa::path(post, path = "/api/auth/refresh", tag = "auth",
+    request_body(content = Option<RefreshRequest>, description = "Optional: the refresh token may come from the cookie instead"),
+    responses(
+        (status = 200, description = "A new pair; the presented refresh token is spent", body = TokenResponse),
+        (status = 401, description = "Invalid, expired or reused refresh token (reuse revokes its whole family)", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn refresh(
     State(state): State<AppState>,
     jar: CookieJar,
@@ -175,6 +197,11 @@ fn presented_refresh_tokens(jar: &CookieJar, body: Option<Json<RefreshRequest>>)
 /// even with an unknown, spent or absent token: the client asked to hold no
 /// session and now holds none, and the answer tells nobody whether a token
 /// was live.
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth",
+    request_body(content = Option<RefreshRequest>, description = "Optional: the refresh token may come from the cookie instead"),
+    responses(
+        (status = 204, description = "The refresh token (and its family) revoked, the cookie cleared; always 204"),
+    ))]
 pub async fn logout(
     State(state): State<AppState>,
     jar: CookieJar,
@@ -191,6 +218,12 @@ pub async fn logout(
 }
 
 /// The caller's own account, as the API shows users (never the hash).
+#[utoipa::path(get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = crate::auth::users::UserView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn me(
     State(state): State<AppState>,
     user: AuthUser,

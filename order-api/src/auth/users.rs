@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::PasswordHasher;
 use crate::config::AdminSeed;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Customer,
@@ -28,7 +28,7 @@ pub struct User {
 }
 
 /// What the API shows of a user: never the hash.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
     pub id: String,

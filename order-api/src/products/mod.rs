@@ -2,7 +2,7 @@
 //! anyone may browse.
 
 pub mod requests;
-mod routes;
+pub(crate) mod routes;
 pub mod seed;
 pub mod store;
 

@@ -24,7 +24,7 @@ fn valid_sku(sku: &str) -> Result<(), validator::ValidationError> {
 
 /// A product to create. Unknown fields are refused, and every string field is
 /// a string: an operator object such as `{"$gt": ""}` fails to deserialize.
-#[derive(Debug, Clone, Deserialize, Validate)]
+#[derive(Debug, Clone, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
@@ -69,13 +69,14 @@ impl NewProduct {
 
 /// A change to a product: only the fields present change. The sku is the
 /// product's identity and cannot change. `"description": null` clears it.
-#[derive(Debug, Default, Deserialize, Validate)]
+#[derive(Debug, Default, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
     pub name: Option<String>,
     /// Absent: unchanged; `null`: cleared; a string: replaced.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
     pub description: Option<Option<String>>,
     #[validate(range(

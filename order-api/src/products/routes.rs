@@ -1,8 +1,6 @@
 use axum::{Json as JsonResponse, extract::State, http::StatusCode, response::IntoResponse};
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use bson::{DateTime, Document, oid::ObjectId};
-use serde::{Deserialize, Serialize};
-use validator::Validate;
+use bson::{DateTime, Document};
+use serde::Deserialize;
 
 use super::{
     requests::{NewProduct, ProductPatch},
@@ -12,9 +10,20 @@ use crate::{
     auth::AuthUser,
     error::{ApiError, ApiResult},
     extract::{IdPath, Json, Query},
+    pagination::{self, Page},
     state::AppState,
 };
 
+#[utoipa::path(post, path = "/api/products", tag = "products",
+    security(("bearer" = [])),
+    request_body = NewProduct,
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "Not an admin", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "`sku_exists`", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Invalid fields", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
@@ -41,6 +50,17 @@ pub async fn create(
 
 /// Changes only the fields given. Orders are untouched: each order line
 /// holds its own copy of the name and unit price it was placed at.
+#[utoipa::path(patch, path = "/api/products/{id}", tag = "products",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Product id")),
+    request_body = ProductPatch,
+    responses(
+        (status = 200, description = "Updated; placed orders keep the price they were placed at", body = ProductView),
+        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "Not an admin", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such product", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "Empty patch, unknown or invalid fields", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     user: AuthUser,
@@ -77,12 +97,11 @@ pub async fn update(
         .ok_or_else(|| ApiError::not_found("product"))
 }
 
-const DEFAULT_PAGE_SIZE: i64 = 20;
-
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    #[validate(range(min = 1, max = 100, message = "must be 1 to 100"))]
+    /// 1 to 100, default 20.
     limit: Option<i64>,
     /// `nextCursor` of the previous page.
     cursor: Option<String>,
@@ -91,62 +110,46 @@ pub struct ListQuery {
     include_inactive: bool,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ProductPage {
-    items: Vec<ProductView>,
-    /// `null` on the last page.
-    next_cursor: Option<String>,
-}
-
 /// The catalogue in `_id` order, a page at a time. Anyone sees active
 /// products; `includeInactive=true` needs an admin's token.
+#[utoipa::path(get, path = "/api/products", tag = "products",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the catalogue in id order", body = Page<ProductView>),
+        (status = 400, description = "Invalid query or cursor", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "`includeInactive` without a token", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "`includeInactive` by a customer", body = crate::openapi::ErrorResponse),
+        (status = 422, description = "`limit` out of range", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Result<AuthUser, ApiError>,
     Query(query): Query<ListQuery>,
-) -> ApiResult<JsonResponse<ProductPage>> {
-    query.validate()?;
+) -> ApiResult<JsonResponse<Page<ProductView>>> {
+    let limit = pagination::limit(query.limit)?;
     if query.include_inactive {
         caller?.require_admin()?;
     }
-    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    // One more than the page holds tells whether another page follows.
-    let mut products = store::page(&state.db, after, limit + 1, query.include_inactive).await?;
-    let page_size = usize::try_from(limit).unwrap_or(usize::MAX);
-    let next_cursor = if products.len() > page_size {
-        products.truncate(page_size);
-        products.last().map(|p| encode_cursor(p.id))
-    } else {
-        None
-    };
-    Ok(JsonResponse(ProductPage {
-        items: products.into_iter().map(ProductView::from).collect(),
-        next_cursor,
-    }))
+    let after = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode_cursor)
+        .transpose()?;
+    let products = store::page(&state.db, after, limit + 1, query.include_inactive).await?;
+    Ok(JsonResponse(pagination::page(
+        products,
+        limit,
+        |p| p.id,
+        ProductView::from,
+    )))
 }
 
-/// Opaque to clients (they must not build cursors), trivial for us: the last
-/// id of the page, base64url-encoded.
-fn encode_cursor(last: ObjectId) -> String {
-    URL_SAFE_NO_PAD.encode(last.to_hex())
-}
-
-fn decode_cursor(cursor: &str) -> Result<ObjectId, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .and_then(|hex| ObjectId::parse_str(hex).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor is not one this API issued; start again without it",
-            )
-        })
-}
-
+#[utoipa::path(get, path = "/api/products/{id}", tag = "products",
+    params(("id" = String, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product", body = crate::openapi::ErrorResponse),
+    ))]
 pub async fn get_one(
     State(state): State<AppState>,
     IdPath(id): IdPath,
@@ -155,20 +158,4 @@ pub async fn get_one(
         .await?
         .map(|p| JsonResponse(ProductView::from(p)))
         .ok_or_else(|| ApiError::not_found("product"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_cursor_round_trips_and_anything_else_is_invalid() {
-        let id = ObjectId::new();
-        assert_eq!(decode_cursor(&encode_cursor(id)).expect("valid"), id);
-        for bad in ["", "not base64!", "YWJj", &URL_SAFE_NO_PAD.encode("zz")] {
-            let error = decode_cursor(bad).expect_err(bad);
-            assert_eq!(error.code(), "invalid_cursor");
-            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
-        }
-    }
 }

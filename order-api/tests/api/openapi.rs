@@ -240,6 +240,181 @@ async fn real_responses_match_the_openapi_document() {
         .await;
     assert_eq!(status, StatusCode::OK);
 
+    // Accounts.
+    let name = test_support::unique("doc");
+    let email = format!("{name}@shop.test");
+    let register =
+        json!({ "username": &name[..20], "email": email, "password": "s3cure-passw0rd" });
+    let auth = "/api/auth/register";
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, auth, auth, None, Some(&register))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, auth, auth, None, Some(&register))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    let bad = json!({ "username": "x", "email": "nope", "password": "short" });
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, auth, auth, None, Some(&bad))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let login = "/api/auth/login";
+    let credentials = json!({ "email": email, "password": "s3cure-passw0rd" });
+    let (status, tokens) = contract
+        .call(&app, Method::POST, login, login, None, Some(&credentials))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let wrong = json!({ "email": email, "password": "wrong-password" });
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, login, login, None, Some(&wrong))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let refresh = "/api/auth/refresh";
+    let body = json!({ "refreshToken": tokens["refreshToken"] });
+    let (status, rotated) = contract
+        .call(&app, Method::POST, refresh, refresh, None, Some(&body))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, refresh, refresh, None, Some(&body))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let me = "/api/auth/me";
+    let access = rotated["accessToken"].as_str().expect("token");
+    assert_eq!(
+        contract
+            .call(&app, Method::GET, me, me, Some(access), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        contract.call(&app, Method::GET, me, me, None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let logout = "/api/auth/logout";
+    let body = json!({ "refreshToken": rotated["refreshToken"] });
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, logout, logout, None, Some(&body))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+
+    // The catalogue.
+    let a = Some(admin.as_str());
+    let products = "/api/products";
+    let new = json!({ "name": "Desk lamp", "sku": test_support::unique("LAMP"), "price": 249_900, "stock": 4 });
+    let (status, lamp) = contract
+        .call(&app, Method::POST, products, products, a, Some(&new))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, products, products, a, Some(&new))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, products, products, c, Some(&new))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let invalid = json!({ "name": "", "sku": "ok", "price": -1, "stock": 1 });
+    assert_eq!(
+        contract
+            .call(&app, Method::POST, products, products, a, Some(&invalid))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        contract
+            .call(
+                &app,
+                Method::GET,
+                products,
+                "/api/products?limit=1",
+                None,
+                None
+            )
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        contract
+            .call(
+                &app,
+                Method::GET,
+                products,
+                "/api/products?cursor=zz",
+                None,
+                None
+            )
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    let lamp_path = format!("/api/products/{}", lamp["id"].as_str().expect("id"));
+    let one = "/api/products/{id}";
+    assert_eq!(
+        contract
+            .call(&app, Method::GET, one, &lamp_path, None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        contract
+            .call(
+                &app,
+                Method::GET,
+                one,
+                "/api/products/000000000000000000000000",
+                None,
+                None
+            )
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let patch = json!({ "price": 199_900, "description": null });
+    assert_eq!(
+        contract
+            .call(&app, Method::PATCH, one, &lamp_path, a, Some(&patch))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        contract
+            .call(&app, Method::PATCH, one, &lamp_path, a, Some(&json!({})))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
     contract.assert_complete();
 }
 
