@@ -21,6 +21,8 @@ pub struct ApiConfig {
     pub admin: Option<AdminSeed>,
     pub shop: ShopConfig,
     pub outbox: OutboxConfig,
+    /// How long start-up waits for MongoDB and SQS.
+    pub startup_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +84,11 @@ pub struct OutboxConfig {
     pub batch_size: i64,
     /// Cron schedule (with seconds) of the safety-net sweep.
     pub sweep_schedule: String,
+    /// How long a relay owns the rows it claimed; an instance that dies
+    /// holding rows releases them when this runs out.
+    pub lease: Duration,
+    /// Published rows are deleted this long after publication (TTL index).
+    pub retention: Duration,
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -147,7 +154,10 @@ impl ApiConfig {
                 batch_size: 10,
                 sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")
                     .unwrap_or_else(|| "*/5 * * * * *".into()),
+                lease: config::seconds_or("OUTBOX_LEASE_SECS", 30)?,
+                retention: config::seconds_or("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
             },
+            startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
         })
     }
 

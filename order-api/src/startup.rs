@@ -45,10 +45,17 @@ impl Application {
     /// Connects to MongoDB and SQS, prepares indexes and the admin account,
     /// and binds the listener (port 0 picks a free one).
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
-        let db = common::mongo::connect(&config.mongo, "order-api").await?;
+        let within = config.startup_timeout;
+        let db = common::startup::wait_for("MongoDB", within, || {
+            common::mongo::connect(&config.mongo, "order-api")
+        })
+        .await?;
         create_indexes(&db).await.context("creating indexes")?;
         let sqs = common::sqs::client(&config.sqs).await;
-        let queue_url = common::sqs::queue_url(&sqs, &config.sqs.queue_name).await?;
+        let queue_url = common::startup::wait_for("SQS", within, || {
+            common::sqs::queue_url(&sqs, &config.sqs.queue_name)
+        })
+        .await?;
         let auth = Authenticator::new(&config.auth)?;
         if let Some(seed) = &config.admin {
             auth::users::ensure_admin(&db, seed, &auth.passwords)
@@ -59,7 +66,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let relay = outbox::Relay::new(db.clone(), sqs, queue_url, config.outbox.batch_size);
+        let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -91,6 +98,11 @@ impl Application {
                 .await?;
         // Rows left pending before this start are published at once.
         wake.notify_one();
+        let follower = tokio::spawn(outbox::follow::follow_outbox(
+            self.state.db.clone(),
+            wake.clone(),
+            shutdown.clone(),
+        ));
         let relay = tokio::spawn(outbox::relay::run(self.relay, wake, shutdown.clone()));
         let limiter_housekeeping = tokio::spawn(auth::rate_limit::forget_idle_until_stopped(
             self.state.auth.clone(),
@@ -107,6 +119,7 @@ impl Application {
             .context("serving HTTP");
 
         shutdown.cancel();
+        follower.abort();
         if tokio::time::timeout(Duration::from_secs(10), relay)
             .await
             .is_err()

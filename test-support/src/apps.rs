@@ -74,7 +74,10 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
         outbox: OutboxConfig {
             batch_size: 10,
             sweep_schedule: "*/1 * * * * *".into(),
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(7 * 24 * 3600),
         },
+        startup_timeout: Duration::from_secs(5),
     }
 }
 

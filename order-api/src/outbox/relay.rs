@@ -1,8 +1,12 @@
 //! The relay: publishes pending outbox rows to SQS, oldest first, in batches.
 //!
-//! It wakes at once when this process commits an order, and a
-//! tokio-cron-scheduler job wakes it periodically as a safety net for rows
-//! nobody announced (written by another instance, or left by a failed send).
+//! Safe with several order-api instances: each batch is claimed under a lease
+//! (an owner token and an expiry), marked published only while still owned,
+//! and rows whose holder died are picked up by others when the lease runs out.
+//!
+//! It wakes at once when this process commits an order, when the outbox's
+//! change stream reports an insert (orders committed by other instances),
+//! and on a tokio-cron-scheduler sweep, the safety net for everything else.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,13 +19,21 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, OutboxMessage};
+use crate::config::OutboxConfig;
 
 #[derive(Clone)]
 pub struct Relay {
     db: Database,
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
+    /// FIFO queues need a group (the order: its events stay in order) and a
+    /// deduplication id (the row: a resend within 5 minutes is dropped).
+    fifo: bool,
     batch_size: i64,
+    lease: Duration,
+    retention: Duration,
+    /// This process's relay; every claim token starts with it.
+    instance: String,
 }
 
 /// What one publishing step did.
@@ -29,34 +41,47 @@ pub struct Relay {
 pub struct PublishOutcome {
     pub published: usize,
     pub failed: usize,
+    /// Sent, but the lease had run out before the row could be marked: it
+    /// may be sent again by another relay (the consumer's inbox absorbs it).
+    pub lease_lost: usize,
     /// The batch was full: more rows may be waiting.
     pub more_pending: bool,
 }
 
 impl Relay {
-    pub fn new(db: Database, sqs: aws_sdk_sqs::Client, queue_url: String, batch_size: i64) -> Self {
+    pub fn new(
+        db: Database,
+        sqs: aws_sdk_sqs::Client,
+        queue_url: String,
+        config: &OutboxConfig,
+    ) -> Self {
         Relay {
+            fifo: queue_url.ends_with(".fifo"),
             db,
             sqs,
             queue_url,
-            batch_size: batch_size.clamp(1, 10),
+            batch_size: config.batch_size.clamp(1, 10),
+            lease: config.lease,
+            retention: config.retention,
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
-    /// Publishes one batch of the oldest pending rows. Rows SQS accepted are
-    /// marked published with their message id; the others stay pending with
-    /// the error recorded.
+    /// Claims and publishes one batch of the oldest pending rows. Rows SQS
+    /// accepted are marked published with their message id; the others are
+    /// released with the error recorded.
     pub async fn try_publish_batch(&self) -> anyhow::Result<PublishOutcome> {
-        let rows = store::oldest_pending(&self.db, self.batch_size)
+        let token = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
+        let rows = store::claim(&self.db, &token, self.lease, self.batch_size)
             .await
-            .context("reading pending outbox rows")?;
+            .context("claiming pending outbox rows")?;
         if rows.is_empty() {
             return Ok(PublishOutcome::default());
         }
         let entries = rows
             .iter()
             .enumerate()
-            .map(|(index, row)| entry(index, row))
+            .map(|(index, row)| self.entry(index, row))
             .collect::<Result<Vec<_>, _>>()?;
         let sent = match self
             .sqs
@@ -73,7 +98,7 @@ impl Relay {
                     aws_sdk_sqs::error::DisplayErrorContext(&e)
                 );
                 for row in &rows {
-                    store::record_failure(&self.db, row.id, &reason).await?;
+                    store::record_failure(&self.db, row.id, &token, &reason).await?;
                 }
                 anyhow::bail!(reason);
             }
@@ -87,9 +112,15 @@ impl Relay {
             let Some(row) = row_for(&rows, ok.id()) else {
                 continue;
             };
-            store::mark_published(&self.db, row.id, ok.message_id()).await?;
-            tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id = ok.message_id(), "outbox row published");
-            outcome.published += 1;
+            if store::mark_published(&self.db, row.id, &token, ok.message_id(), self.retention)
+                .await?
+            {
+                tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id = ok.message_id(), "outbox row published");
+                outcome.published += 1;
+            } else {
+                tracing::warn!(order_id = %row.order_id, event_id = %row.id, "lease ran out before the row was marked; it may be sent again");
+                outcome.lease_lost += 1;
+            }
         }
         for failed in sent.failed() {
             let Some(row) = row_for(&rows, failed.id()) else {
@@ -101,27 +132,48 @@ impl Relay {
                 failed.message().unwrap_or("no message")
             );
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
-            store::record_failure(&self.db, row.id, &reason).await?;
+            store::record_failure(&self.db, row.id, &token, &reason).await?;
             outcome.failed += 1;
         }
         Ok(outcome)
     }
-}
 
-fn entry(index: usize, row: &OutboxMessage) -> anyhow::Result<SendMessageBatchRequestEntry> {
-    let attribute = |value: String| {
-        MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-    };
-    Ok(SendMessageBatchRequestEntry::builder()
-        .id(index.to_string())
-        .message_body(&row.body)
-        .message_attributes("eventType", attribute(row.event_type.clone())?)
-        .message_attributes("orderId", attribute(row.order_id.to_hex())?)
-        .message_attributes("eventId", attribute(row.id.to_hex())?)
-        .build()?)
+    fn entry(
+        &self,
+        index: usize,
+        row: &OutboxMessage,
+    ) -> anyhow::Result<SendMessageBatchRequestEntry> {
+        let attribute = |value: String| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+        };
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(index.to_string())
+            .message_body(&row.body)
+            .message_attributes("eventType", attribute(row.event_type.clone())?)
+            .message_attributes("orderId", attribute(row.order_id.to_hex())?)
+            .message_attributes("eventId", attribute(row.id.to_hex())?);
+        if self.fifo {
+            entry = entry
+                .message_group_id(row.order_id.to_hex())
+                .message_deduplication_id(row.id.to_hex());
+        }
+        Ok(entry.build()?)
+    }
+
+    /// Lets go of any rows this instance still holds, so another instance
+    /// need not wait for the leases to run out.
+    pub async fn release(&self) {
+        match store::release(&self.db, &self.instance).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "released outbox leases"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release outbox leases; they expire on their own")
+            }
+        }
+    }
 }
 
 fn row_for<'a>(rows: &'a [OutboxMessage], entry_id: &str) -> Option<&'a OutboxMessage> {
@@ -130,6 +182,7 @@ fn row_for<'a>(rows: &'a [OutboxMessage], entry_id: &str) -> Option<&'a OutboxMe
 
 /// Runs the relay until `shutdown`: publish while there is work, then sleep
 /// until woken; back off exponentially (capped) while publishing fails.
+/// A step in progress is always finished; leases are released at the end.
 pub async fn run(relay: Relay, wake: Arc<Notify>, shutdown: CancellationToken) {
     let backoff = || {
         ExponentialBuilder::default()
@@ -144,7 +197,7 @@ pub async fn run(relay: Relay, wake: Arc<Notify>, shutdown: CancellationToken) {
         let pause = match relay.try_publish_batch().await {
             Ok(outcome) if outcome.failed == 0 => {
                 delays = backoff();
-                if outcome.more_pending {
+                if outcome.more_pending && !shutdown.is_cancelled() {
                     continue;
                 }
                 None
@@ -172,6 +225,7 @@ pub async fn run(relay: Relay, wake: Arc<Notify>, shutdown: CancellationToken) {
             () = woken => {}
         }
     }
+    relay.release().await;
     tracing::info!("outbox relay stopped");
 }
 

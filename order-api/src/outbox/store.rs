@@ -1,10 +1,13 @@
 //! The `outbox` collection. A row is written in the same transaction as the
-//! order it announces, and is marked published once SQS has accepted it.
+//! order it announces, claimed by one relay at a time under a lease, and
+//! marked published once SQS has accepted it. Published rows expire.
 
-use bson::{DateTime, doc, oid::ObjectId};
+use std::time::Duration;
+
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use common::event::{OrderEvent, OrderEventType};
 use futures::TryStreamExt;
-use mongodb::{ClientSession, Collection, Database, IndexModel};
+use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +31,18 @@ pub struct OutboxMessage {
     #[serde(default)]
     pub last_error: Option<String>,
     pub created_at: DateTime,
+    /// The claim token of the relay batch that holds the row, while it does.
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    #[serde(default)]
+    pub lease_until: Option<DateTime>,
     #[serde(default)]
     pub published_at: Option<DateTime>,
     #[serde(default)]
     pub sqs_message_id: Option<String>,
+    /// Set when published; the TTL index deletes the row then.
+    #[serde(default)]
+    pub expire_at: Option<DateTime>,
 }
 
 pub fn collection(db: &Database) -> Collection<OutboxMessage> {
@@ -40,11 +51,23 @@ pub fn collection(db: &Database) -> Collection<OutboxMessage> {
 
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     collection(db)
-        .create_index(
+        .create_indexes([
             IndexModel::builder()
                 .keys(doc! { "status": 1, "_id": 1 })
                 .build(),
-        )
+            IndexModel::builder()
+                .keys(doc! { "lease_owner": 1 })
+                .build(),
+            // Rows without expire_at (pending ones) never expire.
+            IndexModel::builder()
+                .keys(doc! { "expire_at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::from_secs(0))
+                        .build(),
+                )
+                .build(),
+        ])
         .await?;
     Ok(())
 }
@@ -74,42 +97,114 @@ pub async fn enqueue(
         attempts: 0,
         last_error: None,
         created_at: DateTime::now(),
+        lease_owner: None,
+        lease_until: None,
         published_at: None,
         sqs_message_id: None,
+        expire_at: None,
     };
     collection(db).insert_one(row).session(session).await?;
     Ok(())
 }
 
-/// The oldest pending rows, at most `limit`. ObjectIds grow with time, so
-/// `_id` order is commit order closely enough for "oldest first".
-pub async fn oldest_pending(
+fn after(now: DateTime, d: Duration) -> DateTime {
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
+    DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
+}
+
+/// Claims up to `limit` of the oldest pending rows that nobody holds (or
+/// whose holder's lease ran out) for `token`, until `lease` from now, and
+/// returns them. `_id` order is creation order closely enough for
+/// "oldest first".
+///
+/// Two relays can pick the same candidates; the conditional update lets only
+/// one of them stamp each row, and each reads back only what carries its own
+/// token.
+pub async fn claim(
     db: &Database,
+    token: &str,
+    lease: Duration,
     limit: i64,
 ) -> mongodb::error::Result<Vec<OutboxMessage>> {
-    collection(db)
-        .find(doc! { "status": "PENDING" })
+    let now = DateTime::now();
+    let free = doc! {
+        "status": "PENDING",
+        "$or": [ { "lease_until": null }, { "lease_until": { "$lt": now } } ],
+    };
+    let candidates: Vec<ObjectId> = db
+        .collection::<Document>("outbox")
+        .find(free.clone())
         .sort(doc! { "_id": 1 })
         .limit(limit)
+        .projection(doc! { "_id": 1 })
+        .await?
+        .try_collect::<Vec<Document>>()
+        .await?
+        .iter()
+        .filter_map(|d| d.get_object_id("_id").ok())
+        .collect();
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut claim = free;
+    claim.insert("_id", doc! { "$in": &candidates });
+    collection(db)
+        .update_many(
+            claim,
+            doc! { "$set": { "lease_owner": token, "lease_until": after(now, lease) } },
+        )
+        .await?;
+    collection(db)
+        .find(doc! { "lease_owner": token, "status": "PENDING" })
+        .sort(doc! { "_id": 1 })
         .await?
         .try_collect()
         .await
 }
 
+/// Marks a row published, only while `token` still holds it. `false` when
+/// the lease was lost (another relay may publish it again: the consumer's
+/// inbox makes that harmless).
 pub async fn mark_published(
     db: &Database,
     id: ObjectId,
+    token: &str,
     sqs_message_id: &str,
-) -> mongodb::error::Result<()> {
-    collection(db)
+    retention: Duration,
+) -> mongodb::error::Result<bool> {
+    let now = DateTime::now();
+    let result = collection(db)
         .update_one(
-            doc! { "_id": id, "status": "PENDING" },
+            doc! { "_id": id, "status": "PENDING", "lease_owner": token },
             doc! {
                 "$set": {
                     "status": "PUBLISHED",
-                    "published_at": DateTime::now(),
+                    "published_at": now,
                     "sqs_message_id": sqs_message_id,
+                    "expire_at": after(now, retention),
                 },
+                "$unset": { "lease_owner": "", "lease_until": "" },
+                "$inc": { "attempts": 1 },
+            },
+        )
+        .await?;
+    Ok(result.modified_count == 1)
+}
+
+/// Records a failed attempt and lets go of the row: it stays pending for
+/// the next attempt, by this relay or another.
+pub async fn record_failure(
+    db: &Database,
+    id: ObjectId,
+    token: &str,
+    error: &str,
+) -> mongodb::error::Result<()> {
+    collection(db)
+        .update_one(
+            doc! { "_id": id, "status": "PENDING", "lease_owner": token },
+            doc! {
+                "$set": { "last_error": error },
+                "$unset": { "lease_owner": "", "lease_until": "" },
                 "$inc": { "attempts": 1 },
             },
         )
@@ -117,17 +212,23 @@ pub async fn mark_published(
     Ok(())
 }
 
-/// Records a failed attempt; the row stays pending for the next one.
-pub async fn record_failure(
-    db: &Database,
-    id: ObjectId,
-    error: &str,
-) -> mongodb::error::Result<()> {
-    collection(db)
-        .update_one(
-            doc! { "_id": id, "status": "PENDING" },
-            doc! { "$set": { "last_error": error }, "$inc": { "attempts": 1 } },
+/// Lets go of every row this relay instance still holds (at shutdown).
+pub async fn release(db: &Database, instance: &str) -> mongodb::error::Result<u64> {
+    let prefix = format!("^{}:", regex_escape(instance));
+    let result = collection(db)
+        .update_many(
+            doc! { "status": "PENDING", "lease_owner": { "$regex": prefix } },
+            doc! { "$unset": { "lease_owner": "", "lease_until": "" } },
         )
         .await?;
-    Ok(())
+    Ok(result.modified_count)
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escape = !c.is_ascii_alphanumeric() && c != '-' && c != '_';
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
 }

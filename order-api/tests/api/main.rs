@@ -10,6 +10,7 @@ mod openapi;
 mod orders;
 mod products;
 mod rate_limit;
+mod relay;
 mod seed;
 mod startup;
 mod tokens;

@@ -328,7 +328,8 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
 
     // A queue that does not exist: the send fails.
     let gone = format!("{}-gone", queues.queue_url);
-    let broken = order_api::outbox::Relay::new(db.clone(), sqs.clone(), gone, 10);
+    let config = test_support::apps::api_config(&database, "unused").outbox;
+    let broken = order_api::outbox::Relay::new(db.clone(), sqs.clone(), gone, &config);
     let result = broken.try_publish_batch().await;
     assert!(result.is_err(), "{result:?}");
     let row = outbox
@@ -347,7 +348,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
 
     // The next attempt, with SQS reachable, publishes it.
     let relay =
-        order_api::outbox::Relay::new(db.clone(), sqs.clone(), queues.queue_url.clone(), 10);
+        order_api::outbox::Relay::new(db.clone(), sqs.clone(), queues.queue_url.clone(), &config);
     let outcome = relay.try_publish_batch().await.expect("publishes");
     assert_eq!(outcome.published, 1);
     let row = outbox

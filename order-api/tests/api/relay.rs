@@ -1,0 +1,305 @@
+//! The relay on its own database and queue: leases between competing
+//! relays, FIFO queues, retention, and the change stream.
+
+use std::{collections::HashSet, time::Duration};
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use common::event::OrderEventType;
+use mongodb::{
+    Database,
+    bson::{DateTime, doc, oid::ObjectId},
+};
+use order_api::{
+    config::OutboxConfig,
+    outbox::{
+        Relay,
+        store::{self, OutboxStatus},
+    },
+};
+use test_support::{apps, unique};
+
+struct Bench {
+    db: Database,
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    config: OutboxConfig,
+}
+
+async fn bench() -> Bench {
+    test_support::require_stack().await;
+    let database = unique("relay").replace('-', "_");
+    let db = common::mongo::connect(&test_support::mongo_config(&database), "relay-test")
+        .await
+        .expect("connect");
+    store::create_indexes(&db).await.expect("indexes");
+    let sqs = test_support::sqs_client().await;
+    let queues = test_support::create_queues(&sqs, &unique("relay"), 30).await;
+    Bench {
+        db,
+        sqs,
+        queue_url: queues.queue_url,
+        config: apps::api_config(&database, "unused").outbox,
+    }
+}
+
+/// Writes `n` order.created rows, as committed orders would.
+async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
+    let mut orders = Vec::new();
+    for _ in 0..n {
+        let order = ObjectId::new();
+        let mut session = db.client().start_session().await.expect("session");
+        session.start_transaction().await.expect("begin");
+        store::enqueue(
+            db,
+            &mut session,
+            order,
+            OrderEventType::OrderCreated,
+            DateTime::now(),
+        )
+        .await
+        .expect("enqueue");
+        session.commit_transaction().await.expect("commit");
+        orders.push(order);
+    }
+    orders
+}
+
+async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut all = Vec::new();
+    for _ in 0..20 {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive");
+        if out.messages().is_empty() {
+            break;
+        }
+        all.extend(out.messages().iter().cloned());
+    }
+    all
+}
+
+#[tokio::test]
+async fn two_relays_racing_publish_every_row_exactly_once() {
+    let bench = bench().await;
+    enqueue(&bench.db, 40).await;
+    let a = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        bench.queue_url.clone(),
+        &bench.config,
+    );
+    let b = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        bench.queue_url.clone(),
+        &bench.config,
+    );
+    let run = |relay: Relay| async move {
+        let mut published = 0;
+        for _ in 0..20 {
+            let outcome = relay.try_publish_batch().await.expect("publishes");
+            published += outcome.published;
+            if outcome.published == 0 && !outcome.more_pending {
+                break;
+            }
+        }
+        published
+    };
+    let (from_a, from_b) = tokio::join!(run(a), run(b));
+    assert_eq!(from_a + from_b, 40, "a={from_a} b={from_b}");
+
+    let messages = drain(&bench.sqs, &bench.queue_url).await;
+    let ids: HashSet<String> = messages.iter().filter_map(|m| m.body.clone()).collect();
+    assert_eq!(messages.len(), 40, "no row sent twice");
+    assert_eq!(ids.len(), 40);
+    let pending = store::collection(&bench.db)
+        .count_documents(doc! { "status": "PENDING" })
+        .await
+        .expect("count");
+    assert_eq!(pending, 0);
+}
+
+#[tokio::test]
+async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
+    let bench = bench().await;
+    enqueue(&bench.db, 3).await;
+    // A relay that claimed the rows and died: its lease runs for 2 more seconds.
+    let dead = "dead-instance:batch";
+    let until = DateTime::from_millis(DateTime::now().timestamp_millis() + 2_000);
+    store::collection(&bench.db)
+        .update_many(
+            doc! {},
+            doc! { "$set": { "lease_owner": dead, "lease_until": until } },
+        )
+        .await
+        .expect("claim");
+
+    let relay = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        bench.queue_url.clone(),
+        &bench.config,
+    );
+    assert_eq!(
+        relay.try_publish_batch().await.expect("step").published,
+        0,
+        "leased rows are left alone"
+    );
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        relay.try_publish_batch().await.expect("step").published,
+        3,
+        "expired leases are taken over"
+    );
+
+    // The dead relay, come back, cannot mark what it no longer owns.
+    let row = store::collection(&bench.db)
+        .find_one(doc! {})
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(row.status, OutboxStatus::Published);
+    let marked = store::mark_published(&bench.db, row.id, dead, "late", Duration::from_secs(60))
+        .await
+        .expect("update");
+    assert!(!marked);
+}
+
+#[tokio::test]
+async fn published_rows_carry_their_expiry() {
+    let bench = bench().await;
+    enqueue(&bench.db, 1).await;
+    let relay = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        bench.queue_url.clone(),
+        &bench.config,
+    );
+    relay.try_publish_batch().await.expect("publishes");
+    let row = store::collection(&bench.db)
+        .find_one(doc! {})
+        .await
+        .expect("query")
+        .expect("row");
+    let published = row.published_at.expect("published_at").timestamp_millis();
+    let expires = row.expire_at.expect("expire_at").timestamp_millis();
+    let retention_ms = i64::try_from(bench.config.retention.as_millis()).expect("fits");
+    assert_eq!(expires - published, retention_ms);
+    assert!(row.lease_owner.is_none(), "the lease is let go");
+
+    let indexes = store::collection(&bench.db)
+        .list_index_names()
+        .await
+        .expect("indexes");
+    assert!(
+        indexes.iter().any(|i| i.starts_with("expire_at")),
+        "{indexes:?}"
+    );
+}
+
+#[tokio::test]
+async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
+    let bench = bench().await;
+    let name = format!("{}.fifo", unique("orders"));
+    let fifo_url = bench
+        .sqs
+        .create_queue()
+        .queue_name(&name)
+        .attributes(QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .expect("fifo queue")
+        .queue_url
+        .expect("url");
+    let orders = enqueue(&bench.db, 2).await;
+    let relay = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        fifo_url.clone(),
+        &bench.config,
+    );
+    assert_eq!(
+        relay
+            .try_publish_batch()
+            .await
+            .expect("publishes")
+            .published,
+        2
+    );
+
+    // Sent again (say a relay lost its lease after sending): deduplicated.
+    store::collection(&bench.db)
+        .update_many(doc! {}, doc! { "$set": { "status": "PENDING" } })
+        .await
+        .expect("reset");
+    assert_eq!(
+        relay
+            .try_publish_batch()
+            .await
+            .expect("publishes")
+            .published,
+        2
+    );
+
+    let messages = drain(&bench.sqs, &fifo_url).await;
+    assert_eq!(messages.len(), 2, "the resend was deduplicated");
+    let groups: HashSet<String> = messages
+        .iter()
+        .filter_map(|m| {
+            m.attributes()?
+                .get(&MessageSystemAttributeName::MessageGroupId)
+                .cloned()
+        })
+        .collect();
+    let expected: HashSet<String> = orders.iter().map(|o| o.to_hex()).collect();
+    assert_eq!(groups, expected);
+}
+
+#[tokio::test]
+async fn the_change_stream_wakes_the_relay_for_rows_other_instances_commit() {
+    test_support::require_stack().await;
+    let database = unique("follow").replace('-', "_");
+    let queue = unique("follow");
+    let sqs = test_support::sqs_client().await;
+    let queues = test_support::create_queues(&sqs, &queue, 30).await;
+    let mut config = apps::api_config(&database, &queue);
+    // The sweep effectively off: only the change stream can wake the relay.
+    config.outbox.sweep_schedule = "0 0 0 1 1 *".into();
+    let _api = apps::start_api(config).await;
+    let db = common::mongo::connect(&test_support::mongo_config(&database), "other-instance")
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another instance commits an order: this process was never notified.
+    enqueue(&db, 1).await;
+    test_support::eventually(
+        Duration::from_secs(5),
+        "the row to be published",
+        || async {
+            let row = store::collection(&db)
+                .find_one(doc! {})
+                .await
+                .ok()
+                .flatten()?;
+            (row.status == OutboxStatus::Published).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(drain(&sqs, &queues.queue_url).await.len(), 1);
+    let state = db
+        .collection::<mongodb::bson::Document>("relay_state")
+        .find_one(doc! { "_id": "outbox-change-stream" })
+        .await
+        .expect("query");
+    assert!(
+        state.is_some_and(|s| s.contains_key("token")),
+        "the resume token is stored"
+    );
+}
