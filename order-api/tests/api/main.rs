@@ -8,6 +8,7 @@ mod idempotency;
 mod listing;
 mod openapi;
 mod orders;
+mod outage;
 mod products;
 mod rate_limit;
 mod relay;

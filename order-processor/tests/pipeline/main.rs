@@ -5,3 +5,4 @@ mod consumer;
 mod delivery;
 mod end_to_end;
 mod helpers;
+mod shutdown;

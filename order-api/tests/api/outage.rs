@@ -1,0 +1,66 @@
+//! MongoDB unreachable: the API answers 503 with Retry-After within
+//! seconds, never hangs a client, and recovers when the database is back.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use serde_json::json;
+use test_support::{apps, proxy::CuttableProxy, unique};
+
+#[tokio::test]
+async fn with_the_database_unreachable_the_api_answers_503_and_recovers() {
+    test_support::require_stack().await;
+    let mongo: std::net::SocketAddr = "127.0.0.1:27017".parse().expect("addr");
+    let mut proxy = CuttableProxy::start(mongo).await;
+    let database = unique("outage").replace('-', "_");
+    let queue = unique("outage");
+    let sqs = test_support::sqs_client().await;
+    test_support::create_queues(&sqs, &queue, 30).await;
+    let mut config = apps::api_config(&database, &queue);
+    // Straight to the proxy: without directConnection the driver would find
+    // the real member's address and go around the cut.
+    config.mongo.uri =
+        SecretString::from(format!("mongodb://{}/?directConnection=true", proxy.addr));
+    config.mongo.server_selection_timeout = Duration::from_secs(2);
+    let api = apps::start_api(config).await;
+    let http = reqwest::Client::new();
+    let login = || {
+        http.post(format!("{}/api/auth/login", api.address()))
+            .json(&json!({ "email": apps::ADMIN_EMAIL, "password": apps::ADMIN_PASSWORD }))
+            .send()
+    };
+    assert_eq!(login().await.expect("sent").status(), StatusCode::OK);
+    let token: serde_json::Value = login().await.expect("sent").json().await.expect("json");
+    let token = token["accessToken"].as_str().expect("token").to_string();
+
+    proxy.cut();
+    for path in ["/api/products", "/api/orders"] {
+        let started = Instant::now();
+        let response = tokio::time::timeout(
+            Duration::from_secs(20),
+            http.get(format!("{}{path}", api.address()))
+                .bearer_auth(&token)
+                .send(),
+        )
+        .await
+        .expect("the API answers instead of hanging")
+        .expect("sent");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "unavailable");
+        eprintln!("{path}: 503 after {:?}", started.elapsed());
+    }
+
+    proxy.restore().await;
+    test_support::eventually(Duration::from_secs(20), "the API to recover", || async {
+        let response = http
+            .get(format!("{}/api/products", api.address()))
+            .send()
+            .await
+            .ok()?;
+        (response.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
