@@ -56,3 +56,22 @@ pub fn is_unavailable(error: &Error) -> bool {
             | ErrorKind::ConnectionPoolCleared { .. }
     ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
 }
+
+/// An index that makes MongoDB delete each document once the time in
+/// `field` has passed. Documents without the field never expire.
+pub fn expiry_index(field: &str) -> mongodb::IndexModel {
+    mongodb::IndexModel::builder()
+        .keys(doc! { field: 1 })
+        .options(
+            mongodb::options::IndexOptions::builder()
+                .expire_after(std::time::Duration::from_secs(0))
+                .build(),
+        )
+        .build()
+}
+
+/// `at` plus `span`, saturating instead of overflowing.
+pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
+    let ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    bson::DateTime::from_millis(at.timestamp_millis().saturating_add(ms))
+}

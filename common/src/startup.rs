@@ -6,6 +6,18 @@ use std::{future::Future, time::Duration};
 use anyhow::Context;
 use backon::{ExponentialBuilder, Retryable};
 
+/// The pause schedule of a worker loop whose step failed: 200 ms doubling to
+/// 30 s, jittered, without end (the loop stops on shutdown, not on a count).
+pub fn worker_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Runs `attempt` until it succeeds or `within` has been spent waiting.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, attempt: F) -> anyhow::Result<T>
 where

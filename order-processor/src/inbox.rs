@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bson::{DateTime, doc};
-use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use mongodb::{ClientSession, Collection, Database};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,16 +27,7 @@ fn collection(db: &Database) -> Collection<InboxEntry> {
 
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     collection(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .expire_after(Duration::from_secs(0))
-                        .build(),
-                )
-                .build(),
-        )
+        .create_index(common::mongo::expiry_index("expires_at"))
         .await?;
     Ok(())
 }
@@ -66,12 +57,11 @@ pub async fn record_first(
 
 pub fn entry(event_id: &str, event_type: &str, order_id: &str, retention: Duration) -> InboxEntry {
     let now = DateTime::now();
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX / 2);
     InboxEntry {
         event_id: event_id.to_string(),
         event_type: event_type.to_string(),
         order_id: order_id.to_string(),
         handled_at: now,
-        expires_at: DateTime::from_millis(now.timestamp_millis().saturating_add(retention_ms)),
+        expires_at: common::mongo::later(now, retention),
     }
 }

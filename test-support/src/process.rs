@@ -88,3 +88,28 @@ pub async fn terminate(mut child: Child, within: Duration) -> (ExitStatus, Strin
     }
     (status, logs)
 }
+
+/// Starts `binary` against fresh queues and database, waits until
+/// `health_path` answers, sends SIGTERM and requires exit 0 with each of
+/// `expected` in its logs.
+pub async fn assert_graceful_sigterm(binary: &str, health_path: &str, expected: &[&str]) {
+    crate::require_stack().await;
+    let database = crate::unique("sigterm").replace('-', "_");
+    let queue = crate::unique("sigterm");
+    let sqs = crate::sqs_client().await;
+    crate::create_queues(&sqs, &queue, 30).await;
+    let port = free_port();
+    let child = spawn(binary, &service_env(&database, &queue, port));
+    let health = format!("http://127.0.0.1:{port}{health_path}");
+    crate::eventually(Duration::from_secs(30), "the service to answer", || async {
+        let response = reqwest::get(&health).await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+
+    let (status, logs) = terminate(child, Duration::from_secs(20)).await;
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+    for line in expected {
+        assert!(logs.contains(line), "missing {line:?} in:\n{logs}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::{DateTime, doc, oid::ObjectId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
+use mongodb::{Collection, Database, IndexModel};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -102,14 +102,7 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
         .create_indexes([
             IndexModel::builder().keys(doc! { "family_id": 1 }).build(),
             // Expired tokens disappear on their own.
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .expire_after(Duration::from_secs(0))
-                        .build(),
-                )
-                .build(),
+            common::mongo::expiry_index("expires_at"),
         ])
         .await?;
     Ok(())
@@ -146,13 +139,12 @@ async fn store_new(
 ) -> mongodb::error::Result<String> {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let now = DateTime::now();
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
     collection(db)
         .insert_one(RefreshTokenRecord {
             hash: hash_refresh_token(&token),
             user_id,
             family_id,
-            expires_at: DateTime::from_millis(now.timestamp_millis().saturating_add(ttl_ms)),
+            expires_at: common::mongo::later(now, ttl),
             created_at: now,
             used_at: None,
             revoked_at: None,

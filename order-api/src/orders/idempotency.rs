@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use bson::{DateTime, doc, oid::ObjectId};
-use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use mongodb::{ClientSession, Collection, Database};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -76,16 +76,7 @@ fn collection(db: &Database) -> Collection<IdempotencyRecord> {
 
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     collection(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "expires_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .expire_after(Duration::from_secs(0))
-                        .build(),
-                )
-                .build(),
-        )
+        .create_index(common::mongo::expiry_index("expires_at"))
         .await?;
     Ok(())
 }
@@ -125,7 +116,6 @@ pub async fn record(
     body: String,
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
-    let retention_ms = i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX / 2);
     collection(db)
         .insert_one(IdempotencyRecord {
             id: request.id.clone(),
@@ -134,7 +124,7 @@ pub async fn record(
             body,
             order_id,
             created_at: now,
-            expires_at: DateTime::from_millis(now.timestamp_millis().saturating_add(retention_ms)),
+            expires_at: common::mongo::later(now, RETENTION),
         })
         .session(session)
         .await?;

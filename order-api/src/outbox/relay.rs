@@ -12,7 +12,6 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use backon::{BackoffBuilder, ExponentialBuilder};
 use mongodb::Database;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -184,14 +183,7 @@ fn row_for<'a>(rows: &'a [OutboxMessage], entry_id: &str) -> Option<&'a OutboxMe
 /// until woken; back off exponentially (capped) while publishing fails.
 /// A step in progress is always finished; leases are released at the end.
 pub async fn run(relay: Relay, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
     loop {
         let pause = match relay.try_publish_batch().await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use common::event::{OrderEvent, OrderEventType};
 use futures::TryStreamExt;
-use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,14 +59,7 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
                 .keys(doc! { "lease_owner": 1 })
                 .build(),
             // Rows without expire_at (pending ones) never expire.
-            IndexModel::builder()
-                .keys(doc! { "expire_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .expire_after(Duration::from_secs(0))
-                        .build(),
-                )
-                .build(),
+            common::mongo::expiry_index("expire_at"),
         ])
         .await?;
     Ok(())
@@ -105,11 +98,6 @@ pub async fn enqueue(
     };
     collection(db).insert_one(row).session(session).await?;
     Ok(())
-}
-
-fn after(now: DateTime, d: Duration) -> DateTime {
-    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
-    DateTime::from_millis(now.timestamp_millis().saturating_add(ms))
 }
 
 /// Claims up to `limit` of the oldest pending rows that nobody holds (or
@@ -151,7 +139,7 @@ pub async fn claim(
     collection(db)
         .update_many(
             claim,
-            doc! { "$set": { "lease_owner": token, "lease_until": after(now, lease) } },
+            doc! { "$set": { "lease_owner": token, "lease_until": common::mongo::later(now, lease) } },
         )
         .await?;
     collection(db)
@@ -181,7 +169,7 @@ pub async fn mark_published(
                     "status": "PUBLISHED",
                     "published_at": now,
                     "sqs_message_id": sqs_message_id,
-                    "expire_at": after(now, retention),
+                    "expire_at": common::mongo::later(now, retention),
                 },
                 "$unset": { "lease_owner": "", "lease_until": "" },
                 "$inc": { "attempts": 1 },

@@ -89,6 +89,8 @@ fn development_without_a_secret_gets_as_far_as_the_database() {
             ("APP_ENV", "development"),
             NO_DATABASE,
             QUICK_DATABASE_TIMEOUT,
+            // Start-up waits for the database; give up after a second.
+            ("STARTUP_TIMEOUT_SECS", "1"),
         ],
     );
     let stderr = stderr(&output);
@@ -138,35 +140,14 @@ async fn seed_products_prints_its_summary() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_work_and_exits_zero() {
-    use test_support::process;
-    test_support::require_stack().await;
-    let database = test_support::unique("sigterm").replace('-', "_");
-    let queue = test_support::unique("sigterm");
-    let sqs = test_support::sqs_client().await;
-    test_support::create_queues(&sqs, &queue, 30).await;
-    let port = process::free_port();
-    let child = process::spawn(
+    test_support::process::assert_graceful_sigterm(
         env!("CARGO_BIN_EXE_order-api"),
-        &process::service_env(&database, &queue, port),
-    );
-    let health = format!("http://127.0.0.1:{port}/api/health");
-    test_support::eventually(
-        std::time::Duration::from_secs(30),
-        "order-api to answer",
-        || async {
-            let response = reqwest::get(&health).await.ok()?;
-            response.status().is_success().then_some(())
-        },
+        "/api/health",
+        &[
+            "shutdown signal received",
+            "outbox relay stopped",
+            "order-api stopped",
+        ],
     )
     .await;
-
-    let (status, logs) = process::terminate(child, std::time::Duration::from_secs(20)).await;
-    assert!(status.success(), "exit status {status:?}\n{logs}");
-    for line in [
-        "shutdown signal received",
-        "outbox relay stopped",
-        "order-api stopped",
-    ] {
-        assert!(logs.contains(line), "missing {line:?} in:\n{logs}");
-    }
 }

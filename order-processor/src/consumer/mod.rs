@@ -20,7 +20,6 @@ use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName,
 };
-use backon::{BackoffBuilder, ExponentialBuilder};
 use common::event::OrderEvent;
 use futures::{StreamExt, stream};
 use mongodb::Database;
@@ -285,14 +284,7 @@ fn receive_count(message: &Message) -> u32 {
 /// (SQS has handed nothing over yet, or its messages reappear after the
 /// visibility timeout); a batch in hand is always finished and settled.
 pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
-    let backoff = || {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
+    let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
     loop {
         let received = tokio::select! {
