@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod event;
 pub mod mongo;
+pub mod readiness;
 pub mod shutdown;
 pub mod sqs;
 pub mod startup;

@@ -60,6 +60,7 @@ impl Modify for BearerAuth {
     ),
     paths(
         health::health,
+        health::ready,
         auth::routes::register,
         auth::routes::login,
         auth::routes::refresh,

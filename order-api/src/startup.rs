@@ -66,12 +66,18 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        let readiness = Arc::new(common::readiness::ReadinessProbe::new(
+            db.clone(),
+            sqs.clone(),
+            queue_url.clone(),
+        ));
         let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
         let state = AppState {
             db,
             config: Arc::new(config),
             auth,
             outbox_wake: Arc::new(Notify::new()),
+            readiness,
         };
         Ok(Application {
             listener,
@@ -152,6 +158,7 @@ async fn create_indexes(db: &mongodb::Database) -> mongodb::error::Result<()> {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .nest("/auth", auth::router())
         .nest("/products", products::router())
         .nest("/orders", orders::router());

@@ -13,4 +13,5 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Woken after an order commits so the relay publishes it at once.
     pub outbox_wake: Arc<Notify>,
+    pub readiness: Arc<common::readiness::ReadinessProbe>,
 }

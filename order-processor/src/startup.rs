@@ -15,6 +15,7 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     consumer: Consumer,
+    readiness: common::readiness::ReadinessProbe,
 }
 
 /// The queue settings that must agree with ours.
@@ -47,6 +48,8 @@ impl Application {
         let settings = queue_settings(&sqs, &queues.main).await?;
         check_settings(&config, settings)?;
         let mailer = Mailer::new(&config.smtp)?;
+        let readiness =
+            common::readiness::ReadinessProbe::new(db.clone(), sqs.clone(), queues.main.clone());
         let consumer = Consumer::new(
             db,
             sqs,
@@ -64,6 +67,7 @@ impl Application {
             listener,
             port,
             consumer,
+            readiness,
         })
     }
 
@@ -80,7 +84,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
         let server_shutdown = shutdown.clone();
-        let served = axum::serve(self.listener, health::router())
+        let served = axum::serve(self.listener, health::router(self.readiness))
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
             .context("serving the health endpoint");

@@ -122,6 +122,10 @@ async fn real_responses_match_the_openapi_document() {
     contract
         .call(&app, Method::GET, "/api/health", "/api/health", None, None)
         .await;
+    let (status, _) = contract
+        .call(&app, Method::GET, "/api/ready", "/api/ready", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     let order_body = json!({ "items": [{ "productId": product, "quantity": 1 }] });
     let (status, order) = contract

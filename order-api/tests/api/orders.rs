@@ -50,14 +50,17 @@ async fn an_order_reserves_stock_snapshots_prices_and_reaches_the_queue() {
     assert_eq!(event["type"], "order.created");
     assert_eq!(event["orderId"], order_id.as_str());
 
-    let outbox = app
-        .db
-        .collection::<mongodb::bson::Document>("outbox")
-        .find_one(mongodb::bson::doc! {})
-        .await
-        .expect("query")
-        .expect("one outbox row");
-    assert_eq!(outbox.get_str("status").expect("status"), "PUBLISHED");
+    // SQS accepts the message before the relay marks the row: wait for it.
+    let rows = app.db.collection::<mongodb::bson::Document>("outbox");
+    let outbox = test_support::eventually(
+        Duration::from_secs(5),
+        "the row marked published",
+        || async {
+            let row = rows.find_one(mongodb::bson::doc! {}).await.ok().flatten()?;
+            (row.get_str("status").ok() == Some("PUBLISHED")).then_some(row)
+        },
+    )
+    .await;
     assert!(
         outbox
             .get_str("sqs_message_id")

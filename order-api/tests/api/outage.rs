@@ -64,3 +64,58 @@ async fn with_the_database_unreachable_the_api_answers_503_and_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn readiness_names_sqs_when_it_is_unreachable_and_recovers() {
+    test_support::require_stack().await;
+    let sqs_addr: std::net::SocketAddr = "127.0.0.1:4566".parse().expect("addr");
+    let mut proxy = CuttableProxy::start(sqs_addr).await;
+    let database = unique("ready").replace('-', "_");
+    let queue = unique("ready");
+    let sqs = test_support::sqs_client().await;
+    test_support::create_queues(&sqs, &queue, 30).await;
+    let mut config = apps::api_config(&database, &queue);
+    config.sqs.endpoint_url = Some(format!("http://{}", proxy.addr));
+    let api = apps::start_api(config).await;
+    let ready = || async {
+        let response = reqwest::get(format!("{}/api/ready", api.address()))
+            .await
+            .expect("sent");
+        let status = response.status();
+        (
+            status,
+            response.json::<serde_json::Value>().await.expect("json"),
+        )
+    };
+
+    let (status, body) = ready().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["mongodb"], "ok");
+    assert_eq!(body["checks"]["sqs"], "ok");
+
+    proxy.cut();
+    let started = Instant::now();
+    let (status, body) = ready().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["mongodb"], "ok", "only SQS is down: {body}");
+    assert_ne!(body["checks"]["sqs"], "ok", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered promptly"
+    );
+    let health = reqwest::get(format!("{}/api/health", api.address()))
+        .await
+        .expect("sent");
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "liveness does not depend on SQS"
+    );
+
+    proxy.restore().await;
+    test_support::eventually(Duration::from_secs(15), "readiness to return", || async {
+        let (status, _) = ready().await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+}

@@ -65,14 +65,17 @@ async fn an_order_becomes_processed_and_exactly_one_email_arrives() {
         .expect("json");
     assert_eq!(stock["stock"], 7);
 
-    let outbox = pipeline
-        .db
-        .collection::<mongodb::bson::Document>("outbox")
-        .find_one(doc! {})
-        .await
-        .expect("query")
-        .expect("row");
-    assert_eq!(outbox.get_str("status").expect("status"), "PUBLISHED");
+    // The relay marks the row after SQS accepted it: wait for the mark.
+    let rows = pipeline.db.collection::<mongodb::bson::Document>("outbox");
+    test_support::eventually(
+        Duration::from_secs(5),
+        "the row marked published",
+        || async {
+            let row = rows.find_one(doc! {}).await.ok().flatten()?;
+            (row.get_str("status").ok() == Some("PUBLISHED")).then_some(())
+        },
+    )
+    .await;
 
     let stored = pipeline.order_document(order_id).await;
     assert_eq!(times_in_timeline(&stored, "processing"), 1);

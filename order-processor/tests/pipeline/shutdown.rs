@@ -11,3 +11,16 @@ async fn sigterm_finishes_the_batch_in_hand_and_exits_zero() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn readiness_reports_both_dependencies() {
+    let pipeline = crate::helpers::spawn_pipeline(30).await;
+    let processor = pipeline.processor.as_ref().expect("running");
+    let response = reqwest::get(format!("{}/processor/api/ready", processor.address()))
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["checks"]["mongodb"], "ok", "{body}");
+    assert_eq!(body["checks"]["sqs"], "ok", "{body}");
+}
