@@ -43,7 +43,8 @@ pub struct Env {
 pub struct ServiceSettings {
     pub retry_base_secs: u64,
     pub retry_cap_secs: u64,
-    pub email_stale_send_secs: Option<u64>,
+    pub outbox_lease_secs: u64,
+    pub email_stale_send_secs: u64,
 }
 
 /// How a scenario wants its world.
@@ -53,6 +54,8 @@ pub struct Setup {
     pub api_sqs_via_proxy: bool,
     pub stocks: Vec<i64>,
     pub customers: usize,
+    /// Processor settings this scenario changes (after the suite's own).
+    pub processor_env: Vec<(&'static str, String)>,
 }
 
 impl Default for Setup {
@@ -62,6 +65,7 @@ impl Default for Setup {
             api_sqs_via_proxy: false,
             stocks: vec![1_000; 4],
             customers: 4,
+            processor_env: Vec::new(),
         }
     }
 }
@@ -196,7 +200,11 @@ impl<'a> Ctx<'a> {
             let mut vars = shared(api_sqs_port);
             vars.extend(
                 [
-                    ("RUST_LOG", "info,tokio_cron_scheduler=warn".to_string()),
+                    // Debug for the relay: "outbox row published" per send.
+                    (
+                        "RUST_LOG",
+                        "info,tokio_cron_scheduler=warn,order_api::outbox=debug".to_string(),
+                    ),
                     ("API_HOST", "127.0.0.1".into()),
                     ("API_PORT", port.to_string()),
                     (
@@ -209,6 +217,8 @@ impl<'a> Ctx<'a> {
                     ("LOGIN_RATE_PER_MINUTE_PER_IP", "100000".into()),
                     ("LOGIN_RATE_PER_MINUTE_PER_ACCOUNT", "100000".into()),
                     ("OUTBOX_SWEEP_SCHEDULE", "*/1 * * * * *".into()),
+                    ("OUTBOX_LEASE_SECS", env.settings.outbox_lease_secs.to_string()),
+                    ("STARTUP_TIMEOUT_SECS", "60".into()),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v)),
@@ -242,14 +252,19 @@ impl<'a> Ctx<'a> {
                 ("RETRY_BASE_SECS", settings.retry_base_secs.to_string()),
                 ("RETRY_CAP_SECS", settings.retry_cap_secs.to_string()),
                 ("SMTP_TIMEOUT_SECS", "5".into()),
-                ("HANDLER_TIMEOUT_SECS", "30".into()),
+                ("HANDLER_TIMEOUT_SECS", "20".into()),
                 ("STARTUP_TIMEOUT_SECS", "60".into()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v)),
         );
-        if let Some(stale) = settings.email_stale_send_secs {
-            vars.push(("EMAIL_STALE_SEND_SECS".into(), stale.to_string()));
+        vars.push((
+            "EMAIL_STALE_SEND_SECS".into(),
+            settings.email_stale_send_secs.to_string(),
+        ));
+        for (name, value) in &setup.processor_env {
+            vars.retain(|(n, _)| n != name);
+            vars.push(((*name).to_string(), value.clone()));
         }
         let processor = Service::new(Launch {
             kind: Kind::Processor,

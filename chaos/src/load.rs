@@ -42,7 +42,7 @@ pub type SharedLedger = Arc<Mutex<Ledger>>;
 impl Ledger {
     pub fn record(&mut self, placed: Placed, key: String, customer: usize) {
         match placed {
-            Placed::Accepted { order_id } => {
+            Placed::Accepted { order_id, .. } => {
                 self.acknowledged.push(Acknowledged { order_id, customer })
             }
             Placed::OutOfStock => self.out_of_stock += 1,

@@ -207,8 +207,9 @@ fn settings_from_env() -> anyhow::Result<ServiceSettings> {
         }
     };
     Ok(ServiceSettings {
-        retry_base_secs: number("CHAOS_RETRY_BASE_SECS", Some(1))?.unwrap_or(1),
-        retry_cap_secs: number("CHAOS_RETRY_CAP_SECS", Some(5))?.unwrap_or(5),
-        email_stale_send_secs: number("CHAOS_EMAIL_STALE_SEND_SECS", None)?,
+        retry_base_secs: number("CHAOS_RETRY_BASE_SECS", Some(2))?.unwrap_or(2),
+        retry_cap_secs: number("CHAOS_RETRY_CAP_SECS", Some(16))?.unwrap_or(16),
+        outbox_lease_secs: number("CHAOS_OUTBOX_LEASE_SECS", Some(10))?.unwrap_or(10),
+        email_stale_send_secs: number("CHAOS_EMAIL_STALE_SEND_SECS", Some(30))?.unwrap_or(30),
     })
 }

@@ -13,8 +13,9 @@ const CUSTOMER_PASSWORD: &str = "chaos-customer-password-1";
 /// One request's answer as the client learnt it.
 #[derive(Debug, Clone)]
 pub enum Placed {
-    /// 201: acknowledged.
-    Accepted { order_id: String },
+    /// 201: acknowledged. `replayed`: the answer is the stored first answer
+    /// to this Idempotency-Key (header `Idempotent-Replayed: true`).
+    Accepted { order_id: String, replayed: bool },
     /// 409 insufficient_stock: refused, nothing written.
     OutOfStock,
     /// 5xx: the server said it failed, but a timed-out commit may still land.
@@ -164,13 +165,20 @@ pub async fn place_order(
         Err(_) => return Placed::NoAnswer,
     };
     let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|v| v.as_bytes() == b"true");
     let body = match response.text().await {
         Ok(body) => body,
         Err(_) => return Placed::NoAnswer,
     };
     match status {
         201 => match serde_json::from_str::<WithId>(&body) {
-            Ok(order) => Placed::Accepted { order_id: order.id },
+            Ok(order) => Placed::Accepted {
+                order_id: order.id,
+                replayed,
+            },
             Err(_) => Placed::Unexpected { status, body },
         },
         409 if body.contains("insufficient_stock") => Placed::OutOfStock,
