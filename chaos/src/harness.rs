@@ -217,7 +217,10 @@ impl<'a> Ctx<'a> {
                     ("LOGIN_RATE_PER_MINUTE_PER_IP", "100000".into()),
                     ("LOGIN_RATE_PER_MINUTE_PER_ACCOUNT", "100000".into()),
                     ("OUTBOX_SWEEP_SCHEDULE", "*/1 * * * * *".into()),
-                    ("OUTBOX_LEASE_SECS", env.settings.outbox_lease_secs.to_string()),
+                    (
+                        "OUTBOX_LEASE_SECS",
+                        env.settings.outbox_lease_secs.to_string(),
+                    ),
                     ("STARTUP_TIMEOUT_SECS", "60".into()),
                 ]
                 .into_iter()
