@@ -1,10 +1,11 @@
 # Two commands on a fresh machine:
 #   make run    the local stack (MongoDB, SQS, SMTP) plus both services
 #   make test   starts the stack if needed, then lint and every test
+#   make chaos  the fault-injection suite (issue 4): real binaries, things broken
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test stack-up stack-down stack-status build lint fmt check-compose test-only seed
+.PHONY: help run test chaos stack-up stack-down stack-status build lint fmt check-compose test-only seed
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -16,6 +17,11 @@ test: stack-up lint check-compose test-only ## the whole suite: fmt, clippy, com
 
 test-only: ## cargo tests against the running stack
 	cargo test --workspace --all-targets --no-fail-fast
+
+chaos: ## fault-injection suite against the stack (SCENARIOS=1,7 runs some; see README "Guarantees")
+	cargo build --bins -p order-api -p order-processor -p order-chaos
+	scripts/stack.sh up
+	cargo run -q -p order-chaos -- $(SCENARIOS)
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -202,7 +202,7 @@ impl Consumer {
             }
             Ok(Err(e @ ProcessError::InFlight)) => {
                 tracing::info!(sqs_message_id = sqs_id, reason = %e, "another attempt is in flight; retrying later");
-                Settlement::RetryAfter(backoff)
+                Settlement::RetryAfter(backoff.max(self.config.stale_send_after))
             }
             Ok(Err(e)) => {
                 tracing::warn!(sqs_message_id = sqs_id, receives, error = %e, retry_in = ?backoff, "message not handled; will retry");
