@@ -117,13 +117,7 @@ pub async fn start_api(config: ApiConfig) -> Running {
         .await
         .expect("order-api starts against the local stack");
     let port = app.port();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    Running {
-        port,
-        shutdown,
-        task: Some(task),
-    }
+    Running::spawn(port, |shutdown| app.run_until_stopped(shutdown))
 }
 
 pub async fn start_processor(config: ProcessorConfig) -> Running {
@@ -131,11 +125,21 @@ pub async fn start_processor(config: ProcessorConfig) -> Running {
         .await
         .expect("order-processor starts against the local stack");
     let port = app.port();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    Running {
-        port,
-        shutdown,
-        task: Some(task),
+    Running::spawn(port, |shutdown| app.run_until_stopped(shutdown))
+}
+
+impl Running {
+    /// Runs a built service until its shutdown token is cancelled.
+    fn spawn<F>(port: u16, run: impl FnOnce(CancellationToken) -> F) -> Running
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Running {
+            port,
+            shutdown,
+            task: Some(task),
+        }
     }
 }
