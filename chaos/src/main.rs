@@ -126,10 +126,12 @@ async fn run() -> anyhow::Result<bool> {
             println!("chaos: {}:   {problem}", report.scenario);
         }
         if !report.passed {
-            println!(
-                "chaos: {}:   logs and database kept: {}",
-                report.scenario, report.logs
-            );
+            println!("chaos: {}:   logs: {}", report.scenario, report.logs);
+            // A scenario that failed mid-outage must not leave a service
+            // stopped under the next one.
+            if let Err(e) = env.stack.ensure_up().await {
+                println!("chaos: {}:   restarting the stack: {e:#}", report.scenario);
+            }
         }
         reports.push(report);
     }

@@ -153,7 +153,7 @@ async fn kill_api(env: &Env, name: &str) -> anyhow::Result<Report> {
 
     // At random moments under load.
     for _ in 0..4 {
-        tokio::time::sleep(random_secs(2.0, 5.0)).await;
+        tokio::time::sleep(random_secs(1.5, 3.5)).await;
         if load.is_finished() {
             break;
         }
@@ -204,7 +204,7 @@ async fn kill_processor(env: &Env, name: &str) -> anyhow::Result<Report> {
     let mut kills = 0u32;
     let mut interrupted: HashSet<String> = HashSet::new();
     for _ in 0..4 {
-        tokio::time::sleep(random_secs(2.0, 4.0)).await;
+        tokio::time::sleep(random_secs(1.5, 3.5)).await;
         if load.is_finished() {
             break;
         }

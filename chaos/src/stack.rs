@@ -65,10 +65,20 @@ impl Stack {
     /// `scripts/stack.sh ACTION SERVICE` with this stack's ports; waits for it
     /// (the script waits until a started service answers).
     pub async fn control(&self, action: &str, service: &str) -> anyhow::Result<()> {
+        self.script(&[action, service]).await
+    }
+
+    /// `scripts/stack.sh up`: every service running again, whatever a failed
+    /// scenario left stopped.
+    pub async fn ensure_up(&self) -> anyhow::Result<()> {
+        self.script(&["up"]).await
+    }
+
+    async fn script(&self, args: &[&str]) -> anyhow::Result<()> {
+        let shown = args.join(" ");
         let output = tokio::process::Command::new("bash")
             .arg(&self.script)
-            .arg(action)
-            .arg(service)
+            .args(args)
             .env("STACK_MONGO_PORT", self.mongo_port.to_string())
             .env("STACK_SQS_PORT", self.sqs_port.to_string())
             .env("STACK_SMTP_PORT", self.smtp_port.to_string())
@@ -76,10 +86,10 @@ impl Stack {
             .kill_on_drop(true)
             .output()
             .await
-            .with_context(|| format!("running {} {action} {service}", self.script.display()))?;
+            .with_context(|| format!("running {} {shown}", self.script.display()))?;
         if !output.status.success() {
             bail!(
-                "`scripts/stack.sh {action} {service}` failed ({}): {}",
+                "`scripts/stack.sh {shown}` failed ({}): {}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim()
             );
