@@ -5,6 +5,7 @@
 pub mod config;
 pub mod domain;
 pub mod event;
+pub mod metrics;
 pub mod mongo;
 pub mod readiness;
 pub mod shutdown;

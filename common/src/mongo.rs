@@ -75,3 +75,39 @@ pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
     let ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
     bson::DateTime::from_millis(at.timestamp_millis().saturating_add(ms))
 }
+
+/// Runs `body` in one transaction on a fresh session: committed whole, or
+/// aborted and run again from the start on TransientTransactionError (the
+/// driver retries the commit on UnknownTransactionCommitResult). Each rerun
+/// is counted in `transaction_retries_total{operation}`.
+///
+/// `body` gets the session and `context`; it is a function returning a
+/// boxed future (not an async closure) because the async closure form trips
+/// rust-lang/rust#96865 ("Send is not general enough").
+pub async fn transaction<C, R, F>(
+    db: &Database,
+    operation: &'static str,
+    context: C,
+    mut body: F,
+) -> mongodb::error::Result<R>
+where
+    F: for<'b> FnMut(
+        &'b mut mongodb::ClientSession,
+        &'b mut C,
+    ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
+{
+    let mut session = db.client().start_session().await?;
+    let mut runs = 0_u64;
+    let result = session
+        .start_transaction()
+        .and_run((context, &mut runs), |session, (context, runs)| {
+            **runs += 1;
+            body(session, context)
+        })
+        .await;
+    if runs > 1 {
+        metrics::counter!(crate::metrics::TRANSACTION_RETRIES, "operation" => operation)
+            .increment(runs - 1);
+    }
+    result
+}

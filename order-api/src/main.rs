@@ -29,16 +29,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    common::telemetry::init_telemetry(common::telemetry::DEFAULT_FILTER);
+    // First, so OTEL_* and RUST_LOG may come from the env file too.
     let env_source = common::config::load_env_file()?;
-    match cli.command {
+    let telemetry =
+        common::telemetry::init_telemetry("order-api", common::telemetry::DEFAULT_FILTER)?;
+    let done = match cli.command {
         None => {
             let config = ApiConfig::from_env().context("reading configuration")?;
             config.log_summary(&env_source);
             serve(config).await
         }
         Some(Command::SeedProducts { file }) => seed_products(&file).await,
-    }
+    };
+    telemetry.shutdown();
+    done
 }
 
 async fn serve(config: ApiConfig) -> anyhow::Result<()> {

@@ -10,7 +10,7 @@ use utoipa::{
 };
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::{auth, health, orders, products, state::AppState};
+use crate::{auth, health, metrics, orders, products, state::AppState};
 
 /// The one error shape every 4xx/5xx response has.
 #[derive(Serialize, ToSchema)]
@@ -61,6 +61,7 @@ impl Modify for BearerAuth {
     paths(
         health::health,
         health::ready,
+        metrics::scrape,
         auth::routes::register,
         auth::routes::login,
         auth::routes::refresh,

@@ -22,7 +22,7 @@ use crate::{
     auth::{self, Authenticator},
     config::ApiConfig,
     error::{self, ApiError},
-    health, orders, outbox, products,
+    health, metrics, orders, outbox, products,
     state::AppState,
 };
 
@@ -45,6 +45,7 @@ impl Application {
     /// Connects to MongoDB and SQS, prepares indexes and the admin account,
     /// and binds the listener (port 0 picks a free one).
     pub async fn build(config: ApiConfig) -> anyhow::Result<Self> {
+        metrics::describe();
         let within = config.startup_timeout;
         let db = common::startup::wait_for("MongoDB", within, || {
             common::mongo::connect(&config.mongo, "order-api")
@@ -164,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/orders", orders::router());
     let routes = Router::new()
         .nest("/api", api)
+        .route("/metrics", get(metrics::scrape))
         .merge(crate::openapi::router())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
@@ -188,22 +190,42 @@ pub fn with_http_layers(routes: Router) -> Router {
         // Inside the request-id middleware, so a panic's 500 gets the id too.
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(middleware::from_fn(error::request_id_in_server_errors))
+        .layer(middleware::from_fn(metrics::track_http))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 let route = request
                     .extensions()
                     .get::<MatchedPath>()
                     .map_or("unmatched", MatchedPath::as_str);
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", method = %request.method(), route, request_id)
+                let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+                let request_id = header(REQUEST_ID.as_str()).unwrap_or("");
+                let span = tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    route,
+                    request_id,
+                    trace_id = tracing::field::Empty,
+                    order_id = tracing::field::Empty,
+                );
+                // A caller's W3C trace context is continued, not replaced.
+                common::telemetry::continue_trace(&span, header(common::telemetry::TRACEPARENT));
+                if let Some(order_id) = order_in_path(route, request.uri().path()) {
+                    span.record("order_id", order_id);
+                }
+                span
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// The order id of `/api/orders/{id}...` routes, so every line of such a
+/// request carries it.
+fn order_in_path<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    route
+        .starts_with("/api/orders/{id}")
+        .then(|| path.split('/').nth(3))
+        .flatten()
 }
 
 #[cfg(test)]

@@ -1,15 +1,30 @@
-//! Liveness (constant) and readiness (MongoDB and SQS answer).
+//! Liveness (constant), readiness (MongoDB and SQS answer) and metrics.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use common::readiness::ReadinessProbe;
 use serde_json::{Value, json};
+
+use crate::{dlq::Queues, metrics};
+
+#[derive(Clone)]
+pub struct HealthState {
+    pub probe: ReadinessProbe,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queues: Queues,
+}
 
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok", "service": "order-processor" }))
 }
 
-async fn ready(State(probe): State<ReadinessProbe>) -> (StatusCode, Json<Value>) {
-    let report = probe.check().await;
+async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
+    let report = state.probe.check().await;
     let status = if report.is_ready() {
         StatusCode::OK
     } else {
@@ -18,9 +33,17 @@ async fn ready(State(probe): State<ReadinessProbe>) -> (StatusCode, Json<Value>)
     (status, Json(report.to_json("order-processor")))
 }
 
-pub fn router(probe: ReadinessProbe) -> Router {
+async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, common::metrics::CONTENT_TYPE)],
+        metrics::render(&state.sqs, &state.queues).await,
+    )
+}
+
+pub fn router(state: HealthState) -> Router {
     Router::new()
         .route("/processor/api/health", get(health))
         .route("/processor/api/ready", get(ready))
-        .with_state(probe)
+        .route("/metrics", get(scrape))
+        .with_state(state)
 }

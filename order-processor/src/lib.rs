@@ -11,4 +11,5 @@ pub mod email;
 pub mod fulfilment;
 pub mod health;
 pub mod inbox;
+pub mod metrics;
 pub mod startup;

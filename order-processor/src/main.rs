@@ -22,8 +22,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
-    common::telemetry::init_telemetry(common::telemetry::DEFAULT_FILTER);
+    // First, so OTEL_* and RUST_LOG may come from the env file too.
     let env_source = common::config::load_env_file()?;
+    let telemetry =
+        common::telemetry::init_telemetry("order-processor", common::telemetry::DEFAULT_FILTER)?;
     let config = ProcessorConfig::from_env().context("reading configuration")?;
     if let Some(Command::Dlq { action }) = args.command {
         return cli::dlq(&config, action).await;
@@ -38,5 +40,7 @@ async fn main() -> anyhow::Result<()> {
         port = app.port(),
         "order-processor health endpoint listening"
     );
-    app.run_until_stopped(shutdown).await
+    let stopped = app.run_until_stopped(shutdown).await;
+    telemetry.shutdown();
+    stopped
 }

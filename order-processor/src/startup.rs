@@ -15,7 +15,7 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     consumer: Consumer,
-    readiness: common::readiness::ReadinessProbe,
+    health: health::HealthState,
 }
 
 /// The queue settings that must agree with ours.
@@ -29,6 +29,7 @@ impl Application {
     /// Waits for MongoDB and SQS (with backoff, up to the start-up timeout),
     /// prepares indexes, checks that settings agree, binds the health port.
     pub async fn build(config: ProcessorConfig) -> anyhow::Result<Self> {
+        crate::metrics::describe();
         let within = config.consumer.startup_timeout;
         let db = common::startup::wait_for("MongoDB", within, || {
             common::mongo::connect(&config.mongo, "order-processor")
@@ -48,8 +49,15 @@ impl Application {
         let settings = queue_settings(&sqs, &queues.main).await?;
         check_settings(&config, settings)?;
         let mailer = Mailer::new(&config.smtp)?;
-        let readiness =
-            common::readiness::ReadinessProbe::new(db.clone(), sqs.clone(), queues.main.clone());
+        let health = health::HealthState {
+            probe: common::readiness::ReadinessProbe::new(
+                db.clone(),
+                sqs.clone(),
+                queues.main.clone(),
+            ),
+            sqs: sqs.clone(),
+            queues: queues.clone(),
+        };
         let consumer = Consumer::new(
             db,
             sqs,
@@ -67,7 +75,7 @@ impl Application {
             listener,
             port,
             consumer,
-            readiness,
+            health,
         })
     }
 
@@ -84,7 +92,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
         let server_shutdown = shutdown.clone();
-        let served = axum::serve(self.listener, health::router(self.readiness))
+        let served = axum::serve(self.listener, health::router(self.health))
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
             .await
             .context("serving the health endpoint");

@@ -6,6 +6,8 @@
 //! says how to start it; it never passes or skips silently.
 
 pub mod apps;
+pub mod client;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 

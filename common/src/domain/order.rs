@@ -94,6 +94,8 @@ pub struct EmailDelivery {
 #[serde(rename_all = "snake_case")]
 pub enum TimelineEvent {
     Placed,
+    /// The relay handed the order's event to SQS (`detail`: its type).
+    Published,
     Processing,
     Processed,
     Cancelled,
@@ -109,6 +111,7 @@ impl TimelineEvent {
     pub fn as_str(self) -> &'static str {
         match self {
             TimelineEvent::Placed => "placed",
+            TimelineEvent::Published => "published",
             TimelineEvent::Processing => "processing",
             TimelineEvent::Processed => "processed",
             TimelineEvent::Cancelled => "cancelled",
@@ -161,6 +164,14 @@ pub enum EmailKind {
 
 impl EmailKind {
     /// The order document's field holding this email's delivery record.
+    /// Its name in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Confirmation => "confirmation",
+            EmailKind::Cancellation => "cancellation",
+        }
+    }
+
     pub fn field(self) -> &'static str {
         match self {
             EmailKind::Confirmation => "email",

@@ -45,7 +45,7 @@ impl From<&User> for UserView {
             username: user.username.clone(),
             email: user.email.clone(),
             role: user.role,
-            created_at: user.created_at.try_to_rfc3339_string().unwrap_or_default(),
+            created_at: common::domain::rfc3339_millis(user.created_at),
         }
     }
 }

@@ -46,21 +46,19 @@ pub async fn cancel_order(
     deadline: Duration,
 ) -> Result<Order, CancelError> {
     let attempt = async {
-        let mut session = db
-            .client()
-            .start_session()
-            .await
-            .map_err(CancelError::Database)?;
-        session
-            .start_transaction()
-            .and_run((db, order_id, owner), |session, (db, order_id, owner)| {
+        common::mongo::transaction(
+            db,
+            "cancel_order",
+            (db, order_id, owner),
+            |session, (db, order_id, owner)| {
                 write_cancellation(db, session, *order_id, *owner).boxed()
-            })
-            .await
-            .map_err(|e| match e.get_custom::<CancelRefused>() {
-                Some(refused) => CancelError::Refused(refused.clone()),
-                None => CancelError::Database(e),
-            })
+            },
+        )
+        .await
+        .map_err(|e| match e.get_custom::<CancelRefused>() {
+            Some(refused) => CancelError::Refused(refused.clone()),
+            None => CancelError::Database(e),
+        })
     };
     tokio::time::timeout(deadline, attempt)
         .await

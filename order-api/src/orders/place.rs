@@ -78,23 +78,17 @@ pub struct NewOrder<'a> {
 /// Places an order; retried as a whole on transient transaction errors.
 pub async fn place_order(db: &Database, request: &NewOrder<'_>) -> Result<Order, PlaceError> {
     let attempt = async {
-        let mut session = db
-            .client()
-            .start_session()
-            .await
-            .map_err(PlaceError::Database)?;
-        session
-            .start_transaction()
-            // `and_run` with a context rather than `and_run2`: the async
-            // closure form trips rust-lang/rust#96865 (Send not general enough).
-            .and_run((db, request), |session, (db, request)| {
-                write_order(db, session, request).boxed()
-            })
-            .await
-            .map_err(|e| match e.get_custom::<PlaceOrderError>() {
-                Some(refused) => PlaceError::Refused(refused.clone()),
-                None => PlaceError::Database(e),
-            })
+        common::mongo::transaction(
+            db,
+            "place_order",
+            (db, request),
+            |session, (db, request)| write_order(db, session, request).boxed(),
+        )
+        .await
+        .map_err(|e| match e.get_custom::<PlaceOrderError>() {
+            Some(refused) => PlaceError::Refused(refused.clone()),
+            None => PlaceError::Database(e),
+        })
     };
     tokio::time::timeout(request.settings.deadline, attempt)
         .await

@@ -1,5 +1,6 @@
 use std::{collections::HashSet, time::Duration};
 
+use ::metrics::counter;
 use axum::{
     Json as JsonResponse,
     extract::State,
@@ -23,6 +24,7 @@ use crate::{
     auth::{AuthUser, users},
     error::{ApiError, ApiResult},
     extract::{IdPath, Json, Query, object_id_hex},
+    metrics,
     pagination::{self, Page},
     state::AppState,
 };
@@ -110,7 +112,9 @@ pub async fn create(
         }
         Err(e) => return Err(place_refusal(e)),
     };
+    tracing::Span::current().record("order_id", order.id.to_hex());
     tracing::info!(order_id = %order.id, total = order.total.minor(), "order placed");
+    counter!(metrics::ORDERS_CREATED).increment(1);
     // The row is committed: wake the relay so it reaches the queue now.
     state.outbox_wake.notify_one();
     Ok((StatusCode::CREATED, JsonResponse(OrderView::from(order))).into_response())
@@ -174,6 +178,15 @@ fn replay(status: u16, body: String) -> Response {
 }
 
 fn place_refusal(error: PlaceError) -> ApiError {
+    let reason = match &error {
+        PlaceError::Refused(PlaceOrderError::InsufficientStock { .. }) => "insufficient_stock",
+        PlaceError::Refused(PlaceOrderError::UnknownProduct { .. }) => "unknown_product",
+        PlaceError::Refused(PlaceOrderError::InactiveProduct { .. }) => "inactive_product",
+        PlaceError::Refused(PlaceOrderError::TotalOverflow) => "total_overflow",
+        PlaceError::TimedOut(_) => "timed_out",
+        PlaceError::Database(_) => "database",
+    };
+    counter!(metrics::ORDERS_REFUSED, "reason" => reason).increment(1);
     match error {
         PlaceError::Refused(PlaceOrderError::InsufficientStock {
             product_id,
@@ -338,6 +351,7 @@ pub async fn cancel(
             CancelError::Database(e) => e.into(),
         })?;
     tracing::info!(order_id = %order.id, "order cancelled; stock restored");
+    counter!(metrics::ORDERS_CANCELLED).increment(1);
     state.outbox_wake.notify_one();
     Ok(JsonResponse(OrderView::from(order)))
 }

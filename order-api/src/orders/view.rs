@@ -64,7 +64,7 @@ pub struct TimelineEntryView {
 }
 
 fn rfc3339(at: bson::DateTime) -> String {
-    at.try_to_rfc3339_string().unwrap_or_default()
+    common::domain::rfc3339_millis(at)
 }
 
 impl From<EmailDelivery> for EmailView {
@@ -113,8 +113,7 @@ impl From<Order> for TimelineView {
         TimelineView {
             order_id: order.id.to_hex(),
             status: order.status,
-            events: order
-                .timeline
+            events: by_time(order.timeline)
                 .into_iter()
                 .map(
                     |TimelineEntry {
@@ -132,4 +131,12 @@ impl From<Order> for TimelineView {
                 .collect(),
         }
     }
+}
+
+/// Oldest first. Entries are appended by different processes (the relay's
+/// `published` may land after the processor's `processed`), so the array
+/// order is not always the order things happened in.
+fn by_time(mut timeline: Vec<TimelineEntry>) -> Vec<TimelineEntry> {
+    timeline.sort_by_key(|entry| entry.at);
+    timeline
 }

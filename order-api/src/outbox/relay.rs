@@ -8,17 +8,23 @@
 //! change stream reports an insert (orders committed by other instances),
 //! and on a tokio-cron-scheduler sweep, the safety net for everything else.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use bson::{DateTime, oid::ObjectId};
 use mongodb::Database;
 use tokio::sync::Notify;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, OutboxMessage};
-use crate::config::OutboxConfig;
+use crate::{config::OutboxConfig, metrics, orders::store as orders};
+
+/// How long noting a batch's publication on the order timelines may hold up
+/// the next batch.
+const NOTE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Relay {
@@ -96,6 +102,8 @@ impl Relay {
                     "SendMessageBatch failed: {}",
                     aws_sdk_sqs::error::DisplayErrorContext(&e)
                 );
+                counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "send_failed")
+                    .increment(rows.len() as u64);
                 for row in &rows {
                     store::record_failure(&self.db, row.id, &token, &reason).await?;
                 }
@@ -107,6 +115,8 @@ impl Relay {
             more_pending: i64::try_from(rows.len()).unwrap_or(0) == self.batch_size,
             ..PublishOutcome::default()
         };
+        let accepted_at = DateTime::now();
+        let mut published: Vec<&OutboxMessage> = Vec::new();
         for ok in sent.successful() {
             let Some(row) = row_for(&rows, ok.id()) else {
                 continue;
@@ -116,11 +126,18 @@ impl Relay {
             {
                 tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id = ok.message_id(), "outbox row published");
                 outcome.published += 1;
+                published.push(row);
+                counter!(metrics::OUTBOX_PUBLISHED, "event_type" => row.event_type.clone())
+                    .increment(1);
+                let lag = accepted_at.timestamp_millis() - row.created_at.timestamp_millis();
+                histogram!(metrics::OUTBOX_PUBLISH_LATENCY).record(lag.max(0) as f64 / 1000.0);
             } else {
                 tracing::warn!(order_id = %row.order_id, event_id = %row.id, "lease ran out before the row was marked; it may be sent again");
+                counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "lease_lost").increment(1);
                 outcome.lease_lost += 1;
             }
         }
+        self.note_on_timelines(&published, accepted_at).await;
         for failed in sent.failed() {
             let Some(row) = row_for(&rows, failed.id()) else {
                 continue;
@@ -131,10 +148,39 @@ impl Relay {
                 failed.message().unwrap_or("no message")
             );
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
+            counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
             store::record_failure(&self.db, row.id, &token, &reason).await?;
             outcome.failed += 1;
         }
         Ok(outcome)
+    }
+
+    /// Adds `published` to each order's timeline. Informational: the rows
+    /// are already marked, so a failure here is logged, not retried.
+    async fn note_on_timelines(&self, published: &[&OutboxMessage], at: DateTime) {
+        let mut by_type: BTreeMap<&str, Vec<ObjectId>> = BTreeMap::new();
+        for row in published {
+            by_type
+                .entry(&row.event_type)
+                .or_default()
+                .push(row.order_id);
+        }
+        for (event_type, order_ids) in by_type {
+            let noted = tokio::time::timeout(
+                NOTE_TIMEOUT,
+                orders::record_published(&self.db, &order_ids, event_type, at),
+            )
+            .await;
+            match noted {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, orders = order_ids.len(), "could not note publication on order timelines")
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?NOTE_TIMEOUT, orders = order_ids.len(), "noting publication on order timelines timed out")
+                }
+            }
+        }
     }
 
     fn entry(
@@ -154,6 +200,12 @@ impl Relay {
             .message_attributes("eventType", attribute(row.event_type.clone())?)
             .message_attributes("orderId", attribute(row.order_id.to_hex())?)
             .message_attributes("eventId", attribute(row.id.to_hex())?);
+        if let Some(traceparent) = &row.traceparent {
+            entry = entry.message_attributes(
+                common::telemetry::TRACEPARENT,
+                attribute(traceparent.clone())?,
+            );
+        }
         if self.fifo {
             entry = entry
                 .message_group_id(row.order_id.to_hex())

@@ -40,6 +40,10 @@ pub struct OutboxMessage {
     pub published_at: Option<DateTime>,
     #[serde(default)]
     pub sqs_message_id: Option<String>,
+    /// The W3C trace context of the request that wrote the row; sent with
+    /// the message so the processor's work joins that trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Set when published; the TTL index deletes the row then.
     #[serde(default)]
     pub expire_at: Option<DateTime>,
@@ -94,6 +98,7 @@ pub async fn enqueue(
         lease_until: None,
         published_at: None,
         sqs_message_id: None,
+        traceparent: common::telemetry::traceparent(&tracing::Span::current()),
         expire_at: None,
     };
     collection(db).insert_one(row).session(session).await?;
@@ -219,4 +224,34 @@ fn regex_escape(s: &str) -> String {
             escape.then_some('\\').into_iter().chain(std::iter::once(c))
         })
         .collect()
+}
+
+/// How far behind publishing is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending: u64,
+    /// Since the oldest pending row was written; zero when none is.
+    pub oldest_age: Duration,
+}
+
+pub async fn backlog(db: &Database) -> mongodb::error::Result<Backlog> {
+    let pending = collection(db)
+        .count_documents(doc! { "status": "PENDING" })
+        .await?;
+    let oldest = db
+        .collection::<Document>("outbox")
+        .find_one(doc! { "status": "PENDING" })
+        .sort(doc! { "_id": 1 })
+        .projection(doc! { "created_at": 1 })
+        .await?;
+    let oldest_age = oldest
+        .and_then(|row| row.get_datetime("created_at").ok().copied())
+        .map_or(Duration::ZERO, |at| {
+            let ms = DateTime::now().timestamp_millis() - at.timestamp_millis();
+            Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        });
+    Ok(Backlog {
+        pending,
+        oldest_age,
+    })
 }

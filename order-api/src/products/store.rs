@@ -98,8 +98,8 @@ impl From<Product> for ProductView {
             currency: p.currency,
             stock: p.stock,
             active: p.active,
-            created_at: p.created_at.try_to_rfc3339_string().unwrap_or_default(),
-            updated_at: p.updated_at.try_to_rfc3339_string().unwrap_or_default(),
+            created_at: common::domain::rfc3339_millis(p.created_at),
+            updated_at: common::domain::rfc3339_millis(p.updated_at),
         }
     }
 }

@@ -13,17 +13,23 @@
 mod process;
 pub mod visibility;
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
+use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
     MessageSystemAttributeName,
 };
+use chrono::Utc;
 use common::event::OrderEvent;
 use futures::{StreamExt, stream};
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use process::{Outcome, ProcessError};
 
@@ -31,6 +37,7 @@ use crate::{
     config::ConsumerConfig,
     dlq::{self, Queues},
     email::Mailer,
+    metrics,
 };
 
 #[derive(Clone)]
@@ -140,6 +147,7 @@ impl Consumer {
             .collect()
             .await;
 
+        counter!(metrics::MESSAGES_RECEIVED).increment(settled.len() as u64);
         let mut report = BatchReport {
             received: settled.len(),
             ..BatchReport::default()
@@ -165,8 +173,36 @@ impl Consumer {
         Ok(report)
     }
 
-    /// Handles one message under a visibility heartbeat and decides its fate.
+    /// Handles one message under a visibility heartbeat and decides its
+    /// fate, in a span that joins the trace of the request that placed the
+    /// order (the `traceparent` attribute) and names the order.
     async fn handle(&self, message: &Message) -> (Settlement, u32) {
+        let event = message.body().and_then(|b| OrderEvent::from_json(b).ok());
+        let span = tracing::info_span!(
+            "message",
+            sqs_message_id = message.message_id().unwrap_or_default(),
+            order_id = event.as_ref().map(|e| e.order_id.as_str()),
+            event_type = event.as_ref().map(|e| e.event_type.as_str()),
+            trace_id = tracing::field::Empty,
+        );
+        let traceparent = message
+            .message_attributes()
+            .and_then(|a| a.get(common::telemetry::TRACEPARENT))
+            .and_then(|v| v.string_value());
+        common::telemetry::continue_trace(&span, traceparent);
+        let started = Instant::now();
+        let (settlement, extensions) = self.handle_in_span(message).instrument(span).await;
+        histogram!(metrics::HANDLE_DURATION).record(started.elapsed());
+        counter!(metrics::VISIBILITY_EXTENSIONS).increment(u64::from(extensions));
+        if let (Settlement::Delete, Some(event)) = (settlement, &event) {
+            let age = Utc::now() - event.occurred_at;
+            histogram!(metrics::EVENT_AGE, "event_type" => event.event_type.as_str())
+                .record(age.as_seconds_f64().max(0.0));
+        }
+        (settlement, extensions)
+    }
+
+    async fn handle_in_span(&self, message: &Message) -> (Settlement, u32) {
         let body = message.body().unwrap_or_default();
         let sqs_id = message.message_id().unwrap_or_default();
         let receipt = message.receipt_handle().unwrap_or_default();
@@ -185,12 +221,15 @@ impl Consumer {
         let settlement = match result {
             Ok(Ok(outcome)) => {
                 tracing::debug!(sqs_message_id = sqs_id, ?outcome, "message handled");
+                counter!(metrics::MESSAGES_HANDLED, "outcome" => outcome.as_str()).increment(1);
                 Settlement::Delete
             }
-            Ok(Err(e @ (ProcessError::Unparseable(_) | ProcessError::UnknownOrder(_)))) => {
+            Ok(Err(e)) if !e.is_worth_retrying() => {
+                counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
                 let reason = e.to_string();
                 match dlq::dead_letter(&self.sqs, &self.queues, message, &reason).await {
                     Ok(()) => {
+                        counter!(metrics::MESSAGES_DEAD_LETTERED).increment(1);
                         tracing::error!(sqs_message_id = sqs_id, %reason, "message dead-lettered: retrying cannot help");
                         Settlement::DeadLettered
                     }
@@ -201,14 +240,17 @@ impl Consumer {
                 }
             }
             Ok(Err(e @ ProcessError::InFlight)) => {
+                counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
                 tracing::info!(sqs_message_id = sqs_id, reason = %e, "another attempt is in flight; retrying later");
                 Settlement::RetryAfter(backoff.max(self.config.stale_send_after))
             }
             Ok(Err(e)) => {
+                counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
                 tracing::warn!(sqs_message_id = sqs_id, receives, error = %e, retry_in = ?backoff, "message not handled; will retry");
                 Settlement::RetryAfter(backoff)
             }
             Err(visibility::TimedOut) => {
+                counter!(metrics::MESSAGE_FAILURES, "kind" => "timed_out").increment(1);
                 tracing::warn!(sqs_message_id = sqs_id, timeout = ?self.config.handler_timeout, "handler timed out; will retry");
                 Settlement::RetryAfter(backoff)
             }

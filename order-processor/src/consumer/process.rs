@@ -1,6 +1,9 @@
 //! Handling one event: the order change it asks for (recorded in the inbox in
 //! the same transaction) and the email that follows it.
 
+use std::time::Instant;
+
+use ::metrics::{counter, histogram};
 use bson::oid::ObjectId;
 use common::{
     domain::{EmailKind, EmailStatus, Order, OrderStatus},
@@ -11,7 +14,7 @@ use futures::FutureExt;
 use super::Consumer;
 use crate::{
     email::{self, SendError},
-    fulfilment, inbox,
+    fulfilment, inbox, metrics,
 };
 
 /// What handling one event did. Every outcome acknowledges the message.
@@ -40,6 +43,40 @@ pub enum ProcessError {
     InFlight,
     #[error("transient failure: {0:#}")]
     Transient(#[from] anyhow::Error),
+}
+
+impl Outcome {
+    /// Its label in `consumer_messages_handled_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::Duplicate => "duplicate",
+            Outcome::SkippedCancelled => "skipped_cancelled",
+            Outcome::CancellationSent => "cancellation_sent",
+            Outcome::EmailFailed => "email_failed",
+        }
+    }
+}
+
+impl ProcessError {
+    /// Its label in `consumer_message_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProcessError::Unparseable(_) => "unparseable",
+            ProcessError::UnknownOrder(_) => "unknown_order",
+            ProcessError::InFlight => "in_flight",
+            ProcessError::Transient(_) => "transient",
+        }
+    }
+
+    /// `false` when the same message can never succeed: it goes to the
+    /// dead-letter queue at once.
+    pub fn is_worth_retrying(&self) -> bool {
+        !matches!(
+            self,
+            ProcessError::Unparseable(_) | ProcessError::UnknownOrder(_)
+        )
+    }
 }
 
 impl From<mongodb::error::Error> for ProcessError {
@@ -73,27 +110,26 @@ impl Consumer {
             &event.order_id,
             self.config.inbox_retention,
         );
-        let mut session = self.db.client().start_session().await?;
-        let applied = session
-            .start_transaction()
-            .and_run(
-                (&self.db, &entry, id, event.event_type),
-                |session, (db, entry, id, event_type)| {
-                    async move {
-                        if !inbox::record_first(db, session, entry).await? {
-                            return Ok(false);
-                        }
-                        if *event_type == OrderEventType::OrderCreated {
-                            fulfilment::process(db, session, *id).await?;
-                        } else if fulfilment::load_in(db, session, *id).await?.is_none() {
-                            return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
-                        }
-                        Ok(true)
+        let applied = common::mongo::transaction(
+            &self.db,
+            "apply_event",
+            (&self.db, &entry, id, event.event_type),
+            |session, (db, entry, id, event_type)| {
+                async move {
+                    if !inbox::record_first(db, session, entry).await? {
+                        return Ok(false);
                     }
-                    .boxed()
-                },
-            )
-            .await;
+                    if *event_type == OrderEventType::OrderCreated {
+                        fulfilment::process(db, session, *id).await?;
+                    } else if fulfilment::load_in(db, session, *id).await?.is_none() {
+                        return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
+                    }
+                    Ok(true)
+                }
+                .boxed()
+            },
+        )
+        .await;
         match applied {
             Ok(first) => Ok(first),
             Err(e) if e.get_custom::<fulfilment::UnknownOrder>().is_some() => {
@@ -175,22 +211,31 @@ impl Consumer {
             EmailKind::Cancellation => email::cancellation(&claimed),
         };
         let attempt = claimed.delivery(kind).map_or(0, |d| d.attempts);
-        match self
+        let kind_label = kind.as_str();
+        counter!(metrics::EMAIL_ATTEMPTS, "kind" => kind_label).increment(1);
+        let started = Instant::now();
+        let sent = self
             .mailer
             .send(&claimed.customer_email, &message_id, rendered)
-            .await
-        {
+            .await;
+        histogram!(metrics::EMAIL_SEND_DURATION, "kind" => kind_label).record(started.elapsed());
+        match sent {
             Ok(()) => {
+                counter!(metrics::EMAILS_SENT, "kind" => kind_label).increment(1);
                 fulfilment::record_email_sent(&self.db, &claimed, kind).await?;
                 tracing::info!(order_id, email = kind.field(), attempt, "email sent");
                 Ok(None)
             }
             Err(SendError::Permanent(reason)) => {
+                counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "permanent")
+                    .increment(1);
                 fulfilment::record_email_failed(&self.db, &claimed, kind, &reason).await?;
                 tracing::error!(order_id, email = kind.field(), %reason, "email refused for good");
                 Ok(Some(Outcome::EmailFailed))
             }
             Err(SendError::Transient(reason)) => {
+                counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "transient")
+                    .increment(1);
                 fulfilment::record_email_retry(&self.db, order.id, kind, &reason).await?;
                 Err(ProcessError::Transient(anyhow::anyhow!(
                     "sending the {}: {reason}",

@@ -5,4 +5,5 @@ mod consumer;
 mod delivery;
 mod end_to_end;
 mod helpers;
+mod observability;
 mod shutdown;
