@@ -106,7 +106,7 @@ for candidate in /usr/bin/python3 python3; do
 done
 [ -n "$python" ] || fail "no python3 with PyYAML found (apt-get install python3-yaml)"
 
-"$python" - "$work_dir/resolved.yml" <<'PY' || fail "docker-compose.yml does not meet the checks above"
+REPO_ROOT="$repo_root" "$python" - "$work_dir/resolved.yml" <<'PY' || fail "docker-compose.yml does not meet the checks above"
 import os
 import sys
 
@@ -144,6 +144,43 @@ for name, service in sorted(services.items()):
                     f"service '{name}' waits for '{dependency}' to be healthy, "
                     "but it has no healthcheck"
                 )
+
+# Files the containers mount from the repository must exist.
+for name, service in sorted(services.items()):
+    for volume in service.get("volumes") or []:
+        source = volume.get("source") if isinstance(volume, dict) else str(volume).split(":")[0]
+        kind = volume.get("type") if isinstance(volume, dict) else "bind"
+        is_path = source.startswith(("/", "."))
+        if kind == "bind" and is_path and not os.path.exists(source):
+            problems.append(f"service '{name}' mounts {source}, which does not exist")
+
+# Prometheus must scrape the services where they listen.
+listening = {
+    name: str(env.get("API_PORT") or env.get("PROCESSOR_PORT"))
+    for name, service in services.items()
+    for env in [service.get("environment") or {}]
+    if isinstance(env, dict) and (env.get("API_PORT") or env.get("PROCESSOR_PORT"))
+}
+prometheus_file = os.path.join(os.environ["REPO_ROOT"], "observability", "prometheus.yml")
+if "prometheus" in services:
+    with open(prometheus_file) as f:
+        scrape = yaml.safe_load(f) or {}
+    targets = [
+        target
+        for job in scrape.get("scrape_configs") or []
+        for static in job.get("static_configs") or []
+        for target in static.get("targets") or []
+    ]
+    for target in targets:
+        host, _, port = target.partition(":")
+        if listening.get(host) != port:
+            problems.append(
+                f"observability/prometheus.yml scrapes {target}, but {host} listens on "
+                f"{listening.get(host, 'nothing')}"
+            )
+    for name in listening:
+        if not any(t.startswith(f"{name}:") for t in targets):
+            problems.append(f"observability/prometheus.yml does not scrape {name}")
 
 for problem in problems:
     print(f"check-compose: {problem}", file=sys.stderr)
