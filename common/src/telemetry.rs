@@ -54,8 +54,24 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber: the filter, OpenTelemetry, and the log
-/// formatter. A second call (tests) keeps the first subscriber.
+/// formatter writing to stdout. A second call (tests) keeps the first
+/// subscriber.
 pub fn init_telemetry(service: &'static str, default_filter: &str) -> anyhow::Result<Telemetry> {
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    init_telemetry_writing_to(service, default_filter, json, std::io::stdout)
+}
+
+/// `init_telemetry` with the log lines going to `writer` (tests capture
+/// them), as JSON when `json`.
+pub fn init_telemetry_writing_to<W>(
+    service: &'static str,
+    default_filter: &str,
+    json: bool,
+    writer: W,
+) -> anyhow::Result<Telemetry>
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|e| !e.trim().is_empty());
@@ -80,7 +96,6 @@ pub fn init_telemetry(service: &'static str, default_filter: &str) -> anyhow::Re
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {
         registry
@@ -88,11 +103,14 @@ pub fn init_telemetry(service: &'static str, default_filter: &str) -> anyhow::Re
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_writer(writer),
             )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_target(false)).try_init()
+        registry
+            .with(fmt::layer().with_target(false).with_writer(writer))
+            .try_init()
     };
     if let Some(endpoint) = &endpoint {
         tracing::info!(%endpoint, "exporting traces over OTLP");

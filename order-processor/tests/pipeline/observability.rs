@@ -329,31 +329,39 @@ fn trace_ids_for(logs: &str, order_id: &str) -> BTreeSet<String> {
     ids
 }
 
-/// order-api's binary, next to this package's. Cargo builds only this
-/// package's binaries for its tests, so the workspace is built here with
-/// the same selection `make test` uses (then a no-op): a stale order-api
-/// would test old code, and a narrower selection would unify features
-/// differently and rebuild it every time.
-fn fresh_api_binary(processor_binary: &str) -> std::path::PathBuf {
-    let api_binary = std::path::Path::new(processor_binary).with_file_name("order-api");
-    let profile_dir = api_binary.parent().expect("a target directory");
-    let release = profile_dir.ends_with("release");
-    let mut build = std::process::Command::new(env!("CARGO"));
-    build.args(["build", "-q", "--workspace", "--all-targets"]);
-    if release {
-        build.arg("--release");
+/// Log lines written in this test process, once `capture_logs` has run.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut all) = self.0.lock() {
+            all.extend_from_slice(bytes);
+        }
+        Ok(bytes.len())
     }
-    if let Some(target_dir) = profile_dir.parent() {
-        build.arg("--target-dir").arg(target_dir);
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building order-api failed");
-    assert!(
-        api_binary.exists(),
-        "{} was not built",
-        api_binary.display()
-    );
-    api_binary
+}
+
+/// Installs the services' own telemetry (JSON lines, OpenTelemetry) in this
+/// test process, writing to a buffer, and returns what it captured so far.
+fn capture_logs() -> String {
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        common::telemetry::init_telemetry_writing_to("order-api", "info", true, move || {
+            Capture(sink.clone())
+        })
+        .expect("telemetry installs");
+        buffer
+    });
+    let bytes = buffer.lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[tokio::test]
@@ -361,36 +369,24 @@ async fn one_trace_id_follows_an_order_from_the_api_log_to_the_processor_log() {
     use test_support::process::{free_port, service_env, spawn, terminate};
 
     test_support::require_stack().await;
-    let processor_binary = env!("CARGO_BIN_EXE_order-processor");
-    let api_binary = fresh_api_binary(processor_binary);
+    // order-api runs in this process, logging through the services' own
+    // telemetry into a buffer; order-processor is the real binary, so the
+    // trace crosses SQS between two processes.
+    capture_logs();
     let database = test_support::unique("trace").replace('-', "_");
     let queue = test_support::unique("trace");
     let sqs = test_support::sqs_client().await;
     test_support::create_queues(&sqs, &queue, 30).await;
-    let (api_port, processor_port) = (free_port(), free_port());
+    let api =
+        test_support::apps::start_api(test_support::apps::api_config(&database, &queue)).await;
     let collector = OtlpCollector::start().await;
-    let otlp = (
+    let mut processor_env = service_env(&database, &queue, free_port());
+    processor_env.push((
         "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
         collector.endpoint(),
-    );
-    let mut api_env = service_env(&database, &queue, api_port);
-    api_env.extend([
-        (
-            "ADMIN_EMAIL".to_string(),
-            test_support::apps::ADMIN_EMAIL.to_string(),
-        ),
-        (
-            "ADMIN_PASSWORD".to_string(),
-            test_support::apps::ADMIN_PASSWORD.to_string(),
-        ),
-        otlp.clone(),
-    ]);
-    let mut processor_env = service_env(&database, &queue, processor_port);
-    processor_env.push(otlp);
-    let api = spawn(api_binary.to_str().expect("utf-8 path"), &api_env);
-    let processor = spawn(processor_binary, &processor_env);
-    let base = format!("http://127.0.0.1:{api_port}");
-    let client = test_support::client::ApiClient::new(&base);
+    ));
+    let processor = spawn(env!("CARGO_BIN_EXE_order-processor"), &processor_env);
+    let client = test_support::client::ApiClient::new(&api.address());
     client.wait_ready(Duration::from_secs(30)).await;
     let admin = client
         .login(
@@ -403,8 +399,8 @@ async fn one_trace_id_follows_an_order_from_the_api_log_to_the_processor_log() {
     let order_id = client.place_order(&customer, &product, 1).await;
     client.wait_processed(&customer, &order_id).await;
 
-    let (_, api_logs) = terminate(api, Duration::from_secs(20)).await;
     let (_, processor_logs) = terminate(processor, Duration::from_secs(20)).await;
+    let api_logs = capture_logs();
     let api_traces = trace_ids_for(&api_logs, &order_id);
     assert_eq!(
         api_traces.len(),
@@ -421,19 +417,17 @@ async fn one_trace_id_follows_an_order_from_the_api_log_to_the_processor_log() {
     );
     assert_eq!(processor_traces.len(), 1, "{processor_traces:?}");
 
-    // Both flushed their spans over OTLP/HTTP at shutdown, under their
-    // service names, carrying the order's trace id (raw bytes in protobuf).
+    // The processor flushed its spans over OTLP/HTTP at shutdown, under its
+    // service name, carrying the order's trace id (raw bytes in protobuf).
     let exports = collector.received();
     let trace_bytes = hex_bytes(trace_id);
-    for service in ["order-api", "order-processor"] {
-        assert!(
-            exports
-                .iter()
-                .any(|body| contains(body, service.as_bytes()) && contains(body, &trace_bytes)),
-            "{service} exported spans of trace {trace_id} over OTLP ({} exports received)",
-            exports.len()
-        );
-    }
+    assert!(
+        exports
+            .iter()
+            .any(|body| contains(body, b"order-processor") && contains(body, &trace_bytes)),
+        "order-processor exported spans of trace {trace_id} over OTLP ({} exports received)",
+        exports.len()
+    );
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
