@@ -152,6 +152,13 @@ pub fn check_settings(config: &ProcessorConfig, queue: QueueSettings) -> anyhow:
             consumer.handler_timeout
         );
     }
+    if consumer.stale_send_after <= config.smtp.timeout {
+        bail!(
+            "EMAIL_STALE_SEND_SECS ({:?}) must be longer than SMTP_TIMEOUT_SECS ({:?}): a send still waiting on the mail server would look abandoned and be claimed again, and the customer could get the email twice",
+            consumer.stale_send_after,
+            config.smtp.timeout
+        );
+    }
     if consumer.inbox_retention < queue.message_retention {
         bail!(
             "INBOX_RETENTION_SECS ({:?}) is shorter than the queue's MessageRetentionPeriod ({:?}): a message redelivered after its inbox entry expired would be processed again",
@@ -201,6 +208,17 @@ mod tests {
         assert!(
             message.contains("INBOX_RETENTION_SECS") && message.contains("processed again"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn a_stale_send_window_within_the_smtp_timeout_is_refused() {
+        let mut config = config();
+        config.consumer.stale_send_after = config.smtp.timeout;
+        let error = check_settings(&config, queue(30, 3600)).expect_err("refused");
+        assert!(
+            error.to_string().contains("EMAIL_STALE_SEND_SECS"),
+            "{error}"
         );
     }
 
