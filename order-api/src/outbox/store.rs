@@ -74,6 +74,32 @@ pub async fn enqueue(
     event_type: OrderEventType,
     occurred_at: DateTime,
 ) -> mongodb::error::Result<()> {
+    collection(db)
+        .insert_one(row(order_id, event_type, occurred_at))
+        .session(session)
+        .await?;
+    Ok(())
+}
+
+/// [`enqueue`] for several orders at once: one insert for a whole batch.
+pub async fn enqueue_many(
+    db: &Database,
+    session: &mut ClientSession,
+    order_ids: impl IntoIterator<Item = ObjectId>,
+    event_type: OrderEventType,
+    occurred_at: DateTime,
+) -> mongodb::error::Result<()> {
+    let rows: Vec<OutboxMessage> = order_ids
+        .into_iter()
+        .map(|order_id| row(order_id, event_type, occurred_at))
+        .collect();
+    if !rows.is_empty() {
+        collection(db).insert_many(rows).session(session).await?;
+    }
+    Ok(())
+}
+
+fn row(order_id: ObjectId, event_type: OrderEventType, occurred_at: DateTime) -> OutboxMessage {
     let id = ObjectId::new();
     let event = OrderEvent {
         event_id: id.to_hex(),
@@ -81,7 +107,7 @@ pub async fn enqueue(
         order_id: order_id.to_hex(),
         occurred_at: occurred_at.to_chrono(),
     };
-    let row = OutboxMessage {
+    OutboxMessage {
         id,
         order_id,
         event_type: event.event_type.as_str().to_string(),
@@ -95,9 +121,7 @@ pub async fn enqueue(
         published_at: None,
         sqs_message_id: None,
         expire_at: None,
-    };
-    collection(db).insert_one(row).session(session).await?;
-    Ok(())
+    }
 }
 
 /// Claims up to `limit` of the oldest pending rows that nobody holds (or
