@@ -2,10 +2,11 @@
 #   make run    the local stack (MongoDB, SQS, SMTP) plus both services
 #   make test   starts the stack if needed, then lint and every test
 #   make chaos  the fault-injection suite (issue 4): real binaries, things broken
+#   make bench  release build, services on a fresh database, order-bench's scenarios (issue 6)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test chaos stack-up stack-down stack-status build lint fmt check-compose test-only seed
+.PHONY: help run test chaos bench bench-smoke stack-up stack-down stack-status build lint fmt check-compose test-only seed
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +23,12 @@ chaos: ## fault-injection suite against the stack (SCENARIOS=1,7 runs some; see 
 	cargo build --bins -p order-api -p order-processor -p order-chaos
 	scripts/stack.sh up
 	cargo run -q -p order-chaos -- $(SCENARIOS)
+
+bench: ## release build, stack, both services on a fresh database and queues, the standard scenarios (BENCHMARKS.md)
+	scripts/bench.sh
+
+bench-smoke: ## the same with debug binaries and ~1 s per scenario: the tool works and produces numbers (CI)
+	scripts/bench.sh --smoke
 
 lint: ## rustfmt and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -73,12 +73,21 @@ impl Application {
             queue_url.clone(),
         ));
         let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
+        let orders = orders::batch::OrderBatcher::start(
+            db.clone(),
+            orders::batch::ShopSettings {
+                currency: config.shop.currency.clone(),
+                tax_rate: config.shop.tax_rate,
+                deadline: orders::routes::TRANSACTION_DEADLINE,
+            },
+        );
         let state = AppState {
             db,
             config: Arc::new(config),
             auth,
             outbox_wake: Arc::new(Notify::new()),
             readiness,
+            orders,
         };
         Ok(Application {
             listener,

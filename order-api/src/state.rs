@@ -3,7 +3,7 @@ use std::sync::Arc;
 use mongodb::Database;
 use tokio::sync::Notify;
 
-use crate::{auth::Authenticator, config::ApiConfig};
+use crate::{auth::Authenticator, config::ApiConfig, orders::batch::OrderBatcher};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -14,4 +14,6 @@ pub struct AppState {
     /// Woken after an order commits so the relay publishes it at once.
     pub outbox_wake: Arc<Notify>,
     pub readiness: Arc<common::readiness::ReadinessProbe>,
+    /// Where orders are placed: queued and committed in batches.
+    pub orders: OrderBatcher,
 }

@@ -1,14 +1,12 @@
 //! argon2id password hashing, off the async runtime and bounded, so a burst
 //! of logins cannot starve other requests of worker threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use argon2::{
-    Algorithm, Argon2, Params, Version,
-    password_hash::{
-        PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString, rand_core::OsRng,
-    },
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::{Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng},
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
@@ -16,32 +14,43 @@ use tokio::sync::Semaphore;
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
+    /// argon2's working memory (19 MiB a hash), allocated once per permit
+    /// and reused. Allocated afresh for every hash on whichever blocking
+    /// thread ran it, glibc kept hundreds of MiB of it across its
+    /// per-thread arenas after a burst of logins.
+    memory: Arc<Mutex<Vec<Vec<Block>>>>,
     /// Verified against when the account does not exist, so a login for an
     /// unknown email costs as much time as one for a known email.
     decoy_hash: Arc<String>,
 }
 
 /// OWASP's recommended argon2id parameters: 19 MiB, 2 iterations, 1 lane.
-fn argon2() -> Argon2<'static> {
+fn params() -> Params {
     // The constants are within argon2's documented ranges.
-    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+    Params::new(19 * 1024, 2, 1, None).unwrap_or_default()
 }
 
 impl PasswordHasher {
     pub fn new(max_concurrent: usize) -> anyhow::Result<Self> {
-        let decoy = hash_blocking(&SecretString::from("decoy password, never valid"))?;
+        let memory = Arc::new(Mutex::new(Vec::new()));
+        let decoy = with_memory(&memory, |blocks| {
+            hash_blocking(blocks, &SecretString::from("decoy password, never valid"))
+        })?;
         Ok(PasswordHasher {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            memory,
             decoy_hash: Arc::new(decoy),
         })
     }
 
     pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {
         let _permit = self.permits.acquire().await.context("hasher closed")?;
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
-            .await
-            .context("hashing task panicked")?
+        let memory = self.memory.clone();
+        tokio::task::spawn_blocking(move || {
+            with_memory(&memory, |blocks| hash_blocking(blocks, &password))
+        })
+        .await
+        .context("hashing task panicked")?
     }
 
     /// Whether `password` matches `stored`; with `None` it checks the decoy
@@ -52,12 +61,9 @@ impl PasswordHasher {
         };
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.decoy_hash.as_ref().clone());
+        let memory = self.memory.clone();
         let matched = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                argon2()
-                    .verify_password(password.expose_secret().as_bytes(), &parsed)
-                    .is_ok()
-            })
+            with_memory(&memory, |blocks| verify_blocking(blocks, &password, &hash))
         })
         .await
         .unwrap_or(false);
@@ -65,12 +71,91 @@ impl PasswordHasher {
     }
 }
 
-fn hash_blocking(password: &SecretString) -> anyhow::Result<String> {
+/// Runs `work` with a reused block of argon2 memory. The permits bound how
+/// many run at once, so the pool never holds more blocks than permits.
+fn with_memory<R>(pool: &Mutex<Vec<Vec<Block>>>, work: impl FnOnce(&mut [Block]) -> R) -> R {
+    let mut blocks = pool
+        .lock()
+        .ok()
+        .and_then(|mut free| free.pop())
+        .unwrap_or_else(|| vec![Block::default(); params().block_count()]);
+    let result = work(&mut blocks);
+    if let Ok(mut free) = pool.lock() {
+        free.push(blocks);
+    }
+    result
+}
+
+fn hash_blocking(memory: &mut [Block], password: &SecretString) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(password.expose_secret().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
+    let mut salt_bytes = [0u8; 64];
+    let raw_salt = salt
+        .as_salt()
+        .decode_b64(&mut salt_bytes)
+        .map_err(|e| anyhow::anyhow!("decoding a fresh salt: {e}"))?;
+    let params = params();
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    argon2
+        .hash_password_into_with_memory(
+            password.expose_secret().as_bytes(),
+            raw_salt,
+            &mut out,
+            memory,
+        )
+        .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params)
+            .map_err(|e| anyhow::anyhow!("encoding argon2 parameters: {e}"))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("encoding a hash: {e}"))?),
+    };
+    Ok(hash.to_string())
+}
+
+/// Recomputes `stored`'s hash with its own parameters and compares in
+/// constant time (`Output`'s equality).
+fn verify_blocking(memory: &mut [Block], password: &SecretString, stored: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (parsed.hash, parsed.salt) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = parsed.version.map_or(Ok(Version::V0x13), Version::try_from) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(raw_salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    // A hash made with more memory than ours (older settings) gets its own.
+    let mut larger = Vec::new();
+    let memory = if memory.len() >= params.block_count() {
+        memory
+    } else {
+        larger.resize(params.block_count(), Block::default());
+        &mut larger[..]
+    };
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    argon2
+        .hash_password_into_with_memory(
+            password.expose_secret().as_bytes(),
+            raw_salt,
+            &mut out,
+            memory,
+        )
+        .is_ok()
+        && Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 #[cfg(test)]
@@ -96,6 +181,31 @@ mod tests {
         assert!(
             !hasher
                 .verify(SecretString::from("wrong horse"), Some(hash))
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_made_by_the_argon2_crate_itself_still_verify() {
+        use argon2::PasswordHasher as _;
+        let hasher = PasswordHasher::new(1).expect("builds");
+        let salt = SaltString::generate(&mut OsRng);
+        let older = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(32 * 1024, 3, 1, None).expect("params"),
+        )
+        .hash_password(b"correct horse", &salt)
+        .expect("hashes")
+        .to_string();
+        assert!(
+            hasher
+                .verify(SecretString::from("correct horse"), Some(older.clone()))
+                .await
+        );
+        assert!(
+            !hasher
+                .verify(SecretString::from("wrong horse"), Some(older))
                 .await
         );
     }

@@ -120,6 +120,16 @@ async fn write_cancellation(
             .session(&mut *session)
             .await?;
     }
-    outbox::store::enqueue(db, session, order.id, OrderEventType::OrderCancelled, now).await?;
+    // Still in the request's task: its span is the request's.
+    let traceparent = common::telemetry::traceparent(&tracing::Span::current());
+    outbox::store::enqueue(
+        db,
+        session,
+        order.id,
+        OrderEventType::OrderCancelled,
+        now,
+        traceparent,
+    )
+    .await?;
     Ok(order)
 }

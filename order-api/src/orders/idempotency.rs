@@ -14,6 +14,9 @@ use mongodb::{ClientSession, Collection, Database};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use common::domain::Order;
+
+use super::view::OrderView;
 use crate::error::ApiError;
 
 /// How long a key is remembered.
@@ -106,28 +109,45 @@ pub async fn lookup(db: &Database, request: &KeyedRequest) -> Result<Prior, ApiE
     })
 }
 
+/// The record of `order`'s 201 for `request`: the response body exactly as
+/// the client gets it.
+pub fn record_for(
+    request: &KeyedRequest,
+    order: &Order,
+    now: DateTime,
+) -> mongodb::error::Result<IdempotencyRecord> {
+    let body = serde_json::to_string(&OrderView::from(order.clone()))
+        .map_err(mongodb::error::Error::custom)?;
+    Ok(IdempotencyRecord {
+        id: request.id.clone(),
+        request_hash: request.request_hash.clone(),
+        status: 201,
+        body,
+        order_id: order.id,
+        created_at: now,
+        expires_at: common::mongo::later(now, RETENTION),
+    })
+}
+
 /// Stores the response inside the order's transaction.
 pub async fn record(
     db: &Database,
     session: &mut ClientSession,
-    request: &KeyedRequest,
-    order_id: ObjectId,
-    status: u16,
-    body: String,
+    record: &IdempotencyRecord,
 ) -> mongodb::error::Result<()> {
-    let now = DateTime::now();
-    collection(db)
-        .insert_one(IdempotencyRecord {
-            id: request.id.clone(),
-            request_hash: request.request_hash.clone(),
-            status,
-            body,
-            order_id,
-            created_at: now,
-            expires_at: common::mongo::later(now, RETENTION),
-        })
-        .session(session)
-        .await?;
+    collection(db).insert_one(record).session(session).await?;
+    Ok(())
+}
+
+/// Stores several orders' responses inside their batch's transaction.
+pub async fn record_many(
+    db: &Database,
+    session: &mut ClientSession,
+    records: &[IdempotencyRecord],
+) -> mongodb::error::Result<()> {
+    if !records.is_empty() {
+        collection(db).insert_many(records).session(session).await?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,9 @@
-//! Orders: placing one (stock, order and outbox row in one transaction),
+//! Orders: placing one (stock, order and outbox row in one transaction,
+//! shared with the orders placed alongside it: batch.rs),
 //! cancelling one (status, stock back, outbox row in one transaction),
 //! listing and reading them, and their timeline.
 
+pub mod batch;
 pub mod cancel;
 pub mod idempotency;
 pub mod place;

@@ -15,7 +15,7 @@ use common::{
 use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
 
-use super::{idempotency, store as orders, view::OrderView};
+use super::{idempotency, store as orders};
 use crate::{outbox, products::store as products};
 
 /// One requested line, already parsed.
@@ -73,6 +73,8 @@ pub struct NewOrder<'a> {
     pub lines: &'a [LineRequest],
     pub settings: &'a OrderSettings<'a>,
     pub idempotency: Option<&'a idempotency::KeyedRequest>,
+    /// The placing request's W3C trace context, for the outbox row.
+    pub traceparent: Option<&'a str>,
 }
 
 /// Places an order; retried as a whole on transient transaction errors.
@@ -102,34 +104,70 @@ async fn write_order(
     request: &NewOrder<'_>,
 ) -> mongodb::error::Result<Order> {
     let now = DateTime::now();
-    let mut order_lines = Vec::with_capacity(request.lines.len());
+    let mut products = Vec::with_capacity(request.lines.len());
     for line in request.lines {
-        let product = reserve_stock(db, session, line, now).await?;
+        products.push(reserve_stock(db, session, line, now).await?);
+    }
+    let order = build_order(
+        request.customer,
+        request.lines.iter().zip(&products),
+        request.settings,
+        now,
+    )
+    .map_err(MongoError::custom)?;
+    orders::collection(db)
+        .insert_one(&order)
+        .session(&mut *session)
+        .await?;
+    outbox::store::enqueue(
+        db,
+        session,
+        order.id,
+        OrderEventType::OrderCreated,
+        now,
+        request.traceparent.map(str::to_string),
+    )
+    .await?;
+    if let Some(keyed) = request.idempotency {
+        idempotency::record(db, session, &idempotency::record_for(keyed, &order, now)?).await?;
+    }
+    Ok(order)
+}
+
+/// The order document for `lines`, each with the product as it was when its
+/// stock was reserved: name and unit price are snapshotted into the line.
+pub(super) fn build_order<'p>(
+    customer: &Customer,
+    lines: impl IntoIterator<Item = (&'p LineRequest, &'p Product)>,
+    settings: &OrderSettings<'_>,
+    now: DateTime,
+) -> Result<Order, PlaceOrderError> {
+    let mut order_lines = Vec::new();
+    for (line, product) in lines {
         let line_total = product
             .price
             .checked_mul(line.quantity.get())
-            .ok_or_else(|| MongoError::custom(PlaceOrderError::TotalOverflow))?;
+            .ok_or(PlaceOrderError::TotalOverflow)?;
         order_lines.push(OrderLine {
             product_id: product.id,
-            sku: product.sku,
-            name: product.name,
+            sku: product.sku.clone(),
+            name: product.name.clone(),
             unit_price: product.price,
             quantity: line.quantity,
             line_total,
         });
     }
-    let totals = Totals::of(&order_lines, request.settings.tax_rate)
-        .ok_or_else(|| MongoError::custom(PlaceOrderError::TotalOverflow))?;
-
-    let order = Order {
+    let totals =
+        Totals::of(&order_lines, settings.tax_rate).ok_or(PlaceOrderError::TotalOverflow)?;
+    Ok(Order {
         id: ObjectId::new(),
-        user_id: request.customer.id,
-        customer_email: request.customer.email.clone(),
+        user_id: customer.id,
+        customer_email: customer.email.clone(),
         lines: order_lines,
         subtotal: totals.subtotal,
         tax: totals.tax,
         total: totals.total,
-        currency: request.settings.currency.to_string(),
+        currency: settings.currency.to_string(),
         status: OrderStatus::Pending,
         email: EmailDelivery::pending(),
         cancellation_email: None,
@@ -140,18 +178,7 @@ async fn write_order(
         )],
         created_at: now,
         updated_at: now,
-    };
-    orders::collection(db)
-        .insert_one(&order)
-        .session(&mut *session)
-        .await?;
-    outbox::store::enqueue(db, session, order.id, OrderEventType::OrderCreated, now).await?;
-    if let Some(keyed) = request.idempotency {
-        let body =
-            serde_json::to_string(&OrderView::from(order.clone())).map_err(MongoError::custom)?;
-        idempotency::record(db, session, keyed, order.id, 201, body).await?;
-    }
-    Ok(order)
+    })
 }
 
 /// Takes `line.quantity` units of the product, only if that many are in

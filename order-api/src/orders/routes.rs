@@ -14,9 +14,10 @@ use serde_json::json;
 use validator::Validate;
 
 use super::{
+    batch::OrderRequest,
     cancel::{self, CancelError, CancelRefused},
     idempotency::{self, KeyedRequest, Prior},
-    place::{self, Customer, LineRequest, NewOrder, OrderSettings, PlaceError, PlaceOrderError},
+    place::{Customer, LineRequest, PlaceError, PlaceOrderError},
     store::{self, ListFilter},
     view::{OrderView, TimelineView},
 };
@@ -30,7 +31,7 @@ use crate::{
 };
 
 /// How long placing or cancelling one order may take, retries included.
-const TRANSACTION_DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const TRANSACTION_DEADLINE: Duration = Duration::from_secs(10);
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -82,22 +83,16 @@ pub async fn create(
     let account = users::find_by_id(&state.db, user.id)
         .await?
         .ok_or_else(|| ApiError::unauthorized("account no longer exists"))?;
-    let customer = Customer {
-        id: account.id,
-        email: account.email,
+    let request = OrderRequest {
+        customer: Customer {
+            id: account.id,
+            email: account.email,
+        },
+        lines,
+        idempotency: keyed.clone(),
+        traceparent: None,
     };
-    let settings = OrderSettings {
-        currency: &state.config.shop.currency,
-        tax_rate: state.config.shop.tax_rate,
-        deadline: TRANSACTION_DEADLINE,
-    };
-    let request = NewOrder {
-        customer: &customer,
-        lines: &lines,
-        settings: &settings,
-        idempotency: keyed.as_ref(),
-    };
-    let order = match place::place_order(&state.db, &request).await {
+    let order = match state.orders.place(request).await {
         Ok(order) => order,
         // Another request with the same key committed first: answer as it did.
         Err(PlaceError::Database(e)) if keyed.is_some() && common::mongo::is_duplicate_key(&e) => {

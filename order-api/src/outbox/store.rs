@@ -77,7 +77,40 @@ pub async fn enqueue(
     order_id: ObjectId,
     event_type: OrderEventType,
     occurred_at: DateTime,
+    traceparent: Option<String>,
 ) -> mongodb::error::Result<()> {
+    collection(db)
+        .insert_one(row(order_id, event_type, occurred_at, traceparent))
+        .session(session)
+        .await?;
+    Ok(())
+}
+
+/// [`enqueue`] for several orders at once (each with the trace context of
+/// the request that placed it): one insert for a whole batch.
+pub async fn enqueue_many(
+    db: &Database,
+    session: &mut ClientSession,
+    orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
+    event_type: OrderEventType,
+    occurred_at: DateTime,
+) -> mongodb::error::Result<()> {
+    let rows: Vec<OutboxMessage> = orders
+        .into_iter()
+        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent))
+        .collect();
+    if !rows.is_empty() {
+        collection(db).insert_many(rows).session(session).await?;
+    }
+    Ok(())
+}
+
+fn row(
+    order_id: ObjectId,
+    event_type: OrderEventType,
+    occurred_at: DateTime,
+    traceparent: Option<String>,
+) -> OutboxMessage {
     let id = ObjectId::new();
     let event = OrderEvent {
         event_id: id.to_hex(),
@@ -85,7 +118,7 @@ pub async fn enqueue(
         order_id: order_id.to_hex(),
         occurred_at: occurred_at.to_chrono(),
     };
-    let row = OutboxMessage {
+    OutboxMessage {
         id,
         order_id,
         event_type: event.event_type.as_str().to_string(),
@@ -98,11 +131,9 @@ pub async fn enqueue(
         lease_until: None,
         published_at: None,
         sqs_message_id: None,
-        traceparent: common::telemetry::traceparent(&tracing::Span::current()),
+        traceparent,
         expire_at: None,
-    };
-    collection(db).insert_one(row).session(session).await?;
-    Ok(())
+    }
 }
 
 /// Claims up to `limit` of the oldest pending rows that nobody holds (or

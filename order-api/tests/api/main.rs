@@ -2,6 +2,7 @@
 //! to link, and every test still gets its own database and queues.
 
 mod auth;
+mod batch;
 mod cancel;
 mod helpers;
 mod idempotency;

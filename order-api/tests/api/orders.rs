@@ -324,6 +324,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
         mongodb::bson::oid::ObjectId::new(),
         common::event::OrderEventType::OrderCreated,
         mongodb::bson::DateTime::now(),
+        None,
     )
     .await
     .expect("enqueue");

@@ -55,6 +55,7 @@ async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
             order,
             OrderEventType::OrderCreated,
             DateTime::now(),
+            None,
         )
         .await
         .expect("enqueue");

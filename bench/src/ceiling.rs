@@ -1,0 +1,228 @@
+//! The database's own ceiling: the pipeline's order transaction (guarded
+//! stock decrement, order insert, outbox insert) issued straight from the
+//! driver, at the same concurrency, into scratch collections of the same
+//! database (with the same indexes) so the pipeline's data is untouched.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bson::{DateTime, Document, doc, oid::ObjectId};
+use futures::FutureExt;
+use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::{
+    shop::STOCK,
+    stats::{self, Summary},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub shape: String,
+    pub concurrency: usize,
+    pub committed: u64,
+    pub failed: u64,
+    pub per_sec: f64,
+    pub latency: Summary,
+}
+
+#[derive(Clone)]
+struct Scratch {
+    products: Collection<Document>,
+    orders: Collection<Document>,
+    outbox: Collection<Document>,
+}
+
+impl Scratch {
+    fn new(db: &Database, tag: &str) -> Self {
+        let name = |what: &str| format!("bench_ceiling_{tag}_{what}");
+        Scratch {
+            products: db.collection(&name("products")),
+            orders: db.collection(&name("orders")),
+            outbox: db.collection(&name("outbox")),
+        }
+    }
+
+    /// The indexes the pipeline's collections carry: they are part of the
+    /// cost of every insert.
+    async fn create_indexes(&self) -> mongodb::error::Result<()> {
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.products
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "sku": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await?;
+        self.orders
+            .create_indexes([
+                index(doc! { "user_id": 1, "_id": -1 }),
+                index(doc! { "user_id": 1, "status": 1, "_id": -1 }),
+                index(doc! { "status": 1, "_id": -1 }),
+            ])
+            .await?;
+        self.outbox
+            .create_indexes([
+                index(doc! { "status": 1, "_id": 1 }),
+                index(doc! { "lease_owner": 1 }),
+                common::mongo::expiry_index("expire_at"),
+            ])
+            .await?;
+        Ok(())
+    }
+
+    async fn drop(&self) {
+        for collection in [&self.products, &self.orders, &self.outbox] {
+            let _ = collection.drop().await;
+        }
+    }
+}
+
+/// `concurrency` workers committing order transactions for `duration`,
+/// spread over `products` products (1: every transaction on one document).
+pub async fn measure(
+    db: &Database,
+    tag: &str,
+    products: usize,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Ceiling> {
+    let scratch = Scratch::new(db, tag);
+    scratch
+        .create_indexes()
+        .await
+        .context("creating the ceiling's scratch collections")?;
+    let now = DateTime::now();
+    let ids: Vec<ObjectId> = (0..products.max(1)).map(|_| ObjectId::new()).collect();
+    scratch
+        .products
+        .insert_many(ids.iter().enumerate().map(|(i, id)| {
+            doc! {
+                "_id": id, "sku": format!("CEIL-{tag}-{i}"), "name": format!("Ceiling item {i}"),
+                "description": null, "price": 49_900_i64, "currency": "INR", "stock": STOCK,
+                "active": true, "created_at": now, "updated_at": now,
+            }
+        }))
+        .await
+        .context("creating the ceiling's products")?;
+
+    let start = Instant::now();
+    let end = start + duration;
+    let mut workers = JoinSet::new();
+    for worker in 0..concurrency {
+        let (db, scratch, ids) = (db.clone(), scratch.clone(), ids.clone());
+        workers.spawn(async move {
+            let mut latency = stats::histogram();
+            let (mut committed, mut failed) = (0u64, 0u64);
+            let user = ObjectId::new();
+            let mut n = worker;
+            while Instant::now() < end {
+                let product = ids[n % ids.len()];
+                n += concurrency;
+                let began = Instant::now();
+                match place(&db, &scratch, user, product).await {
+                    Ok(()) => {
+                        committed += 1;
+                        stats::record(&mut latency, began.elapsed());
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (latency, committed, failed)
+        });
+    }
+    let mut latency = stats::histogram();
+    let (mut committed, mut failed) = (0, 0);
+    while let Some(done) = workers.join_next().await {
+        let (h, c, f) = done.context("a ceiling worker panicked")?;
+        latency.add(&h).context("merging histograms")?;
+        committed += c;
+        failed += f;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    scratch.drop().await;
+    Ok(Ceiling {
+        shape: if products <= 1 { "hot" } else { "spread" }.into(),
+        concurrency,
+        committed,
+        failed,
+        per_sec: committed as f64 / elapsed,
+        latency: Summary::of(&latency),
+    })
+}
+
+/// One order transaction, retried by the driver as the pipeline's is.
+async fn place(
+    db: &Database,
+    scratch: &Scratch,
+    user: ObjectId,
+    product: ObjectId,
+) -> mongodb::error::Result<()> {
+    let mut session = db.client().start_session().await?;
+    session
+        .start_transaction()
+        .and_run(
+            (scratch, user, product),
+            |session, (scratch, user, product)| write(session, scratch, *user, *product).boxed(),
+        )
+        .await
+}
+
+async fn write(
+    session: &mut ClientSession,
+    scratch: &Scratch,
+    user: ObjectId,
+    product: ObjectId,
+) -> mongodb::error::Result<()> {
+    let now = DateTime::now();
+    let reserved = scratch
+        .products
+        .find_one_and_update(
+            doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
+            doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
+        )
+        .session(&mut *session)
+        .await?
+        .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
+    let order_id = ObjectId::new();
+    let price = reserved.get_i64("price").unwrap_or(0);
+    let tax = price * 18 / 100;
+    scratch
+        .orders
+        .insert_one(doc! {
+            "_id": order_id, "user_id": user, "customer_email": "ceiling@bench.test",
+            "lines": [{
+                "product_id": product, "sku": reserved.get_str("sku").unwrap_or(""),
+                "name": reserved.get_str("name").unwrap_or(""), "unit_price": price,
+                "quantity": 1, "line_total": price,
+            }],
+            "subtotal": price, "tax": tax, "total": price + tax, "currency": "INR",
+            "status": "PENDING",
+            "email": { "status": "PENDING", "message_id": null, "attempts": 0,
+                       "attempted_at": null, "sent_at": null, "last_error": null },
+            "cancellation_email": null,
+            "timeline": [{ "event": "placed", "status": "PENDING", "at": now }],
+            "created_at": now, "updated_at": now,
+        })
+        .session(&mut *session)
+        .await?;
+    let event_id = ObjectId::new();
+    let body = serde_json::json!({
+        "eventId": event_id.to_hex(), "eventType": "order.created",
+        "orderId": order_id.to_hex(), "occurredAt": now.try_to_rfc3339_string().unwrap_or_default(),
+    })
+    .to_string();
+    scratch
+        .outbox
+        .insert_one(doc! {
+            "_id": event_id, "order_id": order_id, "event_type": "order.created", "body": body,
+            "status": "PENDING", "attempts": 0, "last_error": null, "created_at": now,
+            "lease_owner": null, "lease_until": null, "published_at": null,
+            "sqs_message_id": null, "expire_at": null,
+        })
+        .session(session)
+        .await?;
+    Ok(())
+}

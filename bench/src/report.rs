@@ -1,0 +1,285 @@
+//! The results: one table on stdout, the same figures as JSON, and the
+//! issue's targets checked against them.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{ceiling::Ceiling, sample::Rss, stats::Summary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+}
+
+impl Machine {
+    pub fn here() -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(1, usize::from),
+            cpu_model,
+        }
+    }
+}
+
+/// The 1-minute load average: how busy the machine was (others' builds too).
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mixed {
+    /// Orders due outside the login burst.
+    pub orders_quiet: Summary,
+    /// Orders due during it.
+    pub orders_during_logins: Summary,
+    pub logins: Summary,
+    /// p99 during the burst over p99 outside it.
+    pub p99_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub name: String,
+    pub mode: String,
+    pub duration_secs: f64,
+    pub buyers: usize,
+    pub products: usize,
+    pub lines_per_order: usize,
+    pub sent: u64,
+    pub accepted: u64,
+    pub accepted_per_sec: f64,
+    pub api_latency: Summary,
+    pub end_to_end_processed: Summary,
+    pub end_to_end_email_sent: Summary,
+    pub unfinished: u64,
+    pub drain_secs: f64,
+    pub outbox_oldest_pending_max_ms: Option<u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub api_rss: Option<Rss>,
+    pub processor_rss: Option<Rss>,
+    pub ceiling: Option<Ceiling>,
+    /// Accepted orders/s over the ceiling's committed transactions/s.
+    pub ratio_to_ceiling: Option<f64>,
+    pub mixed: Option<Mixed>,
+    pub load_average_before: f64,
+    pub load_average_after: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub figure: String,
+    pub met: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub api_url: String,
+    pub database: String,
+    pub scenarios: Vec<ScenarioResult>,
+    pub targets: Vec<Target>,
+}
+
+const MIB: f64 = 1024.0;
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / MIB)
+}
+
+impl Report {
+    pub fn new(api_url: &str, database: &str, scenarios: Vec<ScenarioResult>) -> Report {
+        let targets = targets(&scenarios);
+        Report {
+            machine: Machine::here(),
+            api_url: api_url.into(),
+            database: database.into(),
+            scenarios,
+            targets,
+        }
+    }
+
+    pub fn print(&self) {
+        println!(
+            "\norder-bench: {} CPUs ({}), {}, database {}",
+            self.machine.cpus, self.machine.cpu_model, self.api_url, self.database
+        );
+        println!(
+            "\n{:<8} {:<14} {:>9} {:>10} {:>6} {:>26} {:>26} {:>9} {:>7}  errors",
+            "scenario",
+            "mode",
+            "orders/s",
+            "ceiling/s",
+            "ratio",
+            "API ms p50/p90/p99/max",
+            "POST->PROCESSED ms",
+            "outbox ms",
+            "load",
+        );
+        for s in &self.scenarios {
+            let errors = if s.errors.is_empty() {
+                "none".to_string()
+            } else {
+                s.errors
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let unfinished = if s.unfinished > 0 {
+                format!(" ({} unfinished)", s.unfinished)
+            } else {
+                String::new()
+            };
+            println!(
+                "{:<8} {:<14} {:>9.1} {:>10} {:>6} {:>26} {:>26} {:>9} {:>7.2}  {errors}{unfinished}",
+                s.name,
+                s.mode,
+                s.accepted_per_sec,
+                s.ceiling
+                    .as_ref()
+                    .map_or("-".into(), |c| format!("{:.1}", c.per_sec)),
+                s.ratio_to_ceiling.map_or("-".into(), |r| format!("{r:.2}")),
+                s.api_latency.cell(),
+                s.end_to_end_processed.cell(),
+                s.outbox_oldest_pending_max_ms
+                    .map_or("-".into(), |ms| ms.to_string()),
+                s.load_average_after,
+            );
+        }
+        println!("\nRSS MiB (start / end / peak)   order-api             order-processor");
+        for s in &self.scenarios {
+            let cell = |rss: &Option<Rss>| {
+                rss.map_or("-".to_string(), |r| {
+                    format!(
+                        "{} / {} / {}",
+                        mib(r.start_kib),
+                        mib(r.end_kib),
+                        mib(r.peak_kib())
+                    )
+                })
+            };
+            println!(
+                "{:<30} {:<21} {}",
+                s.name,
+                cell(&s.api_rss),
+                cell(&s.processor_rss)
+            );
+        }
+        for s in &self.scenarios {
+            if let Some(m) = &s.mixed {
+                println!(
+                    "\n{}: order p99 {} ms without logins, {} ms during the login burst ({:.2}x); {} logins, p99 {} ms",
+                    s.name,
+                    crate::stats::short(m.orders_quiet.p99_ms),
+                    crate::stats::short(m.orders_during_logins.p99_ms),
+                    m.p99_ratio,
+                    m.logins.count,
+                    crate::stats::short(m.logins.p99_ms),
+                );
+            }
+        }
+        let mut shown = Vec::new();
+        for s in &self.scenarios {
+            if let Some(c) = &s.ceiling
+                && !shown.contains(&c.shape)
+            {
+                shown.push(c.shape.clone());
+                println!(
+                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}",
+                    c.shape,
+                    format_args!("{:.1}", c.per_sec),
+                    c.concurrency,
+                    c.failed,
+                    c.latency.cell()
+                );
+            }
+        }
+        if !self.targets.is_empty() {
+            println!("\ntargets (issue 6):");
+            for t in &self.targets {
+                println!(
+                    "  [{}] {}: {}",
+                    if t.met { "met" } else { "NOT met" },
+                    t.what,
+                    t.figure
+                );
+            }
+        }
+    }
+}
+
+fn targets(scenarios: &[ScenarioResult]) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let find = |name: &str| scenarios.iter().find(|s| s.name == name);
+    if let Some(s) = find("spread")
+        && let Some(r) = s.ratio_to_ceiling
+    {
+        targets.push(Target {
+            what: "spread throughput >= 70% of the same-run ceiling".into(),
+            figure: format!("{:.0}%", r * 100.0),
+            met: r >= 0.70,
+        });
+    }
+    if let Some(s) = find("hot")
+        && let Some(r) = s.ratio_to_ceiling
+    {
+        targets.push(Target {
+            what: "hot product >= 2x the same-run one-document ceiling".into(),
+            figure: format!("{r:.2}x"),
+            met: r >= 2.0,
+        });
+    }
+    if let Some(s) = find("steady") {
+        targets.push(Target {
+            what: "end-to-end p99 <= 250 ms at half of the maximum throughput".into(),
+            figure: format!("{} ms", crate::stats::short(s.end_to_end_processed.p99_ms)),
+            met: s.end_to_end_processed.count > 0 && s.end_to_end_processed.p99_ms <= 250.0,
+        });
+        targets.push(Target {
+            what: "API p99 <= 50 ms at half of the maximum throughput".into(),
+            figure: format!("{} ms", crate::stats::short(s.api_latency.p99_ms)),
+            met: s.api_latency.count > 0 && s.api_latency.p99_ms <= 50.0,
+        });
+    }
+    for (service, pick) in [
+        (
+            "order-api",
+            (|s: &ScenarioResult| s.api_rss) as fn(&ScenarioResult) -> Option<Rss>,
+        ),
+        ("order-processor", |s: &ScenarioResult| s.processor_rss),
+    ] {
+        let peak = scenarios
+            .iter()
+            .filter_map(pick)
+            .map(|r| r.peak_kib())
+            .max();
+        if let Some(peak) = peak {
+            targets.push(Target {
+                what: format!("{service} peak RSS <= 64 MiB"),
+                figure: format!("{} MiB", mib(peak)),
+                met: peak <= 64 * 1024,
+            });
+        }
+    }
+    if let Some(m) = find("mixed").and_then(|s| s.mixed.as_ref()) {
+        targets.push(Target {
+            what: "order p99 during a login burst <= 2x without".into(),
+            figure: format!("{:.2}x", m.p99_ratio),
+            met: m.p99_ratio <= 2.0,
+        });
+    }
+    targets
+}

@@ -1,0 +1,388 @@
+//! Group commit: concurrent order placements are queued and written in
+//! batches, ONE transaction per batch, instead of one transaction each.
+//!
+//! Why: every order for a product decrements the same stock document, so
+//! concurrent transactions for one hot product conflict and retry, and the
+//! database commits only a few dozen a second. The queue is sharded by
+//! product: all orders for one product go through one shard, one batch at a
+//! time (no conflicts between them), while orders for other products use
+//! other shards in parallel.
+//!
+//! Invariants, as for a single order: each order is all-or-nothing and gets
+//! its own answer (placed, or refused for its own reason); stock never goes
+//! below zero, because the batch allocates stock greedily in arrival order
+//! from what it read and then applies one guarded decrement per product.
+
+use std::{collections::HashMap, hash::BuildHasher, sync::Arc, time::Duration};
+
+use bson::{DateTime, doc, oid::ObjectId};
+use common::{
+    domain::{Order, Product, TaxRate},
+    event::OrderEventType,
+};
+use futures::{FutureExt, TryStreamExt};
+use mongodb::{ClientSession, Database, error::Error as MongoError};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use super::{
+    idempotency::{self, KeyedRequest},
+    place::{self, Customer, LineRequest, NewOrder, OrderSettings, PlaceError, PlaceOrderError},
+    store as orders,
+};
+use crate::{outbox, products::store as products};
+
+/// Shards: batches committed in parallel. A product always maps to the same one.
+pub const SHARDS: usize = 8;
+/// Orders in one transaction at most.
+pub const MAX_BATCH: usize = 64;
+/// Orders waiting per shard before placers wait for room.
+const QUEUE_DEPTH: usize = 1024;
+
+/// One order as the batcher holds it: owned, since it outlives the request's
+/// borrow while it waits in the queue.
+pub struct OrderRequest {
+    pub customer: Customer,
+    pub lines: Vec<LineRequest>,
+    pub idempotency: Option<KeyedRequest>,
+    /// The placing request's W3C trace context, carried to the outbox row
+    /// (the batch is written from the shard's task, outside the request's
+    /// span). `place` fills it in from the caller's span when `None`.
+    pub traceparent: Option<String>,
+}
+
+struct Job {
+    request: OrderRequest,
+    deadline: Instant,
+    answer: oneshot::Sender<Result<Order, PlaceError>>,
+}
+
+/// The handle the routes place orders through. Cheap to clone.
+#[derive(Clone)]
+pub struct OrderBatcher {
+    shards: Arc<[mpsc::Sender<Job>]>,
+    hasher: std::collections::hash_map::RandomState,
+    deadline: Duration,
+}
+
+/// What the batch workers need besides the database.
+#[derive(Clone)]
+pub struct ShopSettings {
+    pub currency: String,
+    pub tax_rate: TaxRate,
+    /// Upper bound on placing one order, queueing and retries included.
+    pub deadline: Duration,
+}
+
+impl OrderBatcher {
+    /// Starts the shard workers; they stop when the last handle is dropped.
+    pub fn start(db: Database, settings: ShopSettings) -> Self {
+        let settings = Arc::new(settings);
+        let shards: Vec<mpsc::Sender<Job>> = (0..SHARDS)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                tokio::spawn(run_shard(db.clone(), settings.clone(), rx));
+                tx
+            })
+            .collect();
+        OrderBatcher {
+            shards: shards.into(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            deadline: settings.deadline,
+        }
+    }
+
+    /// Places one order, in whatever batch it lands in. Same answers as
+    /// [`place::place_order`].
+    pub async fn place(&self, mut request: OrderRequest) -> Result<Order, PlaceError> {
+        if request.traceparent.is_none() {
+            request.traceparent = common::telemetry::traceparent(&tracing::Span::current());
+        }
+        let deadline = Instant::now() + self.deadline;
+        let shard = &self.shards[self.shard_of(&request.lines)];
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            request,
+            deadline,
+            answer,
+        };
+        let waited = tokio::time::timeout_at(deadline, async {
+            shard
+                .send(job)
+                .await
+                .map_err(|_| PlaceError::Database(MongoError::custom("order batcher stopped")))?;
+            answered.await.map_err(|_| {
+                PlaceError::Database(MongoError::custom("order batcher dropped an order"))
+            })?
+        })
+        .await;
+        waited.unwrap_or(Err(PlaceError::TimedOut(self.deadline)))
+    }
+
+    /// The shard of an order's smallest product id: every order for one
+    /// product lands in one shard (multi-line orders by one of theirs).
+    fn shard_of(&self, lines: &[LineRequest]) -> usize {
+        let Some(key) = lines.iter().map(|l| l.product_id).min() else {
+            return 0;
+        };
+        usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
+    }
+}
+
+/// One shard: takes the first waiting order, then whatever else is already
+/// queued (never waiting for more), and places them as one batch.
+async fn run_shard(db: Database, settings: Arc<ShopSettings>, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        place_batch(&db, &settings, batch).await;
+    }
+}
+
+async fn place_batch(db: &Database, settings: &ShopSettings, batch: Vec<Job>) {
+    let now = Instant::now();
+    // A client that gave up, or an order whose time ran out in the queue,
+    // is not placed: nothing is written for it.
+    let (live, expired): (Vec<Job>, Vec<Job>) = batch
+        .into_iter()
+        .filter(|job| !job.answer.is_closed())
+        .partition(|job| job.deadline > now);
+    for job in expired {
+        let _ = job
+            .answer
+            .send(Err(PlaceError::TimedOut(settings.deadline)));
+    }
+    let Some(deadline) = live.iter().map(|job| job.deadline).min() else {
+        return;
+    };
+    let (requests, answers): (Vec<OrderRequest>, Vec<_>) = live
+        .into_iter()
+        .map(|job| (job.request, job.answer))
+        .unzip();
+    let outcomes = place_together(db, settings, &requests, deadline).await;
+    for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        let _ = answer.send(outcome);
+    }
+}
+
+/// Places `requests` as ONE transaction (a single one by the single-order
+/// path) and answers each, in order. The step a shard runs; tests call it
+/// directly.
+pub async fn place_together(
+    db: &Database,
+    settings: &ShopSettings,
+    requests: &[OrderRequest],
+    deadline: Instant,
+) -> Vec<Result<Order, PlaceError>> {
+    if requests.len() <= 1 {
+        let mut outcomes = Vec::with_capacity(1);
+        for request in requests {
+            outcomes.push(place_alone(db, settings, request, deadline).await);
+        }
+        return outcomes;
+    }
+    let attempt = common::mongo::transaction(
+        db,
+        "place_order_batch",
+        (db, settings, requests),
+        |session, (db, settings, requests)| write_batch(db, session, settings, requests).boxed(),
+    );
+    match tokio::time::timeout_at(deadline, attempt).await {
+        Ok(Ok(outcomes)) => outcomes
+            .into_iter()
+            .map(|outcome| outcome.map_err(PlaceError::Refused))
+            .collect(),
+        Err(_) => requests
+            .iter()
+            .map(|_| Err(PlaceError::TimedOut(settings.deadline)))
+            .collect(),
+        // The database is out of reach: one by one would only fail slower.
+        Ok(Err(e)) if common::mongo::is_unavailable(&e) => requests
+            .iter()
+            .map(|_| Err(PlaceError::Database(e.clone())))
+            .collect(),
+        // Something about one of the orders (a duplicate Idempotency-Key,
+        // say) failed the whole batch: place each on its own so each gets
+        // its exact answer.
+        Ok(Err(e)) => {
+            tracing::info!(orders = requests.len(), error = %e, "batch failed; placing its orders one by one");
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                outcomes.push(place_alone(db, settings, request, deadline).await);
+            }
+            outcomes
+        }
+    }
+}
+
+/// The single-order path, exactly as without batching.
+async fn place_alone(
+    db: &Database,
+    settings: &ShopSettings,
+    request: &OrderRequest,
+    deadline: Instant,
+) -> Result<Order, PlaceError> {
+    let order_settings = OrderSettings {
+        currency: &settings.currency,
+        tax_rate: settings.tax_rate,
+        deadline: deadline.saturating_duration_since(Instant::now()),
+    };
+    let single = NewOrder {
+        customer: &request.customer,
+        lines: &request.lines,
+        settings: &order_settings,
+        idempotency: request.idempotency.as_ref(),
+        traceparent: request.traceparent.as_deref(),
+    };
+    match place::place_order(db, &single).await {
+        // The deadline is the order's whole one, not the remainder passed down.
+        Err(PlaceError::TimedOut(_)) => Err(PlaceError::TimedOut(settings.deadline)),
+        other => other,
+    }
+}
+
+/// The batch's transaction body; runs again from the start on a transient
+/// error. Returns each order's outcome, in arrival order.
+async fn write_batch(
+    db: &Database,
+    session: &mut ClientSession,
+    settings: &ShopSettings,
+    requests: &[OrderRequest],
+) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
+    let now = DateTime::now();
+    let mut wanted: Vec<ObjectId> = requests
+        .iter()
+        .flat_map(|r| r.lines.iter().map(|l| l.product_id))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let catalogue: HashMap<ObjectId, Product> = products::collection(db)
+        .find(doc! { "_id": { "$in": &wanted } })
+        .session(&mut *session)
+        .await?
+        .stream(&mut *session)
+        .map_ok(|p| (p.id, p))
+        .try_collect()
+        .await?;
+
+    let order_settings = OrderSettings {
+        currency: &settings.currency,
+        tax_rate: settings.tax_rate,
+        deadline: settings.deadline,
+    };
+    // Greedy, in arrival order: an order is placed if every line fits in
+    // what the orders before it left.
+    let mut left: HashMap<ObjectId, i64> = catalogue.iter().map(|(id, p)| (*id, p.stock)).collect();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        let outcome = reserve(&catalogue, &left, &request.lines).and_then(|reserved| {
+            place::build_order(
+                &request.customer,
+                request.lines.iter().zip(reserved),
+                &order_settings,
+                now,
+            )
+        });
+        if let Ok(order) = &outcome {
+            for line in &order.lines {
+                if let Some(stock) = left.get_mut(&line.product_id) {
+                    *stock -= i64::from(line.quantity.get());
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+
+    // One guarded decrement per product, for what the placed orders take.
+    let mut taken: HashMap<ObjectId, i64> = HashMap::new();
+    for order in outcomes.iter().flatten() {
+        for line in &order.lines {
+            *taken.entry(line.product_id).or_default() += i64::from(line.quantity.get());
+        }
+    }
+    for (product_id, quantity) in &taken {
+        let reserved = products::collection(db)
+            .update_one(
+                doc! { "_id": product_id, "active": true, "stock": { "$gte": quantity } },
+                doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } },
+            )
+            .session(&mut *session)
+            .await?;
+        if reserved.matched_count != 1 {
+            // Cannot happen inside the transaction (a concurrent change is a
+            // write conflict); refuse the batch rather than oversell.
+            return Err(MongoError::custom(format!(
+                "stock of {product_id} changed inside a batch transaction"
+            )));
+        }
+    }
+
+    let placed: Vec<&Order> = outcomes.iter().flatten().collect();
+    if !placed.is_empty() {
+        orders::collection(db)
+            .insert_many(placed.iter().copied())
+            .session(&mut *session)
+            .await?;
+        let traced = requests
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(request, outcome)| {
+                Some((outcome.as_ref().ok()?.id, request.traceparent.clone()))
+            });
+        outbox::store::enqueue_many(db, session, traced, OrderEventType::OrderCreated, now).await?;
+        let records = requests
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(request, outcome)| {
+                Some((request.idempotency.as_ref()?, outcome.as_ref().ok()?))
+            })
+            .map(|(keyed, order)| idempotency::record_for(keyed, order, now))
+            .collect::<mongodb::error::Result<Vec<_>>>()?;
+        idempotency::record_many(db, session, &records).await?;
+    }
+    Ok(outcomes)
+}
+
+/// The products of `lines` if every line is for sale and fits in `left`;
+/// otherwise why not, as placing the order alone would say.
+fn reserve<'c>(
+    catalogue: &'c HashMap<ObjectId, Product>,
+    left: &HashMap<ObjectId, i64>,
+    lines: &[LineRequest],
+) -> Result<Vec<&'c Product>, PlaceOrderError> {
+    let mut needs: HashMap<ObjectId, i64> = HashMap::new();
+    let mut reserved = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(product) = catalogue.get(&line.product_id) else {
+            return Err(PlaceOrderError::UnknownProduct {
+                product_id: line.product_id,
+            });
+        };
+        if !product.active {
+            return Err(PlaceOrderError::InactiveProduct {
+                product_id: product.id,
+                name: product.name.clone(),
+            });
+        }
+        let need = needs.entry(product.id).or_default();
+        *need += i64::from(line.quantity.get());
+        let available = left.get(&product.id).copied().unwrap_or(0);
+        if available < *need {
+            return Err(PlaceOrderError::InsufficientStock {
+                product_id: product.id,
+                name: product.name.clone(),
+                requested: line.quantity.get(),
+                available: available.max(0),
+            });
+        }
+        reserved.push(product);
+    }
+    Ok(reserved)
+}
