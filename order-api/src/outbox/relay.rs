@@ -107,14 +107,21 @@ impl Relay {
             more_pending: i64::try_from(rows.len()).unwrap_or(0) == self.batch_size,
             ..PublishOutcome::default()
         };
-        for ok in sent.successful() {
-            let Some(row) = row_for(&rows, ok.id()) else {
-                continue;
-            };
-            if store::mark_published(&self.db, row.id, &token, ok.message_id(), self.retention)
-                .await?
-            {
-                tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id = ok.message_id(), "outbox row published");
+        // The rows are marked at once, not one after another: a batch's
+        // marks were ten sequential round trips on the relay's critical path.
+        let token = token.as_str();
+        let marks = sent.successful().iter().filter_map(|ok| {
+            let row = row_for(&rows, ok.id())?;
+            Some(async move {
+                let marked =
+                    store::mark_published(&self.db, row.id, token, ok.message_id(), self.retention)
+                        .await;
+                (row, ok.message_id(), marked)
+            })
+        });
+        for (row, sqs_message_id, marked) in futures::future::join_all(marks).await {
+            if marked? {
+                tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id, "outbox row published");
                 outcome.published += 1;
             } else {
                 tracing::warn!(order_id = %row.order_id, event_id = %row.id, "lease ran out before the row was marked; it may be sent again");
@@ -131,7 +138,7 @@ impl Relay {
                 failed.message().unwrap_or("no message")
             );
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
-            store::record_failure(&self.db, row.id, &token, &reason).await?;
+            store::record_failure(&self.db, row.id, token, &reason).await?;
             outcome.failed += 1;
         }
         Ok(outcome)
