@@ -7,7 +7,9 @@
 #   --smoke    debug binaries, about a second per scenario: checks only that the
 #              tool works and produces numbers (never a timing), for CI
 # Environment: BENCH_DURATION (20s), BENCH_SCENARIOS (spread,hot,steady,mixed),
-#   BENCH_CONCURRENCY (16), STACK_MONGO_PORT / STACK_SQS_PORT / STACK_SMTP_PORT
+#   BENCH_CONCURRENCY (16), BENCH_BIN_DIR (use the order-api, order-processor
+#   and order-bench already built there instead of building; for comparing
+#   builds), STACK_MONGO_PORT / STACK_SQS_PORT / STACK_SMTP_PORT
 #   as for scripts/stack.sh.
 # Output: the table on stdout; JSON and the services' logs in
 # <target>/bench/<run id>/. Stops only the two services it started, by PID.
@@ -48,10 +50,15 @@ else
     profile_flag=(--release)
     profile_dir=release
 fi
-info "building ($profile_dir)"
-cargo build "${profile_flag[@]}" --bins -p order-api -p order-processor -p order-bench
 target=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-bin="$target/$profile_dir"
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    bin=$BENCH_BIN_DIR
+    info "using the binaries in $bin"
+else
+    info "building ($profile_dir)"
+    cargo build "${profile_flag[@]}" --bins -p order-api -p order-processor -p order-bench
+    bin="$target/$profile_dir"
+fi
 
 # A stack someone else started (another checkout's scripts/stack.sh) is used
 # as it is; otherwise start ours.

@@ -107,26 +107,36 @@ pub async fn claim_email(
     let now = DateTime::now();
     let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX / 2);
     let stale_before = DateTime::from_millis(now.timestamp_millis().saturating_sub(stale_ms));
+    let claim = doc! {
+        "$set": {
+            format!("{field}.status"): "SENDING",
+            format!("{field}.message_id"): message_id,
+            format!("{field}.attempted_at"): now,
+        },
+        "$inc": { format!("{field}.attempts"): 1 },
+    };
+    // Two conditional updates rather than one with `$or`: SecantusDB answers
+    // an `$or` by scanning the whole collection instead of using `_id`, which
+    // made every claim slower as orders accumulated. The usual case (a
+    // first attempt) is the first update.
+    let pending = orders(db)
+        .find_one_and_update(
+            doc! { "_id": id, format!("{field}.status"): "PENDING" },
+            claim.clone(),
+        )
+        .return_document(ReturnDocument::After)
+        .await?;
+    if pending.is_some() {
+        return Ok(pending);
+    }
     orders(db)
         .find_one_and_update(
             doc! {
                 "_id": id,
-                "$or": [
-                    { format!("{field}.status"): "PENDING" },
-                    {
-                        format!("{field}.status"): "SENDING",
-                        format!("{field}.attempted_at"): { "$lt": stale_before },
-                    },
-                ],
+                format!("{field}.status"): "SENDING",
+                format!("{field}.attempted_at"): { "$lt": stale_before },
             },
-            doc! {
-                "$set": {
-                    format!("{field}.status"): "SENDING",
-                    format!("{field}.message_id"): message_id,
-                    format!("{field}.attempted_at"): now,
-                },
-                "$inc": { format!("{field}.attempts"): 1 },
-            },
+            claim,
         )
         .return_document(ReturnDocument::After)
         .await

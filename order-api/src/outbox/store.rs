@@ -151,9 +151,12 @@ pub async fn claim(
     limit: i64,
 ) -> mongodb::error::Result<Vec<OutboxMessage>> {
     let now = DateTime::now();
+    // Unleased (null) or lease run out: `$not: {$gte}` matches both. Not
+    // `$or`, which SecantusDB answers by scanning every row, published ones
+    // included, instead of using the status index.
     let free = doc! {
         "status": "PENDING",
-        "$or": [ { "lease_until": null }, { "lease_until": { "$lt": now } } ],
+        "lease_until": { "$not": { "$gte": now } },
     };
     let candidates: Vec<ObjectId> = db
         .collection::<Document>("outbox")
