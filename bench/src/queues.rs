@@ -1,7 +1,6 @@
 //! Fresh queues for a bench run, so runs never read each other's messages.
 
 use anyhow::Context;
-use aws_sdk_sqs::types::QueueAttributeName;
 use common::config::SqsConfig;
 
 #[derive(Debug, clap::Args)]
@@ -31,35 +30,9 @@ async fn client(args: &QueueArgs) -> aws_sdk_sqs::Client {
 /// (`localstack-init/ready.d/01-create-queues.sh`).
 pub async fn create(args: &QueueArgs) -> anyhow::Result<()> {
     let sqs = client(args).await;
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{}-dlq", args.name))
-        .send()
-        .await
-        .context("creating the dead-letter queue")?
-        .queue_url
-        .context("no DLQ url")?;
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .context("reading the DLQ arn")?
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("no DLQ arn")?;
-    let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5" });
-    let url = sqs
-        .create_queue()
-        .queue_name(&args.name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(QueueAttributeName::VisibilityTimeout, "30")
-        .send()
-        .await
-        .context("creating the queue")?
-        .queue_url
-        .context("no queue url")?;
+    let url = common::sqs::create_queue_pair(&sqs, &args.name, 30, 5)
+        .await?
+        .url;
     println!("{url}");
     Ok(())
 }

@@ -159,41 +159,9 @@ pub struct Queues {
 /// its dead-letter queue, with the redrive policy the real ones have.
 pub async fn create_queues(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<Queues> {
     let dlq_name = format!("{name}-dlq");
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(&dlq_name)
-        .send()
-        .await
-        .context("creating the dead-letter queue")?
-        .queue_url
-        .context("no DLQ url")?;
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .context("reading the DLQ arn")?
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .context("no DLQ arn")?;
-    let redrive = serde_json::json!({
-        "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": MAX_RECEIVE_COUNT.to_string(),
-    });
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            VISIBILITY_TIMEOUT_SECS.to_string(),
-        )
-        .send()
-        .await
-        .context("creating the queue")?
-        .queue_url
-        .context("no queue url")?;
+    let common::sqs::QueuePair { url, dlq_url } =
+        common::sqs::create_queue_pair(sqs, name, VISIBILITY_TIMEOUT_SECS, MAX_RECEIVE_COUNT)
+            .await?;
     Ok(Queues {
         name: name.to_string(),
         dlq_name,

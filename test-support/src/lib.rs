@@ -13,7 +13,6 @@ pub mod proxy;
 
 use std::{future::Future, time::Duration};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use common::config::{MongoConfig, SqsConfig};
 use serde::Deserialize;
 
@@ -111,38 +110,12 @@ pub async fn create_queues(
     name: &str,
     visibility_timeout_secs: u32,
 ) -> TestQueues {
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
+    let common::sqs::QueuePair {
+        url: queue_url,
+        dlq_url,
+    } = common::sqs::create_queue_pair(sqs, name, visibility_timeout_secs, 5)
         .await
-        .expect("creating the test DLQ")
-        .queue_url
-        .expect("DLQ url");
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("reading the DLQ arn")
-        .attributes
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .expect("DLQ arn");
-    let redrive = serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5" });
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            visibility_timeout_secs.to_string(),
-        )
-        .send()
-        .await
-        .expect("creating the test queue")
-        .queue_url
-        .expect("queue url");
+        .unwrap_or_else(|e| panic!("creating the test queues {name}: {e:#}"));
     TestQueues { queue_url, dlq_url }
 }
 
