@@ -217,24 +217,13 @@ pub fn with_http_layers(routes: Router) -> Router {
                     order_id = tracing::field::Empty,
                 );
                 // A caller's W3C trace context is continued, not replaced.
+                // `order_id` is filled in by the orders routes.
                 common::telemetry::continue_trace(&span, header(common::telemetry::TRACEPARENT));
-                if let Some(order_id) = order_in_path(route, request.uri().path()) {
-                    span.record("order_id", order_id);
-                }
                 span
             }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-}
-
-/// The order id of `/api/orders/{id}...` routes, so every line of such a
-/// request carries it.
-fn order_in_path<'a>(route: &str, path: &'a str) -> Option<&'a str> {
-    route
-        .starts_with("/api/orders/{id}")
-        .then(|| path.split('/').nth(3))
-        .flatten()
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ mod view;
 
 use axum::{
     Router,
+    extract::{RawPathParams, Request},
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
 };
 
@@ -26,4 +29,14 @@ pub fn router() -> Router<AppState> {
         .route("/{id}", get(routes::get_one))
         .route("/{id}/cancel", post(routes::cancel))
         .route("/{id}/events", get(routes::events))
+        .route_layer(middleware::from_fn(name_the_order))
+}
+
+/// Puts the `{id}` of an order route on the request's span, so every line
+/// logged while serving it carries `order_id`.
+async fn name_the_order(params: RawPathParams, request: Request, next: Next) -> Response {
+    if let Some((_, id)) = params.iter().find(|(name, _)| *name == "id") {
+        tracing::Span::current().record("order_id", id);
+    }
+    next.run(request).await
 }
