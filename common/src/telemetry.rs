@@ -39,10 +39,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn exporting(&self) -> bool {
-        self.exporting
-    }
-
     /// Exports what is still buffered (bounded by the SDK's own timeout).
     pub fn shutdown(self) {
         if self.exporting
