@@ -8,6 +8,8 @@ cd "$ROOT"
 
 scripts/stack.sh up
 cargo build --bins -p order-api -p order-processor
+# Where cargo put them: CARGO_TARGET_DIR (or a config) may move target/.
+bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 
 if [[ -f .env ]]; then
     export ENV_FILE=.env
@@ -24,9 +26,9 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-target/debug/order-api &
+"$bin/order-api" &
 pids+=("$!")
-target/debug/order-processor &
+"$bin/order-processor" &
 pids+=("$!")
 echo "run: order-api on http://127.0.0.1:8000 (pid ${pids[0]}), order-processor health on http://127.0.0.1:8001 (pid ${pids[1]})"
 echo "run: mail inbox at http://127.0.0.1:1080; Ctrl-C stops both services"
