@@ -116,21 +116,24 @@ impl Relay {
             ..PublishOutcome::default()
         };
         let accepted_at = DateTime::now();
+        let accepted: Vec<(&OutboxMessage, &str)> = sent
+            .successful()
+            .iter()
+            .filter_map(|ok| Some((row_for(&rows, ok.id())?, ok.message_id())))
+            .collect();
+        let marked = store::mark_published(
+            &self.db,
+            &token,
+            &accepted
+                .iter()
+                .map(|(row, message_id)| (row.id, *message_id))
+                .collect::<Vec<_>>(),
+            self.retention,
+        )
+        .await?;
         let mut published: Vec<&OutboxMessage> = Vec::new();
-        // The rows are marked at once, not one after another: a batch's
-        // marks were ten sequential round trips on the relay's critical path.
-        let token = token.as_str();
-        let marks = sent.successful().iter().filter_map(|ok| {
-            let row = row_for(&rows, ok.id())?;
-            Some(async move {
-                let marked =
-                    store::mark_published(&self.db, row.id, token, ok.message_id(), self.retention)
-                        .await;
-                (row, ok.message_id(), marked)
-            })
-        });
-        for (row, sqs_message_id, marked) in futures::future::join_all(marks).await {
-            if marked? {
+        for (row, sqs_message_id) in accepted {
+            if marked.contains(&row.id) {
                 tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id, "outbox row published");
                 outcome.published += 1;
                 published.push(row);
@@ -156,7 +159,7 @@ impl Relay {
             );
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
             counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
-            store::record_failure(&self.db, row.id, token, &reason).await?;
+            store::record_failure(&self.db, row.id, &token, &reason).await?;
             outcome.failed += 1;
         }
         Ok(outcome)

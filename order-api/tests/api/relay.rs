@@ -166,10 +166,15 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
         .expect("query")
         .expect("row");
     assert_eq!(row.status, OutboxStatus::Published);
-    let marked = store::mark_published(&bench.db, row.id, dead, "late", Duration::from_secs(60))
-        .await
-        .expect("update");
-    assert!(!marked);
+    let marked = store::mark_published(
+        &bench.db,
+        dead,
+        &[(row.id, "late")],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("update");
+    assert!(marked.is_empty());
 }
 
 #[tokio::test]
@@ -202,6 +207,43 @@ async fn published_rows_carry_their_expiry() {
         indexes.iter().any(|i| i.starts_with("expire_at")),
         "{indexes:?}"
     );
+}
+
+#[tokio::test]
+async fn each_published_row_records_the_sqs_id_of_its_own_message() {
+    let bench = bench().await;
+    enqueue(&bench.db, 7).await;
+    let relay = Relay::new(
+        bench.db.clone(),
+        bench.sqs.clone(),
+        bench.queue_url.clone(),
+        &bench.config,
+    );
+    assert_eq!(relay.try_publish_batch().await.expect("step").published, 7);
+
+    let sent: HashSet<(String, String)> = drain(&bench.sqs, &bench.queue_url)
+        .await
+        .iter()
+        .map(|m| {
+            let event_id = common::event::OrderEvent::from_json(m.body().expect("body"))
+                .expect("an order event")
+                .event_id;
+            (event_id, m.message_id().expect("message id").to_string())
+        })
+        .collect();
+    let mut rows = store::collection(&bench.db)
+        .find(doc! {})
+        .await
+        .expect("query");
+    let mut recorded = HashSet::new();
+    while rows.advance().await.expect("row") {
+        let row = rows.deserialize_current().expect("decode");
+        assert_eq!(row.status, OutboxStatus::Published);
+        assert_eq!(row.attempts, 1);
+        recorded.insert((row.id.to_hex(), row.sqs_message_id.expect("sqs_message_id")));
+    }
+    assert_eq!(recorded.len(), 7);
+    assert_eq!(recorded, sent, "each row names the message that carried it");
 }
 
 #[tokio::test]
