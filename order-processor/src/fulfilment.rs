@@ -44,6 +44,50 @@ pub async fn load_in(
         .await
 }
 
+/// Inside the caller's transaction, a first delivery's whole change in one
+/// update: PENDING → PROCESSED (the timeline gets both steps; PROCESSING
+/// alone is never visible outside the transaction) with the confirmation
+/// claimed for this attempt, as [`claim_email`] would. One round trip
+/// instead of a read, two transitions, a reload and a claim.
+///
+/// `None` when the order is not PENDING with its confirmation PENDING
+/// (cancelled, unknown, or already moved on): the caller then takes the
+/// step-by-step path of [`process`].
+pub async fn process_and_claim(
+    db: &Database,
+    session: &mut ClientSession,
+    id: ObjectId,
+    message_id: &str,
+) -> mongodb::error::Result<Option<Order>> {
+    let kind = EmailKind::Confirmation;
+    let field = kind.field();
+    let now = DateTime::now();
+    let mut update = claim_update(kind, message_id, now);
+    update.insert(
+        "$push",
+        doc! { "timeline": { "$each": [
+            entry(TimelineEvent::entering(OrderStatus::Processing), OrderStatus::Processing, now, None)?,
+            entry(TimelineEvent::entering(OrderStatus::Processed), OrderStatus::Processed, now, None)?,
+        ] } },
+    );
+    update
+        .get_document_mut("$set")
+        .map_err(MongoError::custom)?
+        .extend(doc! { "status": OrderStatus::Processed.as_str(), "updated_at": now });
+    orders(db)
+        .find_one_and_update(
+            doc! {
+                "_id": id,
+                "status": OrderStatus::Pending.as_str(),
+                format!("{field}.status"): "PENDING",
+            },
+            update,
+        )
+        .return_document(ReturnDocument::After)
+        .session(session)
+        .await
+}
+
 /// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each
 /// step conditional on the status before it. An order already cancelled is
 /// left alone and the skip is noted on its timeline instead.
@@ -107,14 +151,7 @@ pub async fn claim_email(
     let now = DateTime::now();
     let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX / 2);
     let stale_before = DateTime::from_millis(now.timestamp_millis().saturating_sub(stale_ms));
-    let claim = doc! {
-        "$set": {
-            format!("{field}.status"): "SENDING",
-            format!("{field}.message_id"): message_id,
-            format!("{field}.attempted_at"): now,
-        },
-        "$inc": { format!("{field}.attempts"): 1 },
-    };
+    let claim = claim_update(kind, message_id, now);
     // Two conditional updates rather than one with `$or`: SecantusDB answers
     // an `$or` by scanning the whole collection instead of using `_id`, which
     // made every claim slower as orders accumulated. The usual case (a
@@ -140,6 +177,19 @@ pub async fn claim_email(
         )
         .return_document(ReturnDocument::After)
         .await
+}
+
+/// The update that makes `kind` of email `SENDING` with a fresh attempt.
+fn claim_update(kind: EmailKind, message_id: &str, now: DateTime) -> bson::Document {
+    let field = kind.field();
+    doc! {
+        "$set": {
+            format!("{field}.status"): "SENDING",
+            format!("{field}.message_id"): message_id,
+            format!("{field}.attempted_at"): now,
+        },
+        "$inc": { format!("{field}.attempts"): 1 },
+    }
 }
 
 /// The SMTP server accepted the email.

@@ -32,28 +32,30 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
-/// Records the event inside the caller's transaction. `false` when it was
+/// Records the event inside the caller's transaction. `Ok(false)` when it was
 /// already recorded: the caller must then change nothing.
 ///
-/// Checks before inserting rather than catching the duplicate-key error: a
-/// failed write aborts the transaction on the server. Two deliveries racing
-/// here conflict on the same `_id` and the driver retries the loser, which
-/// then sees the winner's row.
+/// Inserts without looking first: the usual first delivery costs one round
+/// trip. A duplicate `_id` fails the write, and a failed write aborts the
+/// transaction on the server, so on `Ok(false)` the caller must end the
+/// transaction (return [`AlreadyHandled`] from it) rather than go on. Two
+/// deliveries racing here conflict on the same `_id` and the driver retries
+/// the loser, which then meets the winner's row.
 pub async fn record_first(
     db: &Database,
     session: &mut ClientSession,
     entry: &InboxEntry,
 ) -> mongodb::error::Result<bool> {
-    let seen = collection(db)
-        .find_one(doc! { "_id": &entry.event_id })
-        .session(&mut *session)
-        .await?;
-    if seen.is_some() {
-        return Ok(false);
+    match collection(db).insert_one(entry).session(session).await {
+        Ok(_) => Ok(true),
+        Err(e) if common::mongo::is_duplicate_key(&e) => Ok(false),
+        Err(e) => Err(e),
     }
-    collection(db).insert_one(entry).session(session).await?;
-    Ok(true)
 }
+
+/// Ends a transaction whose event the inbox already had: nothing was written.
+#[derive(Debug, Clone, Copy)]
+pub struct AlreadyHandled;
 
 pub fn entry(event_id: &str, event_type: &str, order_id: &str, retention: Duration) -> InboxEntry {
     let now = DateTime::now();

@@ -45,6 +45,17 @@ pub enum ProcessError {
     Transient(#[from] anyhow::Error),
 }
 
+/// What the event's transaction did.
+#[derive(Debug)]
+enum Applied {
+    /// The first delivery: the order changed now. `claimed` is the order
+    /// with its confirmation already claimed for this attempt, when the
+    /// transaction could do that too.
+    First { claimed: Option<Box<Order>> },
+    /// The inbox already had the event: nothing changed.
+    Redelivery,
+}
+
 impl Outcome {
     /// Its label in `consumer_messages_handled_total`.
     pub fn as_str(self) -> &'static str {
@@ -86,52 +97,64 @@ impl From<mongodb::error::Error> for ProcessError {
 }
 
 impl Consumer {
-    /// Handles one event body: PENDING → PROCESSING → PROCESSED, then the
-    /// confirmation email, each step conditional so a redelivery repeats none.
+    /// Handles one event body: PENDING → PROCESSED, then the confirmation
+    /// email, each step conditional so a redelivery repeats none.
     pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
         let event =
             OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
         let id = ObjectId::parse_str(&event.order_id)
             .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
-        let first_delivery = self.apply(&event, id).await?;
+        let applied = self.apply(&event, id).await?;
         match event.event_type {
-            OrderEventType::OrderCreated => self.confirm(id, first_delivery).await,
+            OrderEventType::OrderCreated => self.confirm(id, applied).await,
             OrderEventType::OrderCancelled => self.announce_cancellation(id).await,
         }
     }
 
     /// In ONE transaction: record the event in the inbox and make the order
-    /// change it asks for. `false` when the inbox already had it: a
-    /// redelivery, which changes nothing.
-    async fn apply(&self, event: &OrderEvent, id: ObjectId) -> Result<bool, ProcessError> {
+    /// change it asks for (for `order.created`, usually together with the
+    /// confirmation's claim). A redelivery finds the event in the inbox and
+    /// changes nothing.
+    async fn apply(&self, event: &OrderEvent, id: ObjectId) -> Result<Applied, ProcessError> {
         let entry = inbox::entry(
             &event.event_id,
             event.event_type.as_str(),
             &event.order_id,
             self.config.inbox_retention,
         );
+        let message_id = EmailKind::Confirmation.message_id(&id, &self.message_id_domain);
         let applied = common::mongo::transaction(
             &self.db,
             "apply_event",
-            (&self.db, &entry, id, event.event_type),
-            |session, (db, entry, id, event_type)| {
+            (&self.db, &entry, id, event.event_type, message_id.as_str()),
+            |session, (db, entry, id, event_type, message_id)| {
                 async move {
                     if !inbox::record_first(db, session, entry).await? {
-                        return Ok(false);
+                        return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
                     }
-                    if *event_type == OrderEventType::OrderCreated {
-                        fulfilment::process(db, session, *id).await?;
-                    } else if fulfilment::load_in(db, session, *id).await?.is_none() {
-                        return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
+                    if *event_type == OrderEventType::OrderCancelled {
+                        if fulfilment::load_in(db, session, *id).await?.is_none() {
+                            return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
+                        }
+                        return Ok(Applied::First { claimed: None });
                     }
-                    Ok(true)
+                    if let Some(claimed) =
+                        fulfilment::process_and_claim(db, session, *id, message_id).await?
+                    {
+                        return Ok(Applied::First {
+                            claimed: Some(Box::new(claimed)),
+                        });
+                    }
+                    fulfilment::process(db, session, *id).await?;
+                    Ok(Applied::First { claimed: None })
                 }
                 .boxed()
             },
         )
         .await;
         match applied {
-            Ok(first) => Ok(first),
+            Ok(applied) => Ok(applied),
+            Err(e) if e.get_custom::<inbox::AlreadyHandled>().is_some() => Ok(Applied::Redelivery),
             Err(e) if e.get_custom::<fulfilment::UnknownOrder>().is_some() => {
                 Err(ProcessError::UnknownOrder(id.to_hex()))
             }
@@ -147,7 +170,18 @@ impl Consumer {
 
     /// After `order.created`: the confirmation email, unless the order was
     /// cancelled first.
-    async fn confirm(&self, id: ObjectId, first_delivery: bool) -> Result<Outcome, ProcessError> {
+    async fn confirm(&self, id: ObjectId, applied: Applied) -> Result<Outcome, ProcessError> {
+        let first_delivery = matches!(applied, Applied::First { .. });
+        if let Applied::First {
+            claimed: Some(order),
+        } = applied
+        {
+            tracing::info!(order_id = %id, status = %order.status, "order processed");
+            return self
+                .deliver(&order, EmailKind::Confirmation)
+                .await
+                .map(|failed| failed.unwrap_or(Outcome::Processed));
+        }
         let order = self.load(id).await?;
         if order.status == OrderStatus::Cancelled {
             tracing::info!(order_id = %id, "order was cancelled; not processing it");
@@ -205,10 +239,21 @@ impl Consumer {
         else {
             return Err(ProcessError::InFlight);
         };
-        let order_id = order.id.to_hex();
+        self.deliver(&claimed, kind).await
+    }
+
+    /// SMTP for an email this attempt has claimed, then `SENT`, `FAILED`, or
+    /// back to `PENDING` on a transient failure.
+    async fn deliver(
+        &self,
+        claimed: &Order,
+        kind: EmailKind,
+    ) -> Result<Option<Outcome>, ProcessError> {
+        let message_id = kind.message_id(&claimed.id, &self.message_id_domain);
+        let order_id = claimed.id.to_hex();
         let rendered = match kind {
-            EmailKind::Confirmation => email::confirmation(&claimed),
-            EmailKind::Cancellation => email::cancellation(&claimed),
+            EmailKind::Confirmation => email::confirmation(claimed),
+            EmailKind::Cancellation => email::cancellation(claimed),
         };
         let attempt = claimed.delivery(kind).map_or(0, |d| d.attempts);
         let kind_label = kind.as_str();
@@ -222,21 +267,21 @@ impl Consumer {
         match sent {
             Ok(()) => {
                 counter!(metrics::EMAILS_SENT, "kind" => kind_label).increment(1);
-                fulfilment::record_email_sent(&self.db, &claimed, kind).await?;
+                fulfilment::record_email_sent(&self.db, claimed, kind).await?;
                 tracing::info!(order_id, email = kind.field(), attempt, "email sent");
                 Ok(None)
             }
             Err(SendError::Permanent(reason)) => {
                 counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "permanent")
                     .increment(1);
-                fulfilment::record_email_failed(&self.db, &claimed, kind, &reason).await?;
+                fulfilment::record_email_failed(&self.db, claimed, kind, &reason).await?;
                 tracing::error!(order_id, email = kind.field(), %reason, "email refused for good");
                 Ok(Some(Outcome::EmailFailed))
             }
             Err(SendError::Transient(reason)) => {
                 counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "transient")
                     .increment(1);
-                fulfilment::record_email_retry(&self.db, order.id, kind, &reason).await?;
+                fulfilment::record_email_retry(&self.db, claimed.id, kind, &reason).await?;
                 Err(ProcessError::Transient(anyhow::anyhow!(
                     "sending the {}: {reason}",
                     kind.field()
