@@ -104,7 +104,14 @@ pub fn describe() {
             counter!(EMAILS_FAILED, "kind" => kind, "retry" => retry).increment(0);
         }
     }
-    counter!(common::metrics::TRANSACTION_RETRIES, "operation" => "apply_event").increment(0);
+    for operation in [
+        "apply_event",
+        "record_email_sent",
+        "record_email_retry",
+        "record_email_failed",
+    ] {
+        counter!(common::metrics::TRANSACTION_RETRIES, "operation" => operation).increment(0);
+    }
 }
 
 /// The Prometheus exposition, after refreshing the queue depths.
