@@ -37,6 +37,13 @@ pub struct AuthConfig {
     pub login_rate: LoginRateLimits,
 }
 
+/// Half the cores, at least one: argon2 is CPU-bound and each one in flight
+/// keeps a ~19 MiB block, so a login burst leaves the other half of the
+/// machine to orders and holds the service's memory down.
+fn default_concurrent_hashes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Login attempts allowed per minute, as a burst that refills evenly over the
 /// minute. Every attempt counts, successful or not.
 #[derive(Debug, Clone, Copy)]
@@ -136,7 +143,10 @@ impl ApiConfig {
                 access_token_ttl: config::seconds_or("JWT_ACCESS_TTL_SECS", 15 * 60)?,
                 refresh_token_ttl: config::seconds_or("REFRESH_TOKEN_TTL_SECS", 7 * 24 * 3600)?,
                 cookie_secure: config::parsed_or("COOKIE_SECURE", true)?,
-                max_concurrent_hashes: config::parsed_or("MAX_CONCURRENT_HASHES", 2)?,
+                max_concurrent_hashes: config::parsed_or(
+                    "MAX_CONCURRENT_HASHES",
+                    default_concurrent_hashes(),
+                )?,
                 login_rate: LoginRateLimits {
                     per_ip_per_minute: config::parsed_or(
                         "LOGIN_RATE_PER_MINUTE_PER_IP",
