@@ -70,6 +70,20 @@ pub fn expiry_index(field: &str) -> mongodb::IndexModel {
         .build()
 }
 
+/// An aggregation expression for a pipeline update over several documents
+/// that gives each its own value: `values[i]` to the document whose `_id` is
+/// `ids[i]`. Both lists are literals, so no value is read as a field path.
+pub fn value_by_id<V: Into<bson::Bson> + Clone>(
+    ids: &[bson::oid::ObjectId],
+    values: &[V],
+) -> bson::Document {
+    let values: Vec<bson::Bson> = values.iter().cloned().map(Into::into).collect();
+    doc! { "$arrayElemAt": [
+        { "$literal": values },
+        { "$indexOfArray": [{ "$literal": ids }, "$_id"] },
+    ] }
+}
+
 /// `at` plus `span`, saturating instead of overflowing.
 pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
     let ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);

@@ -211,11 +211,6 @@ pub async fn mark_published(
     let ids: Vec<ObjectId> = sent.iter().map(|(id, _)| *id).collect();
     let message_ids: Vec<&str> = sent.iter().map(|(_, message_id)| *message_id).collect();
     let now = DateTime::now();
-    // Each row takes the message id at its own position in the batch.
-    let message_id = doc! { "$arrayElemAt": [
-        { "$literal": &message_ids },
-        { "$indexOfArray": [{ "$literal": &ids }, "$_id"] },
-    ] };
     let result = collection(db)
         .update_many(
             doc! { "_id": { "$in": &ids }, "status": "PENDING", "lease_owner": token },
@@ -223,7 +218,7 @@ pub async fn mark_published(
                 doc! { "$set": {
                     "status": "PUBLISHED",
                     "published_at": now,
-                    "sqs_message_id": message_id,
+                    "sqs_message_id": common::mongo::value_by_id(&ids, &message_ids),
                     "expire_at": common::mongo::later(now, retention),
                     "attempts": { "$add": [{ "$ifNull": ["$attempts", 0] }, 1] },
                 } },
