@@ -66,6 +66,9 @@ pub struct ConsumerConfig {
     pub max_messages: i32,
     /// Orders handled at once within a batch.
     pub concurrency: usize,
+    /// Receive loops running side by side (1 to 16); at most
+    /// `pollers × max_messages` messages are in hand at once.
+    pub pollers: usize,
     /// A `SENDING` email older than this is a crashed attempt and is retried.
     pub stale_send_after: Duration,
     /// A handler still running after this is abandoned; the message is retried.
@@ -95,6 +98,10 @@ impl ProcessorConfig {
         if !(1..=10).contains(&max_messages) {
             bail!("SQS_MAX_MESSAGES must be 1 to 10");
         }
+        let pollers: usize = config::parsed_or("CONSUMER_POLLERS", 4)?;
+        if !(1..=16).contains(&pollers) {
+            bail!("CONSUMER_POLLERS must be 1 to 16");
+        }
         Ok(ProcessorConfig {
             host: config::optional("PROCESSOR_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("PROCESSOR_PORT", 8001)?,
@@ -113,6 +120,7 @@ impl ProcessorConfig {
                 wait_time: Duration::from_secs(wait_secs),
                 max_messages,
                 concurrency: config::parsed_or("CONSUMER_CONCURRENCY", 10)?,
+                pollers,
                 stale_send_after: config::seconds_or("EMAIL_STALE_SEND_SECS", 60)?,
                 handler_timeout: config::seconds_or("HANDLER_TIMEOUT_SECS", 120)?,
                 retry_base: config::seconds_or("RETRY_BASE_SECS", 2)?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bson::{Bson, DateTime, doc, oid::ObjectId};
 use common::domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent};
-use futures::FutureExt;
+use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     ClientSession, Collection, Database, error::Error as MongoError, options::ReturnDocument,
 };
@@ -87,6 +87,73 @@ pub async fn process_and_claim(
         .return_document(ReturnDocument::After)
         .session(session)
         .await
+}
+
+/// [`process_and_claim`] for the first deliveries of several orders at once,
+/// inside the caller's transaction: one update moves every order that is
+/// PENDING with its confirmation PENDING, and one read returns those it
+/// moved. An order in any other state is left alone and missing from the
+/// answer; the caller handles its event on its own.
+pub async fn process_and_claim_many(
+    db: &Database,
+    session: &mut ClientSession,
+    ids: &[ObjectId],
+    message_id_domain: &str,
+) -> mongodb::error::Result<Vec<Order>> {
+    let kind = EmailKind::Confirmation;
+    let field = kind.field();
+    let now = DateTime::now();
+    let message_ids: Vec<String> = ids
+        .iter()
+        .map(|id| kind.message_id(id, message_id_domain))
+        .collect();
+    let timeline = vec![
+        entry(
+            TimelineEvent::entering(OrderStatus::Processing),
+            OrderStatus::Processing,
+            now,
+            None,
+        )?,
+        entry(
+            TimelineEvent::entering(OrderStatus::Processed),
+            OrderStatus::Processed,
+            now,
+            None,
+        )?,
+    ];
+    orders(db)
+        .update_many(
+            doc! {
+                "_id": { "$in": ids },
+                "status": OrderStatus::Pending.as_str(),
+                format!("{field}.status"): "PENDING",
+            },
+            vec![doc! { "$set": {
+                "status": OrderStatus::Processed.as_str(),
+                "updated_at": now,
+                field: { "$mergeObjects": [format!("${field}"), {
+                    "status": "SENDING",
+                    "message_id": common::mongo::value_by_id(ids, &message_ids),
+                    "attempted_at": now,
+                    "attempts": { "$add": [{ "$ifNull": [format!("${field}.attempts"), 0] }, 1] },
+                }] },
+                "timeline": { "$concatArrays": ["$timeline", { "$literal": timeline }] },
+            } }],
+        )
+        .session(&mut *session)
+        .await?;
+    // Inside the transaction nothing else can have moved these orders, so
+    // SENDING claimed at exactly `now` is this update's work.
+    let mut moved = orders(db)
+        .find(doc! {
+            "_id": { "$in": ids },
+            "status": OrderStatus::Processed.as_str(),
+            format!("{field}.status"): "SENDING",
+            format!("{field}.attempted_at"): now,
+        })
+        .session(&mut *session)
+        .await?;
+    moved.stream(session).try_collect().await
 }
 
 /// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each

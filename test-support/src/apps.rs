@@ -102,6 +102,7 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             wait_time: Duration::from_secs(1),
             max_messages: 10,
             concurrency: 4,
+            pollers: 2,
             stale_send_after: Duration::from_secs(60),
             handler_timeout: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),

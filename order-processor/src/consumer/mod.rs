@@ -25,7 +25,7 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName,
 };
 use chrono::Utc;
-use common::event::OrderEvent;
+use common::{domain::Order, event::OrderEvent};
 use futures::{StreamExt, stream};
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
@@ -69,6 +69,8 @@ pub struct BatchReport {
     pub retried: usize,
     pub dead_lettered: usize,
     pub visibility_extensions: u32,
+    /// First deliveries applied in the batch's shared transaction.
+    pub applied_together: usize,
 }
 
 impl Consumer {
@@ -133,11 +135,35 @@ impl Consumer {
                 .unwrap_or_else(|| message.message_id().unwrap_or_default().to_string());
             by_order.entry(key).or_default().push(message);
         }
-        let settled: Vec<(Message, Settlement, u32)> = stream::iter(by_order.into_values())
+        // Orders with one message each share one transaction for their
+        // first deliveries; everything else goes one by one.
+        let singles: Vec<OrderEvent> = by_order
+            .values()
+            .filter(|group| group.len() == 1)
+            .filter_map(|group| group[0].body().and_then(|b| OrderEvent::from_json(b).ok()))
+            .collect();
+        let mut claimed = self.apply_batch(&singles.iter().collect::<Vec<_>>()).await;
+        let applied_together = claimed.len();
+        let groups: Vec<Vec<(Message, Option<Box<Order>>)>> = by_order
+            .into_values()
+            .map(|group| {
+                group
+                    .into_iter()
+                    .map(|message| {
+                        let order = message
+                            .body()
+                            .and_then(|b| OrderEvent::from_json(b).ok())
+                            .and_then(|event| claimed.remove(&event.event_id));
+                        (message, order)
+                    })
+                    .collect()
+            })
+            .collect();
+        let settled: Vec<(Message, Settlement, u32)> = stream::iter(groups)
             .map(|group| async move {
                 let mut done = Vec::with_capacity(group.len());
-                for message in group {
-                    let (settlement, extensions) = self.handle(&message).await;
+                for (message, order) in group {
+                    let (settlement, extensions) = self.handle(&message, order).await;
                     done.push((message, settlement, extensions));
                 }
                 done
@@ -150,6 +176,7 @@ impl Consumer {
         counter!(metrics::MESSAGES_RECEIVED).increment(settled.len() as u64);
         let mut report = BatchReport {
             received: settled.len(),
+            applied_together,
             ..BatchReport::default()
         };
         let mut delete = Vec::new();
@@ -176,7 +203,7 @@ impl Consumer {
     /// Handles one message under a visibility heartbeat and decides its
     /// fate, in a span that joins the trace of the request that placed the
     /// order (the `traceparent` attribute) and names the order.
-    async fn handle(&self, message: &Message) -> (Settlement, u32) {
+    async fn handle(&self, message: &Message, claimed: Option<Box<Order>>) -> (Settlement, u32) {
         let event = message.body().and_then(|b| OrderEvent::from_json(b).ok());
         let span = tracing::info_span!(
             "message",
@@ -191,7 +218,7 @@ impl Consumer {
             .and_then(|v| v.string_value());
         common::telemetry::continue_trace(&span, traceparent);
         let started = Instant::now();
-        let (settlement, extensions) = self.handle_in_span(message).instrument(span).await;
+        let (settlement, extensions) = self.handle_in_span(message, claimed).instrument(span).await;
         histogram!(metrics::HANDLE_DURATION).record(started.elapsed());
         counter!(metrics::VISIBILITY_EXTENSIONS).increment(u64::from(extensions));
         if let (Settlement::Delete, Some(event)) = (settlement, &event) {
@@ -202,12 +229,16 @@ impl Consumer {
         (settlement, extensions)
     }
 
-    async fn handle_in_span(&self, message: &Message) -> (Settlement, u32) {
+    async fn handle_in_span(
+        &self,
+        message: &Message,
+        claimed: Option<Box<Order>>,
+    ) -> (Settlement, u32) {
         let body = message.body().unwrap_or_default();
         let sqs_id = message.message_id().unwrap_or_default();
         let receipt = message.receipt_handle().unwrap_or_default();
         let (result, extensions) = visibility::with_heartbeat(
-            self.try_process_message(body),
+            self.process_message(body, claimed),
             &self.sqs,
             &self.queues.main,
             receipt,
@@ -322,10 +353,22 @@ fn receive_count(message: &Message) -> u32 {
         .unwrap_or(1)
 }
 
-/// Polls until `shutdown`. A receive in progress is abandoned at shutdown
-/// (SQS has handed nothing over yet, or its messages reappear after the
-/// visibility timeout); a batch in hand is always finished and settled.
+/// Runs the configured number of pollers until `shutdown`.
+///
+/// One poller handles a batch and only then receives the next, so the
+/// slowest message of each batch holds up the other nine; several pollers
+/// keep messages flowing while one waits on its slowest.
 pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
+    let pollers = consumer.config.pollers.max(1);
+    futures::future::join_all((0..pollers).map(|poller| poll(&consumer, poller, &shutdown))).await;
+    tracing::info!(pollers, "consumer stopped");
+}
+
+/// One poller: receive, handle, settle, until `shutdown`. A receive in
+/// progress is abandoned at shutdown (SQS has handed nothing over yet, or
+/// its messages reappear after the visibility timeout); a batch in hand is
+/// always finished and settled.
+async fn poll(consumer: &Consumer, poller: usize, shutdown: &CancellationToken) {
     let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
     loop {
@@ -340,13 +383,13 @@ pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
         match result {
             Ok(report) => {
                 if report.received > 0 {
-                    tracing::debug!(?report, "batch done");
+                    tracing::debug!(poller, ?report, "batch done");
                 }
                 delays = backoff();
             }
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %format!("{e:#}"), ?delay, "consumer step failed; backing off");
+                tracing::warn!(poller, error = %format!("{e:#}"), ?delay, "consumer step failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -354,5 +397,4 @@ pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
             }
         }
     }
-    tracing::info!("consumer stopped");
 }

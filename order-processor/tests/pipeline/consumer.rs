@@ -45,6 +45,97 @@ async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
 }
 
 #[tokio::test]
+async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own_outcome() {
+    let mut pipeline = spawn_pipeline(30).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let product = pipeline.product(&admin, 700, 10).await;
+    let mut buyers = Vec::new();
+    for _ in 0..5 {
+        let (email, customer) = pipeline.customer().await;
+        let order = pipeline.order(&customer, &product, 1).await;
+        let id = order["id"].as_str().expect("id").to_string();
+        buyers.push((email, id));
+    }
+    // One of them is cancelled before the processor sees it.
+    let (cancelled_email, cancelled_id) = buyers.pop().expect("five");
+    pipeline
+        .db
+        .collection::<mongodb::bson::Document>("orders")
+        .update_one(
+            doc! { "_id": ObjectId::parse_str(&cancelled_id).expect("id") },
+            doc! { "$set": { "status": "CANCELLED" } },
+        )
+        .await
+        .expect("cancel");
+    test_support::eventually(
+        Duration::from_secs(10),
+        "the relay to publish all five events",
+        || async { (pipeline.queue_depth().await == 5).then_some(()) },
+    )
+    .await;
+
+    let consumer = consumer_for(&pipeline).await;
+    let mut received = 0;
+    let mut together = 0;
+    for _ in 0..10 {
+        let report = consumer.poll_once().await.expect("a step");
+        received += report.received;
+        together += report.applied_together;
+        assert_eq!(report.received, report.acknowledged, "{report:?}");
+        if received == 5 {
+            break;
+        }
+    }
+    assert_eq!(received, 5);
+    assert!(
+        together >= 2,
+        "the batch's first deliveries shared a transaction"
+    );
+
+    let domain = "shop.test";
+    for (email, order_id) in &buyers {
+        let stored = pipeline.order_document(order_id).await;
+        assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
+        assert_eq!(times_in_timeline(&stored, "processing"), 1);
+        assert_eq!(times_in_timeline(&stored, "processed"), 1);
+        assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
+        let delivery = stored.get_document("email").expect("email");
+        assert_eq!(delivery.get_str("status").expect("status"), "SENT");
+        assert_eq!(delivery.get_i32("attempts").expect("attempts"), 1);
+        assert_eq!(
+            delivery.get_str("message_id").expect("message id"),
+            format!("<order-{order_id}.confirmation@{domain}>"),
+            "each order's claim names its own message"
+        );
+        let emails = test_support::eventually(
+            Duration::from_secs(10),
+            "the confirmation to arrive",
+            || async {
+                let emails = test_support::emails_to(email).await;
+                (!emails.is_empty()).then_some(emails)
+            },
+        )
+        .await;
+        assert_eq!(emails.len(), 1, "one email to {email}");
+    }
+    let cancelled = pipeline.order_document(&cancelled_id).await;
+    assert_eq!(cancelled.get_str("status").expect("status"), "CANCELLED");
+    assert_eq!(times_in_timeline(&cancelled, "processed"), 0);
+    assert!(test_support::emails_to(&cancelled_email).await.is_empty());
+    let inbox = pipeline
+        .db
+        .collection::<mongodb::bson::Document>("inbox")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    assert_eq!(inbox, 5, "every event is recorded once");
+    assert_eq!(pipeline.queue_depth().await, 0);
+}
+
+#[tokio::test]
 async fn garbage_and_unknown_orders_are_errors_not_acknowledgements() {
     let pipeline = spawn_pipeline(30).await;
     let consumer = consumer_for(&pipeline).await;
