@@ -124,36 +124,35 @@ impl Consumer {
             return Ok(BatchReport::default());
         }
 
+        // Each body is parsed once here; an unparseable one gets no event and
+        // is answered on its own path.
         // Messages about the same order are handled one after another, so a
         // duplicate in the same batch finds the first one's work done.
-        let mut by_order: HashMap<String, Vec<Message>> = HashMap::new();
+        let mut by_order: HashMap<String, Vec<(Message, Option<OrderEvent>)>> = HashMap::new();
         for message in messages {
-            let key = message
-                .body()
-                .and_then(|b| OrderEvent::from_json(b).ok())
-                .map(|e| e.order_id)
-                .unwrap_or_else(|| message.message_id().unwrap_or_default().to_string());
-            by_order.entry(key).or_default().push(message);
+            let event = message.body().and_then(|b| OrderEvent::from_json(b).ok());
+            let key = event.as_ref().map_or_else(
+                || message.message_id().unwrap_or_default().to_string(),
+                |e| e.order_id.clone(),
+            );
+            by_order.entry(key).or_default().push((message, event));
         }
         // Orders with one message each share one transaction for their
         // first deliveries; everything else goes one by one.
-        let singles: Vec<OrderEvent> = by_order
+        let singles: Vec<&OrderEvent> = by_order
             .values()
             .filter(|group| group.len() == 1)
-            .filter_map(|group| group[0].body().and_then(|b| OrderEvent::from_json(b).ok()))
+            .filter_map(|group| group[0].1.as_ref())
             .collect();
-        let mut claimed = self.apply_batch(&singles.iter().collect::<Vec<_>>()).await;
+        let mut claimed = self.apply_batch(&singles).await;
         let applied_together = claimed.len();
         let groups: Vec<Vec<(Message, Option<Box<Order>>)>> = by_order
             .into_values()
             .map(|group| {
                 group
                     .into_iter()
-                    .map(|message| {
-                        let order = message
-                            .body()
-                            .and_then(|b| OrderEvent::from_json(b).ok())
-                            .and_then(|event| claimed.remove(&event.event_id));
+                    .map(|(message, event)| {
+                        let order = event.and_then(|e| claimed.remove(&e.event_id));
                         (message, order)
                     })
                     .collect()
