@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::{
+    opcount::OpCounts,
     shop::STOCK,
     stats::{self, Summary},
 };
@@ -25,6 +26,9 @@ pub struct Ceiling {
     pub failed: u64,
     pub per_sec: f64,
     pub latency: Summary,
+    /// Database operations per committed transaction (failed attempts'
+    /// included), as the server counted them.
+    pub ops_per_tx: Option<f64>,
 }
 
 #[derive(Clone)]
@@ -108,6 +112,7 @@ pub async fn measure(
         .await
         .context("creating the ceiling's products")?;
 
+    let ops_before = OpCounts::read(db).await?;
     let start = Instant::now();
     let end = start + duration;
     let mut workers = JoinSet::new();
@@ -142,6 +147,7 @@ pub async fn measure(
         failed += f;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let ops = OpCounts::read(db).await?.since(ops_before).total();
     scratch.drop().await;
     Ok(Ceiling {
         shape: if products <= 1 { "hot" } else { "spread" }.into(),
@@ -150,6 +156,7 @@ pub async fn measure(
         failed,
         per_sec: committed as f64 / elapsed,
         latency: Summary::of(&latency),
+        ops_per_tx: (committed > 0).then(|| ops as f64 / committed as f64),
     })
 }
 

@@ -9,6 +9,7 @@
 
 mod ceiling;
 mod load;
+mod opcount;
 mod pipeline;
 mod queues;
 mod report;
@@ -317,14 +318,18 @@ impl Bench {
             lines,
             burst,
         };
+        let ops_before = opcount::OpCounts::read(&self.db).await?;
         let recorded = load::run(self.shop.clone(), plan, scenario.name()).await;
-        let e2e =
-            pipeline::end_to_end(&self.db, &buyer_ids, &recorded.placed, args.drain_timeout).await;
+        let accepted = recorded.placed.len() as u64;
+        let drained = pipeline::drain(&self.db, &buyer_ids, accepted, args.drain_timeout).await;
         stop.cancel();
-        let e2e = e2e?;
+        let drained = drained?;
+        let outbox_age = outbox_age.await.context("the outbox sampler")?;
+        let ops = opcount::OpCounts::read(&self.db).await?.since(ops_before);
+        let db_ops = opcount::DbOps::of(ops, outbox_age.reads + drained.reads, accepted);
+        let e2e = pipeline::end_to_end(&self.db, &buyer_ids, &recorded.placed).await?;
         let load_after = report::load_average();
 
-        let accepted = recorded.placed.len() as u64;
         let accepted_per_sec = accepted as f64 / recorded.elapsed.as_secs_f64().max(0.001);
         if scenario == Scenario::Spread && matches!(mode, Mode::Closed { .. }) {
             self.spread_rate = Some(accepted_per_sec);
@@ -361,9 +366,10 @@ impl Bench {
             api_latency: Summary::of(&recorded.api),
             end_to_end_processed: Summary::of(&e2e.processed),
             end_to_end_email_sent: Summary::of(&e2e.emailed),
-            unfinished: e2e.unfinished,
-            drain_secs: e2e.waited.as_secs_f64(),
-            outbox_oldest_pending_max_ms: outbox_age.await.ok().flatten(),
+            unfinished: drained.unfinished,
+            drain_secs: drained.waited.as_secs_f64(),
+            outbox_oldest_pending_max_ms: outbox_age.worst_ms,
+            db_ops,
             errors: recorded.errors,
             api_rss: api_rss.await.ok().flatten(),
             processor_rss: processor_rss.await.ok().flatten(),

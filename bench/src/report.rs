@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{ceiling::Ceiling, sample::Rss, stats::Summary};
+use crate::{ceiling::Ceiling, opcount::DbOps, sample::Rss, stats::Summary};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -66,6 +66,8 @@ pub struct ScenarioResult {
     pub unfinished: u64,
     pub drain_secs: f64,
     pub outbox_oldest_pending_max_ms: Option<u64>,
+    /// Database operations per accepted order, load and drain together.
+    pub db_ops: Option<DbOps>,
     pub errors: BTreeMap<String, u64>,
     pub api_rss: Option<Rss>,
     pub processor_rss: Option<Rss>,
@@ -178,6 +180,23 @@ impl Report {
                 cell(&s.processor_rss)
             );
         }
+        println!(
+            "\ndatabase operations per order   total   insert  query  update  command  getmore"
+        );
+        for s in &self.scenarios {
+            let Some(ops) = &s.db_ops else { continue };
+            let per = |n: u64| n as f64 / s.accepted.max(1) as f64;
+            println!(
+                "{:<30} {:>7.1} {:>8.2} {:>6.2} {:>7.2} {:>8.2} {:>8.2}",
+                s.name,
+                ops.per_order,
+                per(ops.counted.insert),
+                per(ops.counted.query),
+                per(ops.counted.update),
+                per(ops.counted.command),
+                per(ops.counted.getmore),
+            );
+        }
         for s in &self.scenarios {
             if let Some(m) = &s.mixed {
                 println!(
@@ -198,12 +217,13 @@ impl Report {
             {
                 shown.push(c.shape.clone());
                 println!(
-                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}",
+                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}, {} database operations per transaction",
                     c.shape,
                     format_args!("{:.1}", c.per_sec),
                     c.concurrency,
                     c.failed,
-                    c.latency.cell()
+                    c.latency.cell(),
+                    c.ops_per_tx.map_or("-".into(), |n| format!("{n:.1}")),
                 );
             }
         }

@@ -69,11 +69,21 @@ pub async fn rss_until(pid: Option<u32>, stop: CancellationToken) -> Option<Rss>
     Some(rss)
 }
 
-/// The largest age of the oldest pending outbox row seen until `stop`, in ms.
-pub async fn outbox_age_until(db: Database, stop: CancellationToken) -> Option<u64> {
+/// What [`outbox_age_until`] saw.
+pub struct OutboxAge {
+    /// The largest age of the oldest pending row, in ms.
+    pub worst_ms: Option<u64>,
+    /// The reads it made: the bench's own load on the database.
+    pub reads: u64,
+}
+
+/// The largest age of the oldest pending outbox row seen until `stop`.
+pub async fn outbox_age_until(db: Database, stop: CancellationToken) -> OutboxAge {
     let outbox = db.collection::<Document>("outbox");
     let mut worst: Option<u64> = None;
+    let mut reads = 0;
     loop {
+        reads += 1;
         let oldest = outbox
             .find_one(doc! { "status": "PENDING" })
             .sort(doc! { "_id": 1 })
@@ -93,5 +103,8 @@ pub async fn outbox_age_until(db: Database, stop: CancellationToken) -> Option<u
             () = tokio::time::sleep(EVERY) => {}
         }
     }
-    worst
+    OutboxAge {
+        worst_ms: worst,
+        reads,
+    }
 }
