@@ -5,10 +5,12 @@ use super::Role;
 use crate::{error::ApiError, state::AppState};
 
 /// The caller, proven by a valid `Authorization: Bearer <access token>`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuthUser {
     pub id: ObjectId,
     pub role: Role,
+    /// The account's email, from the token (`None` in an older token).
+    pub email: Option<String>,
 }
 
 impl AuthUser {
@@ -52,6 +54,7 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(AuthUser {
             id,
             role: claims.role,
+            email: claims.email,
         })
     }
 }

@@ -19,6 +19,11 @@ use crate::config::AuthConfig;
 pub struct AccessClaims {
     pub sub: String,
     pub role: Role,
+    /// The account's email (fixed for the account's life): what placing an
+    /// order needs for the confirmation, without reading the account on
+    /// every order. Absent from tokens issued before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
@@ -51,11 +56,12 @@ impl TokenIssuer {
         }
     }
 
-    pub fn issue_access(&self, user_id: ObjectId, role: Role) -> anyhow::Result<String> {
+    pub fn issue_access(&self, user_id: ObjectId, role: Role, email: &str) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             sub: user_id.to_hex(),
             role,
+            email: Some(email.to_string()),
             iat: now,
             exp: now + i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX / 2),
             jti: uuid::Uuid::new_v4().to_string(),
