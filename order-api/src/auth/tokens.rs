@@ -56,7 +56,12 @@ impl TokenIssuer {
         }
     }
 
-    pub fn issue_access(&self, user_id: ObjectId, role: Role, email: &str) -> anyhow::Result<String> {
+    pub fn issue_access(
+        &self,
+        user_id: ObjectId,
+        role: Role,
+        email: &str,
+    ) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             sub: user_id.to_hex(),
