@@ -39,6 +39,8 @@ pub struct Application {
     port: u16,
     state: AppState,
     relay: outbox::Relay,
+    /// Rows the order writers hand to the relay.
+    handed: tokio::sync::mpsc::Receiver<Vec<outbox::store::OutboxMessage>>,
 }
 
 impl Application {
@@ -73,19 +75,22 @@ impl Application {
             queue_url.clone(),
         ));
         let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
+        let outbox_wake = Arc::new(Notify::new());
+        let (handoff, handed) = relay.handoff(outbox_wake.clone());
         let orders = orders::batch::OrderBatcher::start(
             db.clone(),
             orders::batch::ShopSettings {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: orders::routes::TRANSACTION_DEADLINE,
+                handoff: Some(handoff),
             },
         );
         let state = AppState {
             db,
             config: Arc::new(config),
             auth,
-            outbox_wake: Arc::new(Notify::new()),
+            outbox_wake,
             readiness,
             orders,
         };
@@ -94,6 +99,7 @@ impl Application {
             port,
             state,
             relay,
+            handed,
         })
     }
 
@@ -112,14 +118,17 @@ impl Application {
         let mut sweep =
             outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, wake.clone())
                 .await?;
-        // Rows left pending before this start are published at once.
-        wake.notify_one();
         let follower = tokio::spawn(outbox::follow::follow_outbox(
             self.state.db.clone(),
             wake.clone(),
             shutdown.clone(),
         ));
-        let relay = tokio::spawn(outbox::relay::run(self.relay, wake, shutdown.clone()));
+        let relay = tokio::spawn(outbox::relay::run(
+            self.relay,
+            self.handed,
+            wake,
+            shutdown.clone(),
+        ));
         let limiter_housekeeping = tokio::spawn(auth::rate_limit::forget_idle_until_stopped(
             self.state.auth.clone(),
             FORGET_IDLE_LOGIN_KEYS_EVERY,

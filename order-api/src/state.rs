@@ -11,7 +11,8 @@ pub struct AppState {
     pub db: Database,
     pub config: Arc<ApiConfig>,
     pub auth: Arc<Authenticator>,
-    /// Woken after an order commits so the relay publishes it at once.
+    /// Woken after a commit writes an outbox row the relay was not handed
+    /// (a cancellation's), so the relay claims it at once.
     pub outbox_wake: Arc<Notify>,
     pub readiness: Arc<common::readiness::ReadinessProbe>,
     /// Where orders are placed: queued and committed in batches.

@@ -32,7 +32,13 @@ use super::{
     place::{self, Customer, LineRequest, NewOrder, OrderSettings, PlaceError, PlaceOrderError},
     store as orders,
 };
-use crate::{outbox, products::store as products};
+use crate::{
+    outbox::{
+        self, Handoff,
+        store::{Lease, OutboxMessage},
+    },
+    products::store as products,
+};
 
 /// Shards: batches committed in parallel. A product always maps to the same one.
 pub const SHARDS: usize = 8;
@@ -74,6 +80,9 @@ pub struct ShopSettings {
     pub tax_rate: TaxRate,
     /// Upper bound on placing one order, queueing and retries included.
     pub deadline: Duration,
+    /// Where committed orders' outbox rows go: this process's relay. `None`
+    /// writes them unleased, for any relay to claim.
+    pub handoff: Option<Handoff>,
 }
 
 impl OrderBatcher {
@@ -188,17 +197,23 @@ pub async fn place_together(
         }
         return outcomes;
     }
+    let lease = settings.handoff.as_ref().map(Handoff::lease);
     let attempt = common::mongo::transaction(
         db,
         "place_order_batch",
-        (db, settings, requests),
-        |session, (db, settings, requests)| write_batch(db, session, settings, requests).boxed(),
+        (db, settings, requests, lease.as_ref()),
+        |session, (db, settings, requests, lease)| {
+            write_batch(db, session, settings, requests, *lease).boxed()
+        },
     );
     match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(Ok(outcomes)) => outcomes
-            .into_iter()
-            .map(|outcome| outcome.map_err(PlaceError::Refused))
-            .collect(),
+        Ok(Ok((outcomes, rows))) => {
+            hand_off(db, settings, rows).await;
+            outcomes
+                .into_iter()
+                .map(|outcome| outcome.map_err(PlaceError::Refused))
+                .collect()
+        }
         Err(_) => requests
             .iter()
             .map(|_| Err(PlaceError::TimedOut(settings.deadline)))
@@ -222,6 +237,15 @@ pub async fn place_together(
     }
 }
 
+/// Gives a committed transaction's outbox rows to the relay, if any.
+async fn hand_off(db: &Database, settings: &ShopSettings, rows: Vec<OutboxMessage>) {
+    if let Some(handoff) = &settings.handoff
+        && !rows.is_empty()
+    {
+        handoff.give(db, rows).await;
+    }
+}
+
 /// The single-order path, exactly as without batching.
 async fn place_alone(
     db: &Database,
@@ -229,6 +253,7 @@ async fn place_alone(
     request: &OrderRequest,
     deadline: Instant,
 ) -> Result<Order, PlaceError> {
+    let lease = settings.handoff.as_ref().map(Handoff::lease);
     let order_settings = OrderSettings {
         currency: &settings.currency,
         tax_rate: settings.tax_rate,
@@ -240,22 +265,29 @@ async fn place_alone(
         settings: &order_settings,
         idempotency: request.idempotency.as_ref(),
         traceparent: request.traceparent.as_deref(),
+        lease: lease.as_ref(),
     };
     match place::place_order(db, &single).await {
+        Ok((order, row)) => {
+            hand_off(db, settings, vec![row]).await;
+            Ok(order)
+        }
         // The deadline is the order's whole one, not the remainder passed down.
         Err(PlaceError::TimedOut(_)) => Err(PlaceError::TimedOut(settings.deadline)),
-        other => other,
+        Err(other) => Err(other),
     }
 }
 
 /// The batch's transaction body; runs again from the start on a transient
-/// error. Returns each order's outcome, in arrival order.
+/// error. Returns each order's outcome, in arrival order, and the outbox
+/// rows it wrote (under `lease`, when given).
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     settings: &ShopSettings,
     requests: &[OrderRequest],
-) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
+    lease: Option<&Lease>,
+) -> mongodb::error::Result<(Vec<Result<Order, PlaceOrderError>>, Vec<OutboxMessage>)> {
     let now = DateTime::now();
     let mut wanted: Vec<ObjectId> = requests
         .iter()
@@ -325,6 +357,7 @@ async fn write_batch(
     }
 
     let placed: Vec<&Order> = outcomes.iter().flatten().collect();
+    let mut rows = Vec::new();
     if !placed.is_empty() {
         orders::collection(db)
             .insert_many(placed.iter().copied())
@@ -336,7 +369,15 @@ async fn write_batch(
             .filter_map(|(request, outcome)| {
                 Some((outcome.as_ref().ok()?.id, request.traceparent.clone()))
             });
-        outbox::store::enqueue_many(db, session, traced, OrderEventType::OrderCreated, now).await?;
+        rows = outbox::store::enqueue_many(
+            db,
+            session,
+            traced,
+            OrderEventType::OrderCreated,
+            now,
+            lease,
+        )
+        .await?;
         let records = requests
             .iter()
             .zip(&outcomes)
@@ -347,7 +388,7 @@ async fn write_batch(
             .collect::<mongodb::error::Result<Vec<_>>>()?;
         idempotency::record_many(db, session, &records).await?;
     }
-    Ok(outcomes)
+    Ok((outcomes, rows))
 }
 
 /// The products of `lines` if every line is for sale and fits in `left`;

@@ -16,7 +16,13 @@ use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
 
 use super::{idempotency, store as orders};
-use crate::{outbox, products::store as products};
+use crate::{
+    outbox::{
+        self,
+        store::{Lease, OutboxMessage},
+    },
+    products::store as products,
+};
 
 /// One requested line, already parsed.
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +81,16 @@ pub struct NewOrder<'a> {
     pub idempotency: Option<&'a idempotency::KeyedRequest>,
     /// The placing request's W3C trace context, for the outbox row.
     pub traceparent: Option<&'a str>,
+    /// The relay claim the outbox row is written under, if any.
+    pub lease: Option<&'a Lease>,
 }
 
 /// Places an order; retried as a whole on transient transaction errors.
-pub async fn place_order(db: &Database, request: &NewOrder<'_>) -> Result<Order, PlaceError> {
+/// Returns the order and its outbox row as committed.
+pub async fn place_order(
+    db: &Database,
+    request: &NewOrder<'_>,
+) -> Result<(Order, OutboxMessage), PlaceError> {
     let attempt = async {
         common::mongo::transaction(
             db,
@@ -102,7 +114,7 @@ async fn write_order(
     db: &Database,
     session: &mut ClientSession,
     request: &NewOrder<'_>,
-) -> mongodb::error::Result<Order> {
+) -> mongodb::error::Result<(Order, OutboxMessage)> {
     let now = DateTime::now();
     let mut products = Vec::with_capacity(request.lines.len());
     for line in request.lines {
@@ -119,19 +131,21 @@ async fn write_order(
         .insert_one(&order)
         .session(&mut *session)
         .await?;
-    outbox::store::enqueue(
+    let row = outbox::store::enqueue_many(
         db,
         session,
-        order.id,
+        [(order.id, request.traceparent.map(str::to_string))],
         OrderEventType::OrderCreated,
         now,
-        request.traceparent.map(str::to_string),
+        request.lease,
     )
-    .await?;
+    .await?
+    .pop()
+    .ok_or_else(|| MongoError::custom("the order's outbox row was not written"))?;
     if let Some(keyed) = request.idempotency {
         idempotency::record(db, session, &idempotency::record_for(keyed, &order, now)?).await?;
     }
-    Ok(order)
+    Ok((order, row))
 }
 
 /// The order document for `lines`, each with the product as it was when its

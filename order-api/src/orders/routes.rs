@@ -114,8 +114,6 @@ pub async fn create(
     tracing::Span::current().record("order_id", order.id.to_hex());
     tracing::info!(order_id = %order.id, total = order.total.minor(), "order placed");
     counter!(metrics::ORDERS_CREATED).increment(1);
-    // The row is committed: wake the relay so it reaches the queue now.
-    state.outbox_wake.notify_one();
     Ok((StatusCode::CREATED, JsonResponse(OrderView::from(order))).into_response())
 }
 

@@ -1,13 +1,21 @@
 //! Following the outbox's change stream, so a row committed by ANY instance
 //! wakes this relay at once.
 //!
-//! The resume token is stored after each event, so a restart continues
-//! where it left off. If the server no longer has that point in its history,
-//! the stored token is dropped and the relay is woken for a full scan of
-//! pending rows: nothing is missed, because the relay reads the rows
-//! themselves, never the events.
+//! Rows written already claimed (an order's row, which the instance that
+//! wrote it hands straight to its own relay) wake nobody: the stream carries
+//! only inserts that no relay holds yet.
+//!
+//! The resume token is stored at most every [`STORE_EVERY`], so a restart
+//! continues about where it left off: it may see a few events again, which
+//! only wakes the relay once more. If the server no longer has that point in
+//! its history, the stored token is dropped and the relay is woken for a
+//! full scan of pending rows: nothing is missed, because the relay reads the
+//! rows themselves, never the events.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bson::{Document, doc};
 use futures::StreamExt;
@@ -17,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 const STATE: &str = "relay_state";
 const TOKEN_ID: &str = "outbox-change-stream";
+/// How often the resume token is saved at most: one write per insert would
+/// cost the database as much as publishing the row.
+const STORE_EVERY: Duration = Duration::from_secs(5);
 
 async fn stored_token(db: &Database) -> Option<ResumeToken> {
     let state = db
@@ -60,7 +71,10 @@ pub async fn follow_outbox(db: Database, wake: Arc<Notify>, shutdown: Cancellati
         let resuming = resume.is_some();
         let opened = outbox
             .watch()
-            .pipeline([doc! { "$match": { "operationType": "insert" } }])
+            .pipeline([doc! { "$match": {
+                "operationType": "insert",
+                "fullDocument.lease_owner": null,
+            } }])
             .resume_after(resume)
             .await;
         let mut stream = match opened {
@@ -85,16 +99,24 @@ pub async fn follow_outbox(db: Database, wake: Arc<Notify>, shutdown: Cancellati
                 continue;
             }
         };
+        let mut stored_at: Option<Instant> = None;
         loop {
             let next = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    if stored_at.is_some() && let Some(token) = stream.resume_token() {
+                        store_token(&db, &token).await;
+                    }
+                    return;
+                }
                 next = stream.next() => next,
             };
             match next {
                 Some(Ok(_event)) => {
                     wake.notify_one();
-                    if let Some(token) = stream.resume_token() {
+                    let due = stored_at.is_none_or(|at| at.elapsed() >= STORE_EVERY);
+                    if due && let Some(token) = stream.resume_token() {
                         store_token(&db, &token).await;
+                        stored_at = Some(Instant::now());
                     }
                 }
                 Some(Err(e)) => {

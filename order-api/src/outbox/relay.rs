@@ -4,27 +4,52 @@
 //! (an owner token and an expiry), marked published only while still owned,
 //! and rows whose holder died are picked up by others when the lease runs out.
 //!
-//! It wakes at once when this process commits an order, when the outbox's
-//! change stream reports an insert (orders committed by other instances),
-//! and on a tokio-cron-scheduler sweep, the safety net for everything else.
+//! An order's row comes to it straight from the transaction that wrote it,
+//! already leased to this relay (see `handoff`). Every other pending row is
+//! claimed: the relay looks when woken by a commit of this process (a
+//! cancellation's row), by the outbox's change stream (rows other instances
+//! or older versions wrote unleased), and by a tokio-cron-scheduler sweep,
+//! the safety net for everything else (rows whose holder died, or whose
+//! publication failed).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use bson::{DateTime, oid::ObjectId};
+use futures::StreamExt;
 use mongodb::Database;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{self, OutboxMessage};
+use super::{
+    handoff::Handoff,
+    store::{self, OutboxMessage},
+};
 use crate::{config::OutboxConfig, metrics, orders::store as orders};
 
 /// How long noting a batch's publication on the order timelines may hold up
 /// the next batch.
 const NOTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A claim takes up to this many SQS batches' worth of rows: fewer claims
+/// when a backlog drains (each one reads every pending row on SecantusDB).
+const CLAIM_BATCHES: i64 = 5;
+/// Rows handed over by writers published in one step, at most.
+const HANDED_PER_STEP: usize = 100;
+/// SendMessageBatch calls in flight at once (standard queues only: a FIFO
+/// queue gets its batches one after another, in order).
+const SENDS_IN_FLIGHT: usize = 4;
+
+/// A fresh claim token of the relay `instance`.
+pub(crate) fn claim_token(instance: &str) -> String {
+    format!("{instance}:{}", uuid::Uuid::new_v4().simple())
+}
 
 #[derive(Clone)]
 pub struct Relay {
@@ -72,61 +97,92 @@ impl Relay {
         }
     }
 
-    /// Claims and publishes one batch of the oldest pending rows. Rows SQS
-    /// accepted are marked published with their message id; the others are
-    /// released with the error recorded.
+    /// The writers' end of a hand-off to this relay (see `handoff`), and
+    /// the end [`run`] takes.
+    pub fn handoff(&self, wake: Arc<Notify>) -> (Handoff, mpsc::Receiver<Vec<OutboxMessage>>) {
+        Handoff::new(
+            &self.instance,
+            self.lease,
+            wake,
+            super::handoff::QUEUE_DEPTH,
+        )
+    }
+
+    /// Claims and publishes the oldest pending rows (a few SQS batches'
+    /// worth at most). Rows SQS accepted are marked published with their
+    /// message id; the others are released with the error recorded.
     pub async fn try_publish_batch(&self) -> anyhow::Result<PublishOutcome> {
-        let token = format!("{}:{}", self.instance, uuid::Uuid::new_v4().simple());
-        let rows = store::claim(&self.db, &token, self.lease, self.batch_size)
+        let token = claim_token(&self.instance);
+        let limit = self.batch_size * CLAIM_BATCHES;
+        let rows = store::claim(&self.db, &token, self.lease, limit)
             .await
             .context("claiming pending outbox rows")?;
-        if rows.is_empty() {
-            return Ok(PublishOutcome::default());
-        }
-        let entries = rows
-            .iter()
-            .enumerate()
-            .map(|(index, row)| self.entry(index, row))
-            .collect::<Result<Vec<_>, _>>()?;
-        let sent = match self
-            .sqs
-            .send_message_batch()
-            .queue_url(&self.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-        {
-            Ok(sent) => sent,
-            Err(e) => {
-                let reason = format!(
-                    "SendMessageBatch failed: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                );
-                counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "send_failed")
-                    .increment(rows.len() as u64);
-                for row in &rows {
-                    store::record_failure(&self.db, row.id, &token, &reason).await?;
-                }
-                anyhow::bail!(reason);
-            }
-        };
+        let more_pending = i64::try_from(rows.len()).unwrap_or(0) == limit;
+        let mut outcome = self.publish(&rows).await?;
+        outcome.more_pending = more_pending;
+        Ok(outcome)
+    }
 
-        let mut outcome = PublishOutcome {
-            more_pending: i64::try_from(rows.len()).unwrap_or(0) == self.batch_size,
-            ..PublishOutcome::default()
-        };
+    /// Publishes rows this relay holds (each under its own claim token), in
+    /// SQS batches, then marks those SQS accepted in one update and releases
+    /// the others with the error recorded. Fails, after recording, when a
+    /// whole SendMessageBatch call failed.
+    pub async fn publish(&self, rows: &[OutboxMessage]) -> anyhow::Result<PublishOutcome> {
+        let mut outcome = PublishOutcome::default();
+        if rows.is_empty() {
+            return Ok(outcome);
+        }
+        let chunk = usize::try_from(self.batch_size).unwrap_or(10);
+        let in_flight = if self.fifo { 1 } else { SENDS_IN_FLIGHT };
+        let batches: Vec<&[OutboxMessage]> = rows.chunks(chunk).collect();
+        // Built first: a stream over a closure trips the compiler's Send check.
+        let calls: Vec<_> = batches.iter().map(|batch| self.send(batch)).collect();
+        let results: Vec<Result<Sent, String>> = futures::stream::iter(calls)
+            .buffered(in_flight)
+            .collect()
+            .await;
+        let sends = batches.into_iter().zip(results);
+
         let accepted_at = DateTime::now();
-        let accepted: Vec<(&OutboxMessage, &str)> = sent
-            .successful()
+        let mut accepted: Vec<(&OutboxMessage, String)> = Vec::new();
+        let mut refused: Vec<(&OutboxMessage, String)> = Vec::new();
+        let mut send_error = None;
+        for (batch, sent) in sends {
+            match sent {
+                Ok(sent) => {
+                    accepted.extend(
+                        sent.accepted
+                            .into_iter()
+                            .filter_map(|(i, id)| Some((batch.get(i)?, id))),
+                    );
+                    refused.extend(
+                        sent.refused
+                            .into_iter()
+                            .filter_map(|(i, why)| Some((batch.get(i)?, why))),
+                    );
+                }
+                Err(reason) => {
+                    counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "send_failed")
+                        .increment(batch.len() as u64);
+                    for row in batch {
+                        self.record_failure(row, &reason).await?;
+                    }
+                    outcome.failed += batch.len();
+                    send_error = Some(reason);
+                }
+            }
+        }
+
+        let tokens: BTreeSet<&str> = accepted
             .iter()
-            .filter_map(|ok| Some((row_for(&rows, ok.id())?, ok.message_id())))
+            .filter_map(|(row, _)| row.lease_owner.as_deref())
             .collect();
         let marked = store::mark_published(
             &self.db,
-            &token,
+            &tokens.into_iter().collect::<Vec<_>>(),
             &accepted
                 .iter()
-                .map(|(row, message_id)| (row.id, *message_id))
+                .map(|(row, message_id)| (row.id, message_id.as_str()))
                 .collect::<Vec<_>>(),
             self.retention,
         )
@@ -148,21 +204,67 @@ impl Relay {
             }
         }
         self.note_on_timelines(&published, accepted_at).await;
-        for failed in sent.failed() {
-            let Some(row) = row_for(&rows, failed.id()) else {
-                continue;
-            };
-            let reason = format!(
-                "{}: {}",
-                failed.code(),
-                failed.message().unwrap_or("no message")
-            );
+        for (row, reason) in refused {
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
             counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
-            store::record_failure(&self.db, row.id, &token, &reason).await?;
+            self.record_failure(row, &reason).await?;
             outcome.failed += 1;
         }
-        Ok(outcome)
+        match send_error {
+            Some(reason) => anyhow::bail!(reason),
+            None => Ok(outcome),
+        }
+    }
+
+    /// One SendMessageBatch call: the rows SQS accepted (by their index in
+    /// `rows`, with the message id) and those it refused (with why), or why
+    /// the whole call failed.
+    async fn send(&self, rows: &[OutboxMessage]) -> Result<Sent, String> {
+        let entries = rows
+            .iter()
+            .enumerate()
+            .map(|(index, row)| self.entry(index, row))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("building the SQS batch: {e:#}"))?;
+        let sent = self
+            .sqs
+            .send_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "SendMessageBatch failed: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            })?;
+        let index = |id: &str| id.parse::<usize>().ok();
+        Ok(Sent {
+            accepted: sent
+                .successful()
+                .iter()
+                .filter_map(|ok| Some((index(ok.id())?, ok.message_id().to_string())))
+                .collect(),
+            refused: sent
+                .failed()
+                .iter()
+                .filter_map(|failed| {
+                    let reason = format!(
+                        "{}: {}",
+                        failed.code(),
+                        failed.message().unwrap_or("no message")
+                    );
+                    Some((index(failed.id())?, reason))
+                })
+                .collect(),
+        })
+    }
+
+    async fn record_failure(&self, row: &OutboxMessage, reason: &str) -> anyhow::Result<()> {
+        let token = row.lease_owner.as_deref().unwrap_or_default();
+        store::record_failure(&self.db, row.id, token, reason).await?;
+        Ok(())
     }
 
     /// Adds `published` to each order's timeline. Informational: the rows
@@ -237,48 +339,94 @@ impl Relay {
     }
 }
 
-fn row_for<'a>(rows: &'a [OutboxMessage], entry_id: &str) -> Option<&'a OutboxMessage> {
-    entry_id.parse::<usize>().ok().and_then(|i| rows.get(i))
+/// What one SendMessageBatch call did, by index in the rows it was given.
+struct Sent {
+    accepted: Vec<(usize, String)>,
+    refused: Vec<(usize, String)>,
 }
 
-/// Runs the relay until `shutdown`: publish while there is work, then sleep
-/// until woken; back off exponentially (capped) while publishing fails.
-/// A step in progress is always finished; leases are released at the end.
-pub async fn run(relay: Relay, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Runs the relay until `shutdown`: publish rows handed over by writers as
+/// they come, claim pending rows when woken (and again while a claim comes
+/// back full), and back off exponentially (capped) while publishing fails.
+/// A step in progress is always finished; rows still waiting in the
+/// hand-off and leases still held are let go at the end.
+pub async fn run(
+    relay: Relay,
+    mut handed: mpsc::Receiver<Vec<OutboxMessage>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
+    // Rows left pending before this start are claimed at once.
+    let mut claim_due = true;
+    let mut pause: Option<Duration> = None;
+    let mut rows: Vec<OutboxMessage> = Vec::new();
+    // Whether any writer can still hand rows over.
+    let mut writers = true;
     loop {
-        let pause = match relay.try_publish_batch().await {
-            Ok(outcome) if outcome.failed == 0 => {
-                delays = backoff();
-                if outcome.more_pending && !shutdown.is_cancelled() {
-                    continue;
+        let step = if pause.is_some() {
+            None
+        } else {
+            while rows.len() < HANDED_PER_STEP {
+                match handed.try_recv() {
+                    Ok(batch) => rows.extend(batch),
+                    Err(_) => break,
                 }
+            }
+            if !rows.is_empty() {
+                let published = relay.publish(&rows).await;
+                rows.clear();
+                Some(published)
+            } else if claim_due {
+                let claimed = relay.try_publish_batch().await;
+                claim_due = claimed.as_ref().is_ok_and(|o| o.more_pending);
+                Some(claimed)
+            } else {
                 None
             }
-            Ok(outcome) => {
+        };
+        match &step {
+            Some(Ok(outcome)) if outcome.failed == 0 => delays = backoff(),
+            Some(Ok(outcome)) => {
                 tracing::warn!(
                     failed = outcome.failed,
                     "some outbox rows were refused; backing off"
                 );
-                delays.next()
+                pause = delays.next();
+                claim_due = true;
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "outbox relay step failed; backing off");
-                delays.next()
+                pause = delays.next();
+                claim_due = true;
             }
-        };
-        let woken = async {
+            None => {}
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+        if step.is_some() && pause.is_none() {
+            continue;
+        }
+        // Nothing to do now: wait for rows, a wake, or the end of a backoff.
+        let backing_off = async {
             match pause {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => wake.notified().await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = woken => {}
+            batch = handed.recv(), if pause.is_none() && writers => match batch {
+                Some(batch) => rows = batch,
+                None => writers = false,
+            },
+            () = wake.notified() => claim_due = true,
+            () = backing_off => pause = None,
         }
     }
+    handed.close();
     relay.release().await;
     tracing::info!("outbox relay stopped");
 }

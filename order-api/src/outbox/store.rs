@@ -69,6 +69,13 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
+/// A relay's hold on rows: its claim token and when the hold runs out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: DateTime,
+}
+
 /// Writes the event announcing `event_type` for `order_id`, inside the
 /// caller's transaction: the event exists exactly when the change does.
 pub async fn enqueue(
@@ -80,29 +87,32 @@ pub async fn enqueue(
     traceparent: Option<String>,
 ) -> mongodb::error::Result<()> {
     collection(db)
-        .insert_one(row(order_id, event_type, occurred_at, traceparent))
+        .insert_one(row(order_id, event_type, occurred_at, traceparent, None))
         .session(session)
         .await?;
     Ok(())
 }
 
 /// [`enqueue`] for several orders at once (each with the trace context of
-/// the request that placed it): one insert for a whole batch.
+/// the request that placed it): one insert for a whole batch. With a
+/// `lease`, the rows are written already held by that relay claim (see
+/// `outbox::handoff`). Returns the rows as written.
 pub async fn enqueue_many(
     db: &Database,
     session: &mut ClientSession,
     orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
     event_type: OrderEventType,
     occurred_at: DateTime,
-) -> mongodb::error::Result<()> {
+    lease: Option<&Lease>,
+) -> mongodb::error::Result<Vec<OutboxMessage>> {
     let rows: Vec<OutboxMessage> = orders
         .into_iter()
-        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent))
+        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent, lease))
         .collect();
     if !rows.is_empty() {
-        collection(db).insert_many(rows).session(session).await?;
+        collection(db).insert_many(&rows).session(session).await?;
     }
-    Ok(())
+    Ok(rows)
 }
 
 fn row(
@@ -110,6 +120,7 @@ fn row(
     event_type: OrderEventType,
     occurred_at: DateTime,
     traceparent: Option<String>,
+    lease: Option<&Lease>,
 ) -> OutboxMessage {
     let id = ObjectId::new();
     let event = OrderEvent {
@@ -127,8 +138,8 @@ fn row(
         attempts: 0,
         last_error: None,
         created_at: DateTime::now(),
-        lease_owner: None,
-        lease_until: None,
+        lease_owner: lease.map(|l| l.owner.clone()),
+        lease_until: lease.map(|l| l.until),
         published_at: None,
         sqs_message_id: None,
         traceparent,
@@ -158,29 +169,35 @@ pub async fn claim(
         "status": "PENDING",
         "lease_until": { "$not": { "$gte": now } },
     };
-    let candidates: Vec<ObjectId> = db
-        .collection::<Document>("outbox")
+    let mut candidates: Vec<OutboxMessage> = collection(db)
         .find(free.clone())
         .sort(doc! { "_id": 1 })
         .limit(limit)
-        .projection(doc! { "_id": 1 })
         .await?
-        .try_collect::<Vec<Document>>()
-        .await?
-        .iter()
-        .filter_map(|d| d.get_object_id("_id").ok())
-        .collect();
+        .try_collect()
+        .await?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
+    let ids: Vec<ObjectId> = candidates.iter().map(|row| row.id).collect();
+    let until = common::mongo::later(now, lease);
     let mut claim = free;
-    claim.insert("_id", doc! { "$in": &candidates });
-    collection(db)
+    claim.insert("_id", doc! { "$in": &ids });
+    let stamped = collection(db)
         .update_many(
             claim,
-            doc! { "$set": { "lease_owner": token, "lease_until": common::mongo::later(now, lease) } },
+            doc! { "$set": { "lease_owner": token, "lease_until": until } },
         )
         .await?;
+    // Usually every candidate was stamped, and what was read is what is
+    // held; only when another relay took some is the claim read back.
+    if usize::try_from(stamped.modified_count).is_ok_and(|n| n == candidates.len()) {
+        for row in &mut candidates {
+            row.lease_owner = Some(token.to_string());
+            row.lease_until = Some(until);
+        }
+        return Ok(candidates);
+    }
     collection(db)
         .find(doc! { "lease_owner": token, "status": "PENDING" })
         .sort(doc! { "_id": 1 })
@@ -190,7 +207,7 @@ pub async fn claim(
 }
 
 /// Marks the rows SQS accepted published, each with its SQS message id, in
-/// one update, but only those `token` still holds. Returns the ids it marked;
+/// one update, but only those one of `tokens` still holds. Returns the ids it marked;
 /// a row missing from them lost its lease (another relay may publish it
 /// again: the consumer's inbox makes that harmless).
 ///
@@ -201,7 +218,7 @@ pub async fn claim(
 /// update is conditional on the lease.
 pub async fn mark_published(
     db: &Database,
-    token: &str,
+    tokens: &[&str],
     sent: &[(ObjectId, &str)],
     retention: Duration,
 ) -> mongodb::error::Result<Vec<ObjectId>> {
@@ -213,7 +230,7 @@ pub async fn mark_published(
     let now = DateTime::now();
     let result = collection(db)
         .update_many(
-            doc! { "_id": { "$in": &ids }, "status": "PENDING", "lease_owner": token },
+            doc! { "_id": { "$in": &ids }, "status": "PENDING", "lease_owner": { "$in": tokens } },
             vec![
                 doc! { "$set": {
                     "status": "PUBLISHED",
@@ -263,6 +280,17 @@ pub async fn record_failure(
         )
         .await?;
     Ok(())
+}
+
+/// Lets go of the rows one claim holds, for any relay to take.
+pub async fn release_lease(db: &Database, token: &str) -> mongodb::error::Result<u64> {
+    let result = collection(db)
+        .update_many(
+            doc! { "status": "PENDING", "lease_owner": token },
+            doc! { "$unset": { "lease_owner": "", "lease_until": "" } },
+        )
+        .await?;
+    Ok(result.modified_count)
 }
 
 /// Lets go of every row this relay instance still holds (at shutdown).

@@ -2,27 +2,34 @@
 //! The batch step is called directly so that a batch is certain; the HTTP
 //! tests at the end race real requests through the batcher.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use common::domain::{Quantity, TaxRate};
 use futures::{TryStreamExt, future::join_all};
-use order_api::orders::{
-    batch::{self, OrderRequest, ShopSettings},
-    idempotency::KeyedRequest,
-    place::{Customer, LineRequest, PlaceError, PlaceOrderError},
+use order_api::{
+    orders::{
+        batch::{self, OrderRequest, ShopSettings},
+        idempotency::KeyedRequest,
+        place::{Customer, LineRequest, PlaceError, PlaceOrderError},
+    },
+    outbox::{
+        Handoff, Relay,
+        store::{self, OutboxMessage, OutboxStatus},
+    },
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 fn settings() -> ShopSettings {
     ShopSettings {
         currency: "INR".into(),
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
+        handoff: None,
     }
 }
 
@@ -272,4 +279,137 @@ async fn many_concurrent_buyers_of_one_product_get_exactly_the_stock_over_http()
         other => panic!("units: {other:?}"),
     };
     assert_eq!(units, 100 - stock, "orders hold exactly what was sold");
+}
+
+/// A hand-off to a relay this test plays: `depth` batches at most.
+fn handing_off(
+    depth: usize,
+) -> (
+    ShopSettings,
+    tokio::sync::mpsc::Receiver<Vec<OutboxMessage>>,
+    Arc<Notify>,
+) {
+    let wake = Arc::new(Notify::new());
+    let (handoff, handed) =
+        Handoff::new("test-relay", Duration::from_secs(30), wake.clone(), depth);
+    let settings = ShopSettings {
+        handoff: Some(handoff),
+        ..settings()
+    };
+    (settings, handed, wake)
+}
+
+#[tokio::test]
+async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 2).await;
+    let (settings, mut handed, _wake) = handing_off(4);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let requests = [
+        request(&[(&product, 1)]),
+        request(&[(&product, 5)]),
+        request(&[(&product, 1)]),
+    ];
+    let outcomes = batch::place_together(&app.db, &settings, &requests, deadline).await;
+    let placed: Vec<ObjectId> = outcomes.iter().flatten().map(|o| o.id).collect();
+    assert_eq!(placed.len(), 2, "{outcomes:?}");
+
+    let rows = handed
+        .try_recv()
+        .expect("the committed rows were handed over");
+    assert_eq!(
+        rows.iter().map(|r| r.order_id).collect::<Vec<_>>(),
+        placed,
+        "one row per placed order, none for the refused one"
+    );
+    let owner = rows[0].lease_owner.clone().expect("handed rows are leased");
+    assert!(owner.starts_with("test-relay:"), "{owner}");
+    let stored: Vec<OutboxMessage> = store::collection(&app.db)
+        .find(doc! {})
+        .await
+        .expect("query")
+        .try_collect()
+        .await
+        .expect("rows");
+    assert_eq!(stored.len(), 2);
+    for row in &stored {
+        assert!(rows.iter().any(|r| r.id == row.id), "handed what committed");
+        assert_eq!(row.lease_owner.as_deref(), Some(owner.as_str()));
+        assert!(row.lease_until.expect("lease") > bson::DateTime::now());
+    }
+    // Another relay cannot take them while the lease holds.
+    let other = Relay::new(
+        app.db.clone(),
+        app.sqs.clone(),
+        app.queues.queue_url.clone(),
+        &test_support::apps::api_config("unused", "unused").outbox,
+    );
+    assert_eq!(other.try_publish_batch().await.expect("step").published, 0);
+    // The relay that holds them publishes them without claiming.
+    let outcome = other.publish(&rows).await.expect("publishes");
+    assert_eq!(outcome.published, 2, "{outcome:?}");
+    let unpublished = store::collection(&app.db)
+        .count_documents(doc! { "status": "PENDING" })
+        .await
+        .expect("count");
+    assert_eq!(unpublished, 0);
+}
+
+#[tokio::test]
+async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_a_claim() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 10).await;
+    let (settings, mut handed, wake) = handing_off(1);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first =
+        batch::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
+    let second =
+        batch::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
+    let second = second[0].as_ref().expect("placed").id;
+    assert!(first[0].is_ok());
+
+    // The queue held one batch: the second order's row is free for any relay.
+    assert_eq!(handed.try_recv().expect("first batch").len(), 1);
+    assert!(handed.try_recv().is_err(), "nothing else was queued");
+    let row = store::collection(&app.db)
+        .find_one(doc! { "order_id": second })
+        .await
+        .expect("query")
+        .expect("row");
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_until, None);
+    tokio::time::timeout(Duration::from_secs(1), wake.notified())
+        .await
+        .expect("the relay was woken to claim it");
+}
+
+#[tokio::test]
+async fn an_order_placed_over_http_reaches_the_queue_with_no_claim_or_wake() {
+    // The sweep effectively off; the change stream skips leased rows; the
+    // route wakes nobody: only the hand-off can publish the order.
+    let app = spawn_app_with(|config| config.outbox.sweep_schedule = "0 0 0 1 1 *".into()).await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 10).await;
+    let (_, token) = app.customer().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let order = app.order(&token, &product, 1).await;
+    let order_id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("order id");
+
+    test_support::eventually(
+        Duration::from_secs(5),
+        "the order's row to be published",
+        || async {
+            let row = store::collection(&app.db)
+                .find_one(doc! { "order_id": order_id })
+                .await
+                .ok()
+                .flatten()?;
+            (row.status == OutboxStatus::Published).then_some(())
+        },
+    )
+    .await;
 }

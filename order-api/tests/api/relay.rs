@@ -168,7 +168,7 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
     assert_eq!(row.status, OutboxStatus::Published);
     let marked = store::mark_published(
         &bench.db,
-        dead,
+        &[dead],
         &[(row.id, "late")],
         Duration::from_secs(60),
     )
