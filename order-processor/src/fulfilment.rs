@@ -260,18 +260,20 @@ fn claim_update(kind: EmailKind, message_id: &str, now: DateTime) -> bson::Docum
     }
 }
 
-/// The SMTP server accepted the email.
-pub async fn record_email_sent(
+/// The SMTP server accepted `kind` of email of each of `ids`, orders that
+/// were all `status` when it was sent: one write for all of them.
+pub async fn record_emails_sent(
     db: &Database,
-    order: &Order,
+    ids: &[ObjectId],
     kind: EmailKind,
+    status: OrderStatus,
 ) -> mongodb::error::Result<()> {
     let field = kind.field();
     let now = DateTime::now();
     record_email_outcome(
         db,
         "record_email_sent",
-        order.id,
+        ids,
         kind,
         doc! {
             "$set": {
@@ -280,7 +282,7 @@ pub async fn record_email_sent(
                 format!("{field}.last_error"): null,
                 "updated_at": now,
             },
-            "$push": { "timeline": entry(kind.sent_event(), order.status, now, None)? },
+            "$push": { "timeline": entry(kind.sent_event(), status, now, None)? },
         },
     )
     .await
@@ -298,7 +300,7 @@ pub async fn record_email_retry(
     record_email_outcome(
         db,
         "record_email_retry",
-        id,
+        &[id],
         kind,
         doc! { "$set": {
             format!("{field}.status"): status,
@@ -321,7 +323,7 @@ pub async fn record_email_failed(
     record_email_outcome(
         db,
         "record_email_failed",
-        order.id,
+        &[order.id],
         kind,
         doc! {
             "$set": {
@@ -335,20 +337,21 @@ pub async fn record_email_failed(
     .await
 }
 
-/// Applies `update` to the order if its `kind` of email is still `SENDING`
-/// (so repeating it changes nothing), as a one-statement transaction rather
-/// than a plain update. The driver retries either on a transient error, but
-/// a plain update is a retryable write, and SecantusDB keeps a record of
-/// every retryable write and prunes that table on each one: with one per
-/// order it spent a third of its time sorting it under load.
+/// Applies `update` to each of the orders whose `kind` of email is still
+/// `SENDING` (so repeating it changes nothing), as a one-statement
+/// transaction rather than a plain update. The driver retries the
+/// transaction on a transient error; a plain single-document update would
+/// be a retryable write, and SecantusDB keeps a record of every retryable
+/// write and prunes that table on each one: with one per order it spent a
+/// third of its time sorting it under load.
 async fn record_email_outcome(
     db: &Database,
     operation: &'static str,
-    id: ObjectId,
+    ids: &[ObjectId],
     kind: EmailKind,
     update: bson::Document,
 ) -> mongodb::error::Result<()> {
-    let filter = doc! { "_id": id, format!("{}.status", kind.field()): "SENDING" };
+    let filter = doc! { "_id": { "$in": ids }, format!("{}.status", kind.field()): "SENDING" };
     common::mongo::transaction(
         db,
         operation,
@@ -356,7 +359,7 @@ async fn record_email_outcome(
         |session, (db, filter, update)| {
             async move {
                 orders(db)
-                    .update_one(filter.clone(), update.clone())
+                    .update_many(filter.clone(), update.clone())
                     .session(session)
                     .await?;
                 Ok(())

@@ -11,6 +11,7 @@
 //! keeps failing.
 
 mod process;
+mod sent;
 pub mod visibility;
 
 use std::{
@@ -50,6 +51,8 @@ pub struct Consumer {
     message_id_domain: String,
     /// The queue's visibility timeout: the heartbeat renews it.
     visibility: Duration,
+    /// Where sent emails are recorded, several in one write.
+    sent: sent::SentLog,
 }
 
 /// What becomes of one received message.
@@ -84,6 +87,7 @@ impl Consumer {
         visibility: Duration,
     ) -> Self {
         Consumer {
+            sent: sent::SentLog::start(db.clone()),
             db,
             sqs,
             queues,

@@ -359,7 +359,7 @@ impl Consumer {
         match sent {
             Ok(()) => {
                 counter!(metrics::EMAILS_SENT, "kind" => kind_label).increment(1);
-                fulfilment::record_email_sent(&self.db, claimed, kind).await?;
+                self.sent.record(claimed, kind).await?;
                 tracing::info!(order_id, email = kind.field(), attempt, "email sent");
                 Ok(None)
             }

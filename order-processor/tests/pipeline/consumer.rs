@@ -2,8 +2,12 @@
 
 use std::time::Duration;
 
+use common::domain::{EmailKind, OrderStatus};
 use mongodb::bson::{doc, oid::ObjectId};
-use order_processor::consumer::{Outcome, ProcessError};
+use order_processor::{
+    consumer::{Outcome, ProcessError},
+    fulfilment,
+};
 
 use crate::helpers::{spawn_pipeline, times_in_timeline};
 
@@ -196,4 +200,56 @@ async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::c
         .await
         .expect("builds");
     app.consumer().clone()
+}
+
+#[tokio::test]
+async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending() {
+    let mut pipeline = spawn_pipeline(30).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let (_, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 500, 5).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let order = pipeline.order(&customer, &product, 1).await;
+        ids.push(ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id"));
+    }
+    // Two confirmations are being sent; the third was never claimed.
+    let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
+    orders
+        .update_many(
+            doc! { "_id": { "$in": &ids[..2] } },
+            doc! { "$set": { "status": "PROCESSED", "email.status": "SENDING" } },
+        )
+        .await
+        .expect("claim two");
+
+    let record = || {
+        fulfilment::record_emails_sent(
+            &pipeline.db,
+            &ids,
+            EmailKind::Confirmation,
+            OrderStatus::Processed,
+        )
+    };
+    record().await.expect("recorded");
+    let check = || async {
+        for id in &ids[..2] {
+            let stored = pipeline.order_document(&id.to_hex()).await;
+            let email = stored.get_document("email").expect("email");
+            assert_eq!(email.get_str("status").expect("status"), "SENT", "{id}");
+            assert!(email.get_datetime("sent_at").is_ok());
+            assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
+        }
+        let untouched = pipeline.order_document(&ids[2].to_hex()).await;
+        let email = untouched.get_document("email").expect("email");
+        assert_eq!(email.get_str("status").expect("status"), "PENDING");
+        assert_eq!(times_in_timeline(&untouched, "confirmation_sent"), 0);
+    };
+    check().await;
+    // Written again (a retried transaction): nothing changes.
+    record().await.expect("recorded again");
+    check().await;
 }

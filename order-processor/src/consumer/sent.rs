@@ -1,0 +1,103 @@
+//! Recording `SENT` for emails SMTP accepted: many at once (group commit).
+//!
+//! After SMTP accepts an email its order must say `SENT` before the message
+//! is deleted from the queue; recorded one by one, that is a transaction per
+//! order (an update and a commit). Here every handler that has just sent an
+//! email waits in one queue, and one writer records whatever is waiting in
+//! one transaction and answers each. A lone email is recorded exactly as
+//! before; under load the write is shared by the emails of every poller.
+//!
+//! Each handler still waits for its own record before its message is
+//! deleted, so a crash leaves nothing recorded that was not sent and no
+//! message deleted whose email is not recorded.
+
+use std::collections::BTreeMap;
+
+use bson::oid::ObjectId;
+use common::domain::{EmailKind, Order, OrderStatus};
+use mongodb::{Database, error::Error as MongoError};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fulfilment;
+
+/// Emails recorded in one write, at most.
+const MAX_BATCH: usize = 64;
+/// Handlers waiting for the writer before they wait for room.
+const QUEUE_DEPTH: usize = 256;
+
+struct Sent {
+    order: ObjectId,
+    kind: EmailKind,
+    /// The order's status when the email was sent, for its timeline entry.
+    status: OrderStatus,
+    recorded: oneshot::Sender<mongodb::error::Result<()>>,
+}
+
+/// The handlers' end. Cheap to clone; the writer stops with the last clone.
+#[derive(Clone)]
+pub struct SentLog {
+    queue: mpsc::Sender<Sent>,
+}
+
+impl SentLog {
+    /// Starts the writer.
+    pub fn start(db: Database) -> SentLog {
+        let (queue, waiting) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_until_closed(db, waiting));
+        SentLog { queue }
+    }
+
+    /// Records that SMTP accepted `kind` of `order`'s emails, in whatever
+    /// write it lands in; returns once that write committed.
+    pub async fn record(&self, order: &Order, kind: EmailKind) -> mongodb::error::Result<()> {
+        let (recorded, answer) = oneshot::channel();
+        let sent = Sent {
+            order: order.id,
+            kind,
+            status: order.status,
+            recorded,
+        };
+        self.queue
+            .send(sent)
+            .await
+            .map_err(|_| MongoError::custom("the SENT writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| MongoError::custom("the SENT writer dropped a record"))?
+    }
+}
+
+/// Takes the first waiting record, then whatever else is already waiting
+/// (never waiting for more), and writes them.
+async fn write_until_closed(db: Database, mut waiting: mpsc::Receiver<Sent>) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match waiting.try_recv() {
+                Ok(sent) => batch.push(sent),
+                Err(_) => break,
+            }
+        }
+        write(&db, batch).await;
+    }
+}
+
+/// One write per kind of email and order status in `batch` (usually one:
+/// confirmations of PROCESSED orders), each answered with its outcome.
+async fn write(db: &Database, batch: Vec<Sent>) {
+    let mut groups: BTreeMap<(&'static str, &'static str), Vec<Sent>> = BTreeMap::new();
+    for sent in batch {
+        groups
+            .entry((sent.kind.field(), sent.status.as_str()))
+            .or_default()
+            .push(sent);
+    }
+    for group in groups.into_values() {
+        let ids: Vec<ObjectId> = group.iter().map(|sent| sent.order).collect();
+        let written =
+            fulfilment::record_emails_sent(db, &ids, group[0].kind, group[0].status).await;
+        for sent in group {
+            let _ = sent.recorded.send(written.clone());
+        }
+    }
+}
