@@ -118,11 +118,6 @@ impl Application {
         let mut sweep =
             outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, wake.clone())
                 .await?;
-        let follower = tokio::spawn(outbox::follow::follow_outbox(
-            self.state.db.clone(),
-            wake.clone(),
-            shutdown.clone(),
-        ));
         let relay = tokio::spawn(outbox::relay::run(
             self.relay,
             self.handed,
@@ -144,7 +139,6 @@ impl Application {
             .context("serving HTTP");
 
         shutdown.cancel();
-        follower.abort();
         if tokio::time::timeout(Duration::from_secs(10), relay)
             .await
             .is_err()

@@ -2,7 +2,6 @@
 //! the relay that publishes them to SQS (an order's row handed to it
 //! straight from the transaction that wrote it).
 
-pub mod follow;
 pub mod handoff;
 pub mod relay;
 pub mod store;

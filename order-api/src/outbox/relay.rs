@@ -7,10 +7,14 @@
 //! An order's row comes to it straight from the transaction that wrote it,
 //! already leased to this relay (see `handoff`). Every other pending row is
 //! claimed: the relay looks when woken by a commit of this process (a
-//! cancellation's row), by the outbox's change stream (rows other instances
-//! or older versions wrote unleased), and by a tokio-cron-scheduler sweep,
-//! the safety net for everything else (rows whose holder died, or whose
-//! publication failed).
+//! cancellation's row) and on a tokio-cron-scheduler sweep, the safety net
+//! for everything else (rows whose holder died, whose publication failed,
+//! or that another program wrote).
+//!
+//! Every instance publishes what it writes, so no instance needs to hear of
+//! another's commits. (It used to follow the outbox's change stream for
+//! them; on SecantusDB a change stream answers a getMore on every write to
+//! any collection, which cost more than one database operation per order.)
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -389,8 +389,8 @@ async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_a_claim() {
 
 #[tokio::test]
 async fn an_order_placed_over_http_reaches_the_queue_with_no_claim_or_wake() {
-    // The sweep effectively off; the change stream skips leased rows; the
-    // route wakes nobody: only the hand-off can publish the order.
+    // The sweep effectively off and the route wakes nobody: only the
+    // hand-off can publish the order.
     let app = spawn_app_with(|config| config.outbox.sweep_schedule = "0 0 0 1 1 *".into()).await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 10).await;

@@ -1,5 +1,5 @@
 //! The relay on its own database and queue: leases between competing
-//! relays, FIFO queues, retention, and the change stream.
+//! relays, FIFO queues, retention, and the sweep.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -302,47 +302,4 @@ async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
         .collect();
     let expected: HashSet<String> = orders.iter().map(|o| o.to_hex()).collect();
     assert_eq!(groups, expected);
-}
-
-#[tokio::test]
-async fn the_change_stream_wakes_the_relay_for_rows_other_instances_commit() {
-    test_support::require_stack().await;
-    let database = unique("follow").replace('-', "_");
-    let queue = unique("follow");
-    let sqs = test_support::sqs_client().await;
-    let queues = test_support::create_queues(&sqs, &queue, 30).await;
-    let mut config = apps::api_config(&database, &queue);
-    // The sweep effectively off: only the change stream can wake the relay.
-    config.outbox.sweep_schedule = "0 0 0 1 1 *".into();
-    let _api = apps::start_api(config).await;
-    let db = common::mongo::connect(&test_support::mongo_config(&database), "other-instance")
-        .await
-        .expect("connect");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    // Another instance commits an order: this process was never notified.
-    enqueue(&db, 1).await;
-    test_support::eventually(
-        Duration::from_secs(5),
-        "the row to be published",
-        || async {
-            let row = store::collection(&db)
-                .find_one(doc! {})
-                .await
-                .ok()
-                .flatten()?;
-            (row.status == OutboxStatus::Published).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(drain(&sqs, &queues.queue_url).await.len(), 1);
-    let state = db
-        .collection::<mongodb::bson::Document>("relay_state")
-        .find_one(doc! { "_id": "outbox-change-stream" })
-        .await
-        .expect("query");
-    assert!(
-        state.is_some_and(|s| s.contains_key("token")),
-        "the resume token is stored"
-    );
 }
