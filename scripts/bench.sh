@@ -138,9 +138,16 @@ else
     defaults=(--duration "${BENCH_DURATION:-20s}" --concurrency "${BENCH_CONCURRENCY:-16}"
         --scenario "${BENCH_SCENARIOS:-spread,hot,steady,mixed}")
 fi
+# The database's CPU per order is counted when its PID is known: this
+# checkout's stack.
+db_pid=()
+mongo_pid=$(cat .stack/pids/mongo.pid 2>/dev/null || true)
+if [[ -n $mongo_pid ]] && kill -0 "$mongo_pid" 2>/dev/null; then
+    db_pid=(--db-pid "$mongo_pid")
+fi
 "$bin/order-bench" run --api-url "http://127.0.0.1:$api_port" \
     --mongo-uri "$MONGODB_URI" --database "$run_id" \
-    --api-pid "$api_pid" --processor-pid "$processor_pid" \
+    --api-pid "$api_pid" --processor-pid "$processor_pid" "${db_pid[@]}" \
     --admin-email admin@example.com --admin-password 'ChangeMe123!' \
     --json "$out/results.json" "${defaults[@]}" "$@"
 

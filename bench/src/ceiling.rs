@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::{
     opcount::OpCounts,
+    sample::Pids,
     shop::STOCK,
     stats::{self, Summary},
 };
@@ -29,6 +30,8 @@ pub struct Ceiling {
     /// Database operations per committed transaction (failed attempts'
     /// included), as the server counted them.
     pub ops_per_tx: Option<f64>,
+    /// The database server's CPU per committed transaction, in ms.
+    pub db_cpu_ms_per_tx: Option<f64>,
 }
 
 #[derive(Clone)]
@@ -92,6 +95,7 @@ pub async fn measure(
     products: usize,
     concurrency: usize,
     duration: Duration,
+    db_pid: Option<u32>,
 ) -> anyhow::Result<Ceiling> {
     let scratch = Scratch::new(db, tag);
     scratch
@@ -112,6 +116,11 @@ pub async fn measure(
         .await
         .context("creating the ceiling's products")?;
 
+    let database = Pids {
+        database: db_pid,
+        ..Pids::default()
+    };
+    let cpu_before = database.mark();
     let ops_before = OpCounts::read(db).await?;
     let start = Instant::now();
     let end = start + duration;
@@ -148,6 +157,7 @@ pub async fn measure(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let ops = OpCounts::read(db).await?.since(ops_before).total();
+    let cpu = database.per(cpu_before, committed);
     scratch.drop().await;
     Ok(Ceiling {
         shape: if products <= 1 { "hot" } else { "spread" }.into(),
@@ -157,6 +167,7 @@ pub async fn measure(
         per_sec: committed as f64 / elapsed,
         latency: Summary::of(&latency),
         ops_per_tx: (committed > 0).then(|| ops as f64 / committed as f64),
+        db_cpu_ms_per_tx: cpu.and_then(|c| c.database_ms),
     })
 }
 

@@ -93,6 +93,10 @@ struct RunArgs {
     /// order-processor's PID, for its memory.
     #[arg(long)]
     processor_pid: Option<u32>,
+    /// The database server's PID, for the CPU it spends per order (the
+    /// services' CPU is counted by their PIDs too).
+    #[arg(long)]
+    db_pid: Option<u32>,
     /// Scenarios to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "spread,hot,steady,mixed")]
     scenario: Vec<Scenario>,
@@ -318,6 +322,7 @@ impl Bench {
             lines,
             burst,
         };
+        let cpu_before = self.pids().mark();
         let ops_before = opcount::OpCounts::read(&self.db).await?;
         let recorded = load::run(self.shop.clone(), plan, scenario.name()).await;
         let accepted = recorded.placed.len() as u64;
@@ -326,6 +331,7 @@ impl Bench {
         let drained = drained?;
         let outbox_age = outbox_age.await.context("the outbox sampler")?;
         let ops = opcount::OpCounts::read(&self.db).await?.since(ops_before);
+        let cpu = self.pids().per(cpu_before, accepted);
         let db_ops = opcount::DbOps::of(ops, outbox_age.reads + drained.reads, accepted);
         let e2e = pipeline::end_to_end(&self.db, &buyer_ids, &recorded.placed).await?;
         let load_after = report::load_average();
@@ -370,6 +376,7 @@ impl Bench {
             drain_secs: drained.waited.as_secs_f64(),
             outbox_oldest_pending_max_ms: outbox_age.worst_ms,
             db_ops,
+            cpu,
             errors: recorded.errors,
             api_rss: api_rss.await.ok().flatten(),
             processor_rss: processor_rss.await.ok().flatten(),
@@ -382,6 +389,14 @@ impl Bench {
             load_average_before: load_before,
             load_average_after: load_after,
         })
+    }
+
+    fn pids(&self) -> sample::Pids {
+        sample::Pids {
+            database: self.args.db_pid,
+            api: self.args.api_pid,
+            processor: self.args.processor_pid,
+        }
     }
 
     /// The ceiling for `products` products at --concurrency, measured once per run.
@@ -400,8 +415,15 @@ impl Bench {
             within.as_secs_f64()
         );
         let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
-        let measured =
-            ceiling::measure(&self.db, &tag, products, self.args.concurrency, within).await?;
+        let measured = ceiling::measure(
+            &self.db,
+            &tag,
+            products,
+            self.args.concurrency,
+            within,
+            self.args.db_pid,
+        )
+        .await?;
         self.ceilings.insert(products, measured.clone());
         Ok(measured)
     }

@@ -5,7 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{ceiling::Ceiling, opcount::DbOps, sample::Rss, stats::Summary};
+use crate::{
+    ceiling::Ceiling,
+    opcount::DbOps,
+    sample::{CpuPer, Rss},
+    stats::Summary,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -68,6 +73,9 @@ pub struct ScenarioResult {
     pub outbox_oldest_pending_max_ms: Option<u64>,
     /// Database operations per accepted order, load and drain together.
     pub db_ops: Option<DbOps>,
+    /// CPU per accepted order of the database and both services, load and
+    /// drain together.
+    pub cpu: Option<CpuPer>,
     pub errors: BTreeMap<String, u64>,
     pub api_rss: Option<Rss>,
     pub processor_rss: Option<Rss>,
@@ -181,13 +189,15 @@ impl Report {
             );
         }
         println!(
-            "\ndatabase operations per order   total   insert  query  update  command  getmore"
+            "\nper order        database ops   insert  query  update  command  getmore   CPU ms: database  order-api  order-processor"
         );
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         for s in &self.scenarios {
             let Some(ops) = &s.db_ops else { continue };
             let per = |n: u64| n as f64 / s.accepted.max(1) as f64;
+            let cpu = s.cpu.unwrap_or_default();
             println!(
-                "{:<30} {:>7.1} {:>8.2} {:>6.2} {:>7.2} {:>8.2} {:>8.2}",
+                "{:<16} {:>12.1} {:>8.2} {:>6.2} {:>7.2} {:>8.2} {:>8.2} {:>18} {:>10} {:>16}",
                 s.name,
                 ops.per_order,
                 per(ops.counted.insert),
@@ -195,6 +205,9 @@ impl Report {
                 per(ops.counted.update),
                 per(ops.counted.command),
                 per(ops.counted.getmore),
+                ms(cpu.database_ms),
+                ms(cpu.api_ms),
+                ms(cpu.processor_ms),
             );
         }
         for s in &self.scenarios {
@@ -217,13 +230,14 @@ impl Report {
             {
                 shown.push(c.shape.clone());
                 println!(
-                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}, {} database operations per transaction",
+                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}, per transaction {} database operations and {} ms of database CPU",
                     c.shape,
                     format_args!("{:.1}", c.per_sec),
                     c.concurrency,
                     c.failed,
                     c.latency.cell(),
                     c.ops_per_tx.map_or("-".into(), |n| format!("{n:.1}")),
+                    c.db_cpu_ms_per_tx.map_or("-".into(), |n| format!("{n:.2}")),
                 );
             }
         }

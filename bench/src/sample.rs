@@ -27,6 +27,69 @@ impl Rss {
     }
 }
 
+/// CPU time `pid` has used so far (all its threads, user and system), in
+/// ms, or `None` if the process is gone. /proc counts it in USER_HZ ticks,
+/// which Linux fixes at 100 a second for user space on every architecture.
+pub fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 * 10.0)
+}
+
+/// CPU used by each of a set of processes, read at the start of some work.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuMark {
+    database: Option<f64>,
+    api: Option<f64>,
+    processor: Option<f64>,
+}
+
+/// CPU ms each process used per unit of work (an order, or a ceiling
+/// transaction) between a [`CpuMark`] and now.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuPer {
+    pub database_ms: Option<f64>,
+    pub api_ms: Option<f64>,
+    pub processor_ms: Option<f64>,
+}
+
+/// The processes whose CPU is counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pids {
+    pub database: Option<u32>,
+    pub api: Option<u32>,
+    pub processor: Option<u32>,
+}
+
+impl Pids {
+    pub fn mark(self) -> CpuMark {
+        CpuMark {
+            database: self.database.and_then(cpu_ms),
+            api: self.api.and_then(cpu_ms),
+            processor: self.processor.and_then(cpu_ms),
+        }
+    }
+
+    /// CPU per unit of work since `mark`; `None` for no work.
+    pub fn per(self, mark: CpuMark, units: u64) -> Option<CpuPer> {
+        if units == 0 {
+            return None;
+        }
+        let per = |pid: Option<u32>, then: Option<f64>| {
+            Some((cpu_ms(pid?)? - then?).max(0.0) / units as f64)
+        };
+        Some(CpuPer {
+            database_ms: per(self.database, mark.database),
+            api_ms: per(self.api, mark.api),
+            processor_ms: per(self.processor, mark.processor),
+        })
+    }
+}
+
 /// `(VmRSS, VmHWM)` in KiB, or `None` if the process is gone.
 pub fn read_rss(pid: u32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
