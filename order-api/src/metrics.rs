@@ -93,12 +93,7 @@ pub fn describe() {
     for reason in ["send_failed", "refused", "lease_lost"] {
         counter!(OUTBOX_PUBLISH_FAILURES, "reason" => reason).increment(0);
     }
-    for operation in [
-        "place_order",
-        "place_order_batch",
-        "cancel_order",
-        "note_published",
-    ] {
+    for operation in ["place_order", "place_order_batch", "cancel_order"] {
         counter!(common::metrics::TRANSACTION_RETRIES, "operation" => operation).increment(0);
     }
 }

@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bson::{Bson, DateTime, doc, oid::ObjectId};
-use common::domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent};
+use common::{
+    domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent},
+    event::OrderEventType,
+};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     ClientSession, Collection, Database, error::Error as MongoError, options::ReturnDocument,
@@ -59,6 +62,7 @@ pub async fn process_and_claim(
     session: &mut ClientSession,
     id: ObjectId,
     message_id: &str,
+    published_at: Option<DateTime>,
 ) -> mongodb::error::Result<Option<Order>> {
     let kind = EmailKind::Confirmation;
     let field = kind.field();
@@ -66,10 +70,7 @@ pub async fn process_and_claim(
     let mut update = claim_update(kind, message_id, now);
     update.insert(
         "$push",
-        doc! { "timeline": { "$each": [
-            entry(TimelineEvent::entering(OrderStatus::Processing), OrderStatus::Processing, now, None)?,
-            entry(TimelineEvent::entering(OrderStatus::Processed), OrderStatus::Processed, now, None)?,
-        ] } },
+        doc! { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
     );
     update
         .get_document_mut("$set")
@@ -97,30 +98,23 @@ pub async fn process_and_claim(
 pub async fn process_and_claim_many(
     db: &Database,
     session: &mut ClientSession,
-    ids: &[ObjectId],
+    orders_published: &[(ObjectId, Option<DateTime>)],
     message_id_domain: &str,
 ) -> mongodb::error::Result<Vec<Order>> {
     let kind = EmailKind::Confirmation;
     let field = kind.field();
     let now = DateTime::now();
+    let ids: Vec<ObjectId> = orders_published.iter().map(|(id, _)| *id).collect();
+    let ids = ids.as_slice();
     let message_ids: Vec<String> = ids
         .iter()
         .map(|id| kind.message_id(id, message_id_domain))
         .collect();
-    let timeline = vec![
-        entry(
-            TimelineEvent::entering(OrderStatus::Processing),
-            OrderStatus::Processing,
-            now,
-            None,
-        )?,
-        entry(
-            TimelineEvent::entering(OrderStatus::Processed),
-            OrderStatus::Processed,
-            now,
-            None,
-        )?,
-    ];
+    // Each order's own entries: its publication time is its message's.
+    let timelines: Vec<Bson> = orders_published
+        .iter()
+        .map(|(_, published_at)| first_delivery_entries(*published_at, now).map(Bson::Array))
+        .collect::<mongodb::error::Result<_>>()?;
     orders(db)
         .update_many(
             doc! {
@@ -137,7 +131,7 @@ pub async fn process_and_claim_many(
                     "attempted_at": now,
                     "attempts": { "$add": [{ "$ifNull": [format!("${field}.attempts"), 0] }, 1] },
                 }] },
-                "timeline": { "$concatArrays": ["$timeline", { "$literal": timeline }] },
+                "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(ids, &timelines)] },
             } }],
         )
         .session(&mut *session)
@@ -154,6 +148,57 @@ pub async fn process_and_claim_many(
         .session(&mut *session)
         .await?;
     moved.stream(session).try_collect().await
+}
+
+/// The timeline entries of an `order.created` event's first delivery: when
+/// SQS accepted it (if known), then PROCESSING and PROCESSED.
+fn first_delivery_entries(
+    published_at: Option<DateTime>,
+    now: DateTime,
+) -> mongodb::error::Result<Vec<Bson>> {
+    let mut entries = Vec::with_capacity(3);
+    if let Some(at) = published_at {
+        entries.push(published(at, OrderEventType::OrderCreated)?);
+    }
+    for status in [OrderStatus::Processing, OrderStatus::Processed] {
+        entries.push(entry(TimelineEvent::entering(status), status, now, None)?);
+    }
+    Ok(entries)
+}
+
+/// The `published` entry of an event SQS accepted at `at`. Its status is the
+/// one the event announced: the order was PENDING when it was placed and
+/// CANCELLED when it was cancelled.
+fn published(at: DateTime, event_type: OrderEventType) -> mongodb::error::Result<Bson> {
+    let status = match event_type {
+        OrderEventType::OrderCreated => OrderStatus::Pending,
+        OrderEventType::OrderCancelled => OrderStatus::Cancelled,
+    };
+    entry(
+        TimelineEvent::Published,
+        status,
+        at,
+        Some(event_type.as_str()),
+    )
+}
+
+/// Inside the caller's transaction: notes on the order's timeline that SQS
+/// accepted its `event_type` event at `at`.
+pub async fn note_published(
+    db: &Database,
+    session: &mut ClientSession,
+    id: ObjectId,
+    event_type: OrderEventType,
+    at: DateTime,
+) -> mongodb::error::Result<()> {
+    orders(db)
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$push": { "timeline": published(at, event_type)? } },
+        )
+        .session(session)
+        .await?;
+    Ok(())
 }
 
 /// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each

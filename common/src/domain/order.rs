@@ -94,7 +94,9 @@ pub struct EmailDelivery {
 #[serde(rename_all = "snake_case")]
 pub enum TimelineEvent {
     Placed,
-    /// The relay handed the order's event to SQS (`detail`: its type).
+    /// SQS accepted the order's event (`at`: the message's SentTimestamp;
+    /// `detail`: the event's type). Written by the processor, with the
+    /// change the event asks for, when it first handles the event.
     Published,
     Processing,
     Processed,

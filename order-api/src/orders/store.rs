@@ -1,8 +1,8 @@
 //! The `orders` collection.
 
-use bson::{DateTime, Document, doc, oid::ObjectId};
-use common::domain::{Order, OrderStatus, TimelineEvent};
-use futures::{FutureExt, TryStreamExt};
+use bson::{Document, doc, oid::ObjectId};
+use common::domain::{Order, OrderStatus};
+use futures::TryStreamExt;
 use mongodb::{Collection, Database, IndexModel};
 
 pub fn collection(db: &Database) -> Collection<Order> {
@@ -69,46 +69,4 @@ pub async fn list(db: &Database, filter: &ListFilter) -> mongodb::error::Result<
         .await?
         .try_collect()
         .await
-}
-
-/// Notes on each order's timeline that its `event_type` event reached SQS
-/// at `at`, with the status the order has at that moment (the processor may
-/// already have moved it on).
-///
-/// In a transaction, although it is one statement: the processor changes
-/// the same orders in its own transactions, and a plain write that collides
-/// with an open transaction makes SecantusDB retry it internally, without
-/// bound, while holding up everyone else. Two transactions that collide
-/// instead fail one of them with a TransientTransactionError, which is
-/// retried here.
-pub async fn record_published(
-    db: &Database,
-    order_ids: &[ObjectId],
-    event_type: &str,
-    at: DateTime,
-) -> mongodb::error::Result<()> {
-    let entry = doc! {
-        "event": TimelineEvent::Published.as_str(),
-        "status": "$status",
-        "at": at,
-        "detail": event_type,
-    };
-    let update = vec![doc! { "$set": { "timeline": { "$concatArrays": ["$timeline", [entry]] } } }];
-    let filter = doc! { "_id": { "$in": order_ids } };
-    common::mongo::transaction(
-        db,
-        "note_published",
-        (db, filter, update),
-        |session, (db, filter, update)| {
-            async move {
-                collection(db)
-                    .update_many(filter.clone(), update.clone())
-                    .session(session)
-                    .await?;
-                Ok(())
-            }
-            .boxed()
-        },
-    )
-    .await
 }

@@ -16,16 +16,12 @@
 //! them; on SecantusDB a change stream answers a getMore on every write to
 //! any collection, which cost more than one database operation per order.)
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
-use bson::{DateTime, oid::ObjectId};
+use bson::DateTime;
 use futures::StreamExt;
 use mongodb::Database;
 use tokio::sync::{Notify, mpsc};
@@ -36,11 +32,8 @@ use super::{
     handoff::Handoff,
     store::{self, OutboxMessage},
 };
-use crate::{config::OutboxConfig, metrics, orders::store as orders};
+use crate::{config::OutboxConfig, metrics};
 
-/// How long noting a batch's publication on the order timelines may hold up
-/// the next batch.
-const NOTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A claim takes up to this many SQS batches' worth of rows: fewer claims
 /// when a backlog drains (each one reads every pending row on SecantusDB).
 const CLAIM_BATCHES: i64 = 5;
@@ -207,7 +200,6 @@ impl Relay {
                 outcome.lease_lost += 1;
             }
         }
-        self.note_on_timelines(&published, accepted_at).await;
         for (row, reason) in refused {
             tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
             counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
@@ -269,34 +261,6 @@ impl Relay {
         let token = row.lease_owner.as_deref().unwrap_or_default();
         store::record_failure(&self.db, row.id, token, reason).await?;
         Ok(())
-    }
-
-    /// Adds `published` to each order's timeline. Informational: the rows
-    /// are already marked, so a failure here is logged, not retried.
-    async fn note_on_timelines(&self, published: &[&OutboxMessage], at: DateTime) {
-        let mut by_type: BTreeMap<&str, Vec<ObjectId>> = BTreeMap::new();
-        for row in published {
-            by_type
-                .entry(&row.event_type)
-                .or_default()
-                .push(row.order_id);
-        }
-        for (event_type, order_ids) in by_type {
-            let noted = tokio::time::timeout(
-                NOTE_TIMEOUT,
-                orders::record_published(&self.db, &order_ids, event_type, at),
-            )
-            .await;
-            match noted {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, orders = order_ids.len(), "could not note publication on order timelines")
-                }
-                Err(_) => {
-                    tracing::warn!(timeout = ?NOTE_TIMEOUT, orders = order_ids.len(), "noting publication on order timelines timed out")
-                }
-            }
-        }
     }
 
     fn entry(

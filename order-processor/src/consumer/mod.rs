@@ -116,6 +116,7 @@ impl Consumer {
             .wait_time_seconds(i32::try_from(self.config.wait_time.as_secs()).unwrap_or(20))
             .message_attribute_names("All")
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .send()
             .await
             .context("receiving from SQS")?;
@@ -143,10 +144,10 @@ impl Consumer {
         }
         // Orders with one message each share one transaction for their
         // first deliveries; everything else goes one by one.
-        let singles: Vec<&OrderEvent> = by_order
+        let singles: Vec<(&OrderEvent, Option<bson::DateTime>)> = by_order
             .values()
             .filter(|group| group.len() == 1)
-            .filter_map(|group| group[0].1.as_ref())
+            .filter_map(|group| Some((group[0].1.as_ref()?, sent_at(&group[0].0))))
             .collect();
         let mut claimed = self.apply_batch(&singles).await;
         let applied_together = claimed.len();
@@ -241,7 +242,7 @@ impl Consumer {
         let sqs_id = message.message_id().unwrap_or_default();
         let receipt = message.receipt_handle().unwrap_or_default();
         let (result, extensions) = visibility::with_heartbeat(
-            self.process_message(body, claimed),
+            self.process_message(body, claimed, sent_at(message)),
             &self.sqs,
             &self.queues.main,
             receipt,
@@ -346,6 +347,15 @@ impl Consumer {
         }
         Ok(())
     }
+}
+
+/// When SQS accepted the message (its SentTimestamp, epoch ms).
+fn sent_at(message: &Message) -> Option<bson::DateTime> {
+    message
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+        .and_then(|ms| ms.parse().ok())
+        .map(bson::DateTime::from_millis)
 }
 
 fn receive_count(message: &Message) -> u32 {

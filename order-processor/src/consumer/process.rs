@@ -4,7 +4,7 @@
 use std::{collections::HashMap, time::Instant};
 
 use ::metrics::{counter, histogram};
-use bson::oid::ObjectId;
+use bson::{DateTime, oid::ObjectId};
 use common::{
     domain::{EmailKind, EmailStatus, Order, OrderStatus},
     event::{OrderEvent, OrderEventType},
@@ -100,16 +100,19 @@ impl Consumer {
     /// Handles one event body: PENDING → PROCESSED, then the confirmation
     /// email, each step conditional so a redelivery repeats none.
     pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
-        self.process_message(body, None).await
+        self.process_message(body, None, None).await
     }
 
     /// [`Self::try_process_message`], for an event whose transaction may
     /// already have run with others of its batch ([`Self::apply_batch`]):
-    /// `claimed` is then the order it moved.
+    /// `claimed` is then the order it moved. `published_at` is when SQS
+    /// accepted the message, noted on the order's timeline on the first
+    /// delivery.
     pub(super) async fn process_message(
         &self,
         body: &str,
         claimed: Option<Box<Order>>,
+        published_at: Option<DateTime>,
     ) -> Result<Outcome, ProcessError> {
         let event =
             OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
@@ -119,7 +122,7 @@ impl Consumer {
             Some(order) if order.id == id => Applied::First {
                 claimed: Some(order),
             },
-            _ => self.apply(&event, id).await?,
+            _ => self.apply(&event, id, published_at).await?,
         };
         match event.event_type {
             OrderEventType::OrderCreated => self.confirm(id, applied).await,
@@ -131,7 +134,12 @@ impl Consumer {
     /// change it asks for (for `order.created`, usually together with the
     /// confirmation's claim). A redelivery finds the event in the inbox and
     /// changes nothing.
-    async fn apply(&self, event: &OrderEvent, id: ObjectId) -> Result<Applied, ProcessError> {
+    async fn apply(
+        &self,
+        event: &OrderEvent,
+        id: ObjectId,
+        published_at: Option<DateTime>,
+    ) -> Result<Applied, ProcessError> {
         let entry = inbox::entry(
             &event.event_id,
             event.event_type.as_str(),
@@ -142,8 +150,15 @@ impl Consumer {
         let applied = common::mongo::transaction(
             &self.db,
             "apply_event",
-            (&self.db, &entry, id, event.event_type, message_id.as_str()),
-            |session, (db, entry, id, event_type, message_id)| {
+            (
+                &self.db,
+                &entry,
+                id,
+                event.event_type,
+                message_id.as_str(),
+                published_at,
+            ),
+            |session, (db, entry, id, event_type, message_id, published_at)| {
                 async move {
                     if !inbox::record_first(db, session, entry).await? {
                         return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
@@ -152,14 +167,21 @@ impl Consumer {
                         if fulfilment::load_in(db, session, *id).await?.is_none() {
                             return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
                         }
+                        if let Some(at) = *published_at {
+                            fulfilment::note_published(db, session, *id, *event_type, at).await?;
+                        }
                         return Ok(Applied::First { claimed: None });
                     }
                     if let Some(claimed) =
-                        fulfilment::process_and_claim(db, session, *id, message_id).await?
+                        fulfilment::process_and_claim(db, session, *id, message_id, *published_at)
+                            .await?
                     {
                         return Ok(Applied::First {
                             claimed: Some(Box::new(claimed)),
                         });
+                    }
+                    if let Some(at) = *published_at {
+                        fulfilment::note_published(db, session, *id, *event_type, at).await?;
                     }
                     fulfilment::process(db, session, *id).await?;
                     Ok(Applied::First { claimed: None })
@@ -185,17 +207,20 @@ impl Consumer {
     /// moved orders by event id. Any event it leaves out (a redelivery, an
     /// order in another state, or the whole batch if the transaction fails)
     /// takes the one-by-one path, which has the full answer for each case.
-    pub(super) async fn apply_batch(&self, events: &[&OrderEvent]) -> HashMap<String, Box<Order>> {
-        let mut candidates: Vec<(&OrderEvent, ObjectId)> = Vec::new();
-        for event in events {
+    pub(super) async fn apply_batch(
+        &self,
+        events: &[(&OrderEvent, Option<DateTime>)],
+    ) -> HashMap<String, Box<Order>> {
+        let mut candidates: Vec<(&OrderEvent, ObjectId, Option<DateTime>)> = Vec::new();
+        for (event, published_at) in events {
             if event.event_type != OrderEventType::OrderCreated {
                 continue;
             }
             let Ok(id) = ObjectId::parse_str(&event.order_id) else {
                 continue;
             };
-            if candidates.iter().all(|(_, seen)| *seen != id) {
-                candidates.push((event, id));
+            if candidates.iter().all(|(_, seen, _)| *seen != id) {
+                candidates.push((event, id, *published_at));
             }
         }
         // One event alone is as cheap on its own path.
@@ -212,13 +237,13 @@ impl Consumer {
                 async move {
                     let event_ids: Vec<&str> = candidates
                         .iter()
-                        .map(|(e, _)| e.event_id.as_str())
+                        .map(|(e, _, _)| e.event_id.as_str())
                         .collect();
                     let seen = inbox::recorded(db, session, &event_ids).await?;
-                    let fresh: Vec<ObjectId> = candidates
+                    let fresh: Vec<(ObjectId, Option<DateTime>)> = candidates
                         .iter()
-                        .filter(|(e, _)| !seen.contains(&e.event_id))
-                        .map(|(_, id)| *id)
+                        .filter(|(e, _, _)| !seen.contains(&e.event_id))
+                        .map(|(_, id, published_at)| (*id, *published_at))
                         .collect();
                     if fresh.is_empty() {
                         return Ok(Vec::new());
@@ -227,8 +252,8 @@ impl Consumer {
                         fulfilment::process_and_claim_many(db, session, &fresh, domain).await?;
                     let entries: Vec<inbox::InboxEntry> = candidates
                         .iter()
-                        .filter(|(_, id)| moved.iter().any(|order| order.id == *id))
-                        .map(|(e, _)| {
+                        .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))
+                        .map(|(e, _, _)| {
                             inbox::entry(&e.event_id, e.event_type.as_str(), &e.order_id, retention)
                         })
                         .collect();
@@ -243,7 +268,7 @@ impl Consumer {
             Ok(moved) => moved
                 .into_iter()
                 .filter_map(|order| {
-                    let (event, _) = candidates.iter().find(|(_, id)| *id == order.id)?;
+                    let (event, _, _) = candidates.iter().find(|(_, id, _)| *id == order.id)?;
                     Some((event.event_id.clone(), Box::new(order)))
                 })
                 .collect(),

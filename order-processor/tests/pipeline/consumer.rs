@@ -103,6 +103,11 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
     for (email, order_id) in &buyers {
         let stored = pipeline.order_document(order_id).await;
         assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
+        assert_eq!(
+            times_in_timeline(&stored, "published"),
+            1,
+            "SQS's send time noted"
+        );
         assert_eq!(times_in_timeline(&stored, "processing"), 1);
         assert_eq!(times_in_timeline(&stored, "processed"), 1);
         assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
@@ -128,6 +133,7 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
     let cancelled = pipeline.order_document(&cancelled_id).await;
     assert_eq!(cancelled.get_str("status").expect("status"), "CANCELLED");
     assert_eq!(times_in_timeline(&cancelled, "processed"), 0);
+    assert_eq!(times_in_timeline(&cancelled, "published"), 1);
     assert!(test_support::emails_to(&cancelled_email).await.is_empty());
     let inbox = pipeline
         .db
