@@ -83,6 +83,7 @@ impl Application {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: orders::routes::TRANSACTION_DEADLINE,
+                writers: config.order_writers,
                 handoff: Some(handoff),
             },
         );

@@ -71,6 +71,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
             currency: "INR".into(),
             tax_rate: common::domain::TaxRate::GST_18,
         },
+        order_writers: 1,
         outbox: OutboxConfig {
             batch_size: 10,
             sweep_schedule: "*/1 * * * * *".into(),

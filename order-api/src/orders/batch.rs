@@ -40,8 +40,6 @@ use crate::{
     products::store as products,
 };
 
-/// Shards: batches committed in parallel. A product always maps to the same one.
-pub const SHARDS: usize = 8;
 /// Orders in one transaction at most.
 pub const MAX_BATCH: usize = 64;
 /// Orders waiting per shard before placers wait for room.
@@ -80,6 +78,9 @@ pub struct ShopSettings {
     pub tax_rate: TaxRate,
     /// Upper bound on placing one order, queueing and retries included.
     pub deadline: Duration,
+    /// Shards: batches committed in parallel (at least 1). A product always
+    /// maps to the same one.
+    pub writers: usize,
     /// Where committed orders' outbox rows go: this process's relay. `None`
     /// writes them unleased, for any relay to claim.
     pub handoff: Option<Handoff>,
@@ -89,7 +90,7 @@ impl OrderBatcher {
     /// Starts the shard workers; they stop when the last handle is dropped.
     pub fn start(db: Database, settings: ShopSettings) -> Self {
         let settings = Arc::new(settings);
-        let shards: Vec<mpsc::Sender<Job>> = (0..SHARDS)
+        let shards: Vec<mpsc::Sender<Job>> = (0..settings.writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 tokio::spawn(run_shard(db.clone(), settings.clone(), rx));
@@ -136,7 +137,8 @@ impl OrderBatcher {
         let Some(key) = lines.iter().map(|l| l.product_id).min() else {
             return 0;
         };
-        usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0)
+        let shards = self.shards.len() as u64;
+        usize::try_from(self.hasher.hash_one(key) % shards).unwrap_or(0)
     }
 }
 

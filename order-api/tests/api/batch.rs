@@ -29,6 +29,7 @@ fn settings() -> ShopSettings {
         currency: "INR".into(),
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
+        writers: 1,
         handoff: None,
     }
 }
