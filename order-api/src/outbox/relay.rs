@@ -24,7 +24,10 @@ use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use bson::DateTime;
 use futures::StreamExt;
 use mongodb::Database;
-use tokio::sync::{Notify, mpsc};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
@@ -184,12 +187,10 @@ impl Relay {
             self.retention,
         )
         .await?;
-        let mut published: Vec<&OutboxMessage> = Vec::new();
         for (row, sqs_message_id) in accepted {
             if marked.contains(&row.id) {
                 tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id, "outbox row published");
                 outcome.published += 1;
-                published.push(row);
                 counter!(metrics::OUTBOX_PUBLISHED, "event_type" => row.event_type.clone())
                     .increment(1);
                 let lag = accepted_at.timestamp_millis() - row.created_at.timestamp_millis();
@@ -328,12 +329,18 @@ pub async fn run(
     let mut delays = backoff();
     // Rows left pending before this start are claimed at once.
     let mut claim_due = true;
-    let mut pause: Option<Duration> = None;
+    // While publishing fails: no step before this. A deadline, not a sleep
+    // restarted on every wake, or frequent wakes (the sweep) would keep
+    // the relay waiting for ever.
+    let mut paused_until: Option<Instant> = None;
     let mut rows: Vec<OutboxMessage> = Vec::new();
     // Whether any writer can still hand rows over.
     let mut writers = true;
     loop {
-        let step = if pause.is_some() {
+        if paused_until.is_some_and(|until| Instant::now() >= until) {
+            paused_until = None;
+        }
+        let step = if paused_until.is_some() {
             None
         } else {
             while rows.len() < HANDED_PER_STEP {
@@ -354,44 +361,50 @@ pub async fn run(
                 None
             }
         };
-        match &step {
-            Some(Ok(outcome)) if outcome.failed == 0 => delays = backoff(),
+        let failed = match &step {
+            Some(Ok(outcome)) if outcome.failed == 0 => {
+                delays = backoff();
+                false
+            }
             Some(Ok(outcome)) => {
                 tracing::warn!(
                     failed = outcome.failed,
                     "some outbox rows were refused; backing off"
                 );
-                pause = delays.next();
-                claim_due = true;
+                true
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %format!("{e:#}"), "outbox relay step failed; backing off");
-                pause = delays.next();
-                claim_due = true;
+                true
             }
-            None => {}
+            None => false,
+        };
+        if failed {
+            // Failed rows were let go: a claim picks them up after the pause.
+            claim_due = true;
+            paused_until = delays.next().map(|delay| Instant::now() + delay);
         }
         if shutdown.is_cancelled() {
             break;
         }
-        if step.is_some() && pause.is_none() {
+        if step.is_some() && paused_until.is_none() {
             continue;
         }
-        // Nothing to do now: wait for rows, a wake, or the end of a backoff.
-        let backing_off = async {
-            match pause {
-                Some(delay) => tokio::time::sleep(delay).await,
+        // Nothing to do now: wait for rows, a wake, or the end of a pause.
+        let pause_over = async {
+            match paused_until {
+                Some(until) => tokio::time::sleep_until(until).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            batch = handed.recv(), if pause.is_none() && writers => match batch {
+            batch = handed.recv(), if paused_until.is_none() && writers => match batch {
                 Some(batch) => rows = batch,
                 None => writers = false,
             },
             () = wake.notified() => claim_due = true,
-            () = backing_off => pause = None,
+            () = pause_over => paused_until = None,
         }
     }
     handed.close();

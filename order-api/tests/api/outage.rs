@@ -119,3 +119,54 @@ async fn readiness_names_sqs_when_it_is_unreachable_and_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn orders_taken_while_sqs_is_down_are_published_when_it_returns() {
+    test_support::require_stack().await;
+    let sqs_addr: std::net::SocketAddr = "127.0.0.1:4566".parse().expect("addr");
+    let mut proxy = CuttableProxy::start(sqs_addr).await;
+    let database = unique("sqsdown").replace('-', "_");
+    let queue = unique("sqsdown");
+    let sqs = test_support::sqs_client().await;
+    test_support::create_queues(&sqs, &queue, 30).await;
+    let mut config = apps::api_config(&database, &queue);
+    config.sqs.endpoint_url = Some(format!("http://{}", proxy.addr));
+    let api = apps::start_api(config).await;
+    let db = common::mongo::connect(&test_support::mongo_config(&database), "sqsdown-test")
+        .await
+        .expect("connect");
+    let client = test_support::client::ApiClient::new(&api.address());
+    let admin = client.login(apps::ADMIN_EMAIL, apps::ADMIN_PASSWORD).await;
+    let product = client.new_product(&admin, 100, 50).await;
+    let customer = client.new_customer().await;
+
+    // Long enough for several failed attempts: the relay's pause grows past
+    // the 1 s sweep that keeps waking it.
+    proxy.cut();
+    for _ in 0..6 {
+        client.place_order(&customer, &product, 1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    proxy.restore().await;
+
+    let outbox = db.collection::<mongodb::bson::Document>("outbox");
+    test_support::eventually(
+        Duration::from_secs(45),
+        "every row to be published once SQS is back",
+        || async {
+            let pending = outbox
+                .count_documents(mongodb::bson::doc! { "status": "PENDING" })
+                .await
+                .ok()?;
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        outbox
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .expect("count"),
+        6
+    );
+}
