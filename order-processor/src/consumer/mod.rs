@@ -149,7 +149,26 @@ impl Consumer {
             .filter(|group| group.len() == 1)
             .filter_map(|group| Some((group[0].1.as_ref()?, sent_at(&group[0].0))))
             .collect();
-        let mut claimed = self.apply_batch(&singles).await;
+        // The shared transaction can wait (on a lock a dead consumer's open
+        // transaction holds, until the server aborts it): its messages stay
+        // invisible meanwhile, as a handler's do, or other pollers would
+        // receive them again and again until SQS dead-letters them.
+        let receipts: Vec<&str> = by_order
+            .values()
+            .filter(|group| group.len() == 1)
+            .filter(|group| group[0].1.is_some())
+            .filter_map(|group| group[0].0.receipt_handle())
+            .collect();
+        let (applied, _) = visibility::with_heartbeats(
+            self.apply_batch(&singles),
+            &self.sqs,
+            &self.queues.main,
+            &receipts,
+            self.visibility,
+            self.config.handler_timeout,
+        )
+        .await;
+        let mut claimed = applied.unwrap_or_default();
         let applied_together = claimed.len();
         let groups: Vec<Vec<(Message, Option<Box<Order>>)>> = by_order
             .into_values()

@@ -3,6 +3,8 @@
 
 use std::{future::Future, time::Duration};
 
+use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry;
+
 /// Handler ran past its deadline; the message is left for redelivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut;
@@ -18,6 +20,28 @@ pub async fn with_heartbeat<T>(
     visibility: Duration,
     deadline: Duration,
 ) -> (Result<T, TimedOut>, u32) {
+    with_heartbeats(
+        work,
+        sqs,
+        queue_url,
+        &[receipt_handle],
+        visibility,
+        deadline,
+    )
+    .await
+}
+
+/// [`with_heartbeat`] for work on several messages at once (a batch's
+/// shared transaction): every one of them is kept invisible, in one call
+/// per ten messages.
+pub async fn with_heartbeats<T>(
+    work: impl Future<Output = T>,
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    receipt_handles: &[&str],
+    visibility: Duration,
+    deadline: Duration,
+) -> (Result<T, TimedOut>, u32) {
     let every = (visibility / 3).max(Duration::from_secs(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let timeout = tokio::time::sleep(deadline);
@@ -28,21 +52,70 @@ pub async fn with_heartbeat<T>(
             out = &mut work => return (Ok(out), extensions),
             () = &mut timeout => return (Err(TimedOut), extensions),
             _ = ticks.tick() => {
-                let extended = sqs
-                    .change_message_visibility()
-                    .queue_url(queue_url)
-                    .receipt_handle(receipt_handle)
-                    .visibility_timeout(seconds(visibility))
-                    .send()
-                    .await;
-                match extended {
-                    Ok(_) => extensions += 1,
-                    Err(e) => tracing::warn!(
-                        error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
-                        "could not extend a message's visibility; it may be redelivered while still in hand"
-                    ),
+                for chunk in receipt_handles.chunks(10) {
+                    if extend(sqs, queue_url, chunk, visibility).await {
+                        extensions += 1;
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Makes the messages of `receipt_handles` (ten at most) invisible for
+/// `visibility` from now; `false` if SQS did not take it.
+async fn extend(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    receipt_handles: &[&str],
+    visibility: Duration,
+) -> bool {
+    let extended = if let [receipt_handle] = receipt_handles {
+        sqs.change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(*receipt_handle)
+            .visibility_timeout(seconds(visibility))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+    } else {
+        let entries = receipt_handles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, receipt_handle)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(*receipt_handle)
+                    .visibility_timeout(seconds(visibility))
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        sqs.change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+            .and_then(|out| match out.failed().first() {
+                None => Ok(()),
+                Some(failed) => Err(format!(
+                    "{} of {} refused: {}",
+                    out.failed().len(),
+                    receipt_handles.len(),
+                    failed.code()
+                )),
+            })
+    };
+    match extended {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "could not extend a message's visibility; it may be redelivered while still in hand"
+            );
+            false
         }
     }
 }

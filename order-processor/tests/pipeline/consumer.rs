@@ -259,3 +259,65 @@ async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending
     record().await.expect("recorded again");
     check().await;
 }
+
+#[tokio::test]
+async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
+    // A visibility timeout of 3 s (the least the processor accepts): the
+    // wait below outlasts it twice over.
+    let mut pipeline = spawn_pipeline(3).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let product = pipeline.product(&admin, 300, 5).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, customer) = pipeline.customer().await;
+        let order = pipeline.order(&customer, &product, 1).await;
+        ids.push(ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id"));
+    }
+    test_support::eventually(
+        Duration::from_secs(10),
+        "both events to be published",
+        || async { (pipeline.queue_depth().await == 2).then_some(()) },
+    )
+    .await;
+
+    // A consumer that died inside a transaction on the first order: its
+    // write holds that order until the transaction is aborted.
+    let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
+    let mut dead = pipeline.db.client().start_session().await.expect("session");
+    dead.start_transaction().await.expect("begin");
+    orders
+        .update_one(doc! { "_id": ids[0] }, doc! { "$set": { "held": true } })
+        .session(&mut dead)
+        .await
+        .expect("hold the order");
+
+    let consumer = consumer_for(&pipeline).await;
+    let polling = tokio::spawn(async move { consumer.poll_once().await });
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let again = pipeline
+        .sqs
+        .receive_message()
+        .queue_url(&pipeline.queues.queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive");
+    assert!(
+        again.messages().is_empty(),
+        "messages in hand were handed out again: {:?}",
+        again.messages()
+    );
+
+    dead.abort_transaction().await.expect("abort");
+    let report = polling.await.expect("joined").expect("a step");
+    assert_eq!(report.received, 2, "{report:?}");
+    assert_eq!(report.acknowledged, 2, "{report:?}");
+    for id in &ids {
+        let stored = pipeline.order_document(&id.to_hex()).await;
+        assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
+    }
+}
