@@ -301,6 +301,9 @@ impl Consumer {
         }
         let order = self.load(id).await?;
         if order.status == OrderStatus::Cancelled {
+            if order.email.status == EmailStatus::Sending {
+                return self.settle_abandoned_confirmation(&order).await;
+            }
             tracing::info!(order_id = %id, "order was cancelled; not processing it");
             return Ok(Outcome::SkippedCancelled);
         }
@@ -319,6 +322,28 @@ impl Consumer {
                 .await
                 .map(|failed| failed.unwrap_or(Outcome::Processed)),
         }
+    }
+
+    /// A cancelled order whose confirmation was claimed by an attempt that
+    /// died before recording whether SMTP took it (a crash between the claim
+    /// and `SENT`, then a cancel). It is not sent now (the order is
+    /// cancelled); once the attempt is stale it is recorded FAILED with why,
+    /// so it does not stay `SENDING` for ever. Until then, a live attempt may
+    /// still record it: retry later.
+    async fn settle_abandoned_confirmation(&self, order: &Order) -> Result<Outcome, ProcessError> {
+        let stale_ms = i64::try_from(self.config.stale_send_after.as_millis()).unwrap_or(i64::MAX);
+        let started = order
+            .email
+            .attempted_at
+            .map_or(0, |at| at.timestamp_millis());
+        if DateTime::now().timestamp_millis().saturating_sub(started) < stale_ms {
+            return Err(ProcessError::InFlight);
+        }
+        let reason = "the order was cancelled after an attempt to send this confirmation died \
+                      before recording whether it went out; it is not sent again";
+        fulfilment::record_email_failed(&self.db, order, EmailKind::Confirmation, reason).await?;
+        tracing::warn!(order_id = %order.id, "abandoned confirmation of a cancelled order recorded as FAILED");
+        Ok(Outcome::SkippedCancelled)
     }
 
     /// Sends the cancellation email of a cancelled order, once.

@@ -321,3 +321,70 @@ async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
         assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_left_sending() {
+    let mut pipeline = spawn_pipeline(30).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let (_, customer) = pipeline.customer().await;
+    let product = pipeline.product(&admin, 500, 2).await;
+    let order = pipeline.order(&customer, &product, 1).await;
+    let order_id = order["id"].as_str().expect("id");
+    let oid = ObjectId::parse_str(order_id).expect("id");
+    let consumer = consumer_for(&pipeline).await;
+    let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
+    let event = || {
+        format!(
+            r#"{{"eventId":"{}","type":"order.created","orderId":"{order_id}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
+            ObjectId::new().to_hex()
+        )
+    };
+    // An attempt claimed the confirmation and died; then the order was
+    // cancelled. Just now: that attempt may still be alive.
+    let claimed_at = |ago_secs: i64| {
+        mongodb::bson::DateTime::from_millis(
+            mongodb::bson::DateTime::now().timestamp_millis() - ago_secs * 1000,
+        )
+    };
+    orders
+        .update_one(
+            doc! { "_id": oid },
+            doc! { "$set": {
+                "status": "CANCELLED",
+                "email.status": "SENDING",
+                "email.attempts": 1,
+                "email.attempted_at": claimed_at(0),
+            } },
+        )
+        .await
+        .expect("claim and cancel");
+    let early = consumer.try_process_message(&event()).await;
+    assert!(matches!(early, Err(ProcessError::InFlight)), "{early:?}");
+
+    // Long after: the attempt is dead, and the email is settled as FAILED.
+    orders
+        .update_one(
+            doc! { "_id": oid },
+            doc! { "$set": { "email.attempted_at": claimed_at(3600) } },
+        )
+        .await
+        .expect("age the claim");
+    let outcome = consumer
+        .try_process_message(&event())
+        .await
+        .expect("handled");
+    assert_eq!(outcome, Outcome::SkippedCancelled);
+    let stored = pipeline.order_document(order_id).await;
+    let email = stored.get_document("email").expect("email");
+    assert_eq!(email.get_str("status").expect("status"), "FAILED");
+    assert!(
+        email
+            .get_str("last_error")
+            .expect("why")
+            .contains("cancelled")
+    );
+    assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
+}
