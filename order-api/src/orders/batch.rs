@@ -145,14 +145,7 @@ impl OrderBatcher {
 /// One shard: takes the first waiting order, then whatever else is already
 /// queued (never waiting for more), and places them as one batch.
 async fn run_shard(db: Database, settings: Arc<ShopSettings>, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = common::batching::next_batch(&mut queue, MAX_BATCH).await {
         place_batch(&db, &settings, batch).await;
     }
 }

@@ -70,14 +70,7 @@ impl SentLog {
 /// Takes the first waiting record, then whatever else is already waiting
 /// (never waiting for more), and writes them.
 async fn write_until_closed(db: Database, mut waiting: mpsc::Receiver<Sent>) {
-    while let Some(first) = waiting.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match waiting.try_recv() {
-                Ok(sent) => batch.push(sent),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = common::batching::next_batch(&mut waiting, MAX_BATCH).await {
         write(&db, batch).await;
     }
 }
