@@ -21,10 +21,7 @@ use std::{
 
 use ::metrics::{counter, histogram};
 use anyhow::Context;
-use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-    MessageSystemAttributeName,
-};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use chrono::Utc;
 use common::{domain::Order, event::OrderEvent};
 use futures::{StreamExt, stream};
@@ -344,18 +341,11 @@ impl Consumer {
     /// Makes failed messages invisible for their backoff delay.
     async fn postpone(&self, messages: &[(Message, Duration)]) -> anyhow::Result<()> {
         for chunk in messages.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (m, delay))| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .set_receipt_handle(m.receipt_handle().map(str::to_string))
-                        .visibility_timeout(visibility::seconds(*delay))
-                        .build()
-                        .ok()
-                })
-                .collect::<Vec<_>>();
+            let entries = visibility::batch_entries(
+                chunk
+                    .iter()
+                    .filter_map(|(m, delay)| Some((m.receipt_handle()?, *delay))),
+            );
             self.sqs
                 .change_message_visibility_batch()
                 .queue_url(&self.queues.main)

@@ -80,18 +80,7 @@ async fn extend(
             .map(|_| ())
             .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
     } else {
-        let entries = receipt_handles
-            .iter()
-            .enumerate()
-            .filter_map(|(i, receipt_handle)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(*receipt_handle)
-                    .visibility_timeout(seconds(visibility))
-                    .build()
-                    .ok()
-            })
-            .collect::<Vec<_>>();
+        let entries = batch_entries(receipt_handles.iter().map(|r| (*r, visibility)));
         sqs.change_message_visibility_batch()
             .queue_url(queue_url)
             .set_entries(Some(entries))
@@ -118,6 +107,25 @@ async fn extend(
             false
         }
     }
+}
+
+/// ChangeMessageVisibilityBatch entries (ten at most per call): each
+/// receipt handle invisible for its own duration from now.
+pub fn batch_entries<'a>(
+    receipts: impl IntoIterator<Item = (&'a str, Duration)>,
+) -> Vec<ChangeMessageVisibilityBatchRequestEntry> {
+    receipts
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, (receipt_handle, invisible_for))| {
+            ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(receipt_handle)
+                .visibility_timeout(seconds(invisible_for))
+                .build()
+                .ok()
+        })
+        .collect()
 }
 
 /// How long a message waits before its next attempt, given how many times it
