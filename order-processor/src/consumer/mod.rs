@@ -141,21 +141,22 @@ impl Consumer {
         }
         // Orders with one message each share one transaction for their
         // first deliveries; everything else goes one by one.
-        let singles: Vec<(&OrderEvent, Option<bson::DateTime>)> = by_order
-            .values()
-            .filter(|group| group.len() == 1)
-            .filter_map(|group| Some((group[0].1.as_ref()?, sent_at(&group[0].0))))
-            .collect();
         // The shared transaction can wait (on a lock a dead consumer's open
         // transaction holds, until the server aborts it): its messages stay
         // invisible meanwhile, as a handler's do, or other pollers would
         // receive them again and again until SQS dead-letters them.
-        let receipts: Vec<&str> = by_order
+        let (singles, receipts): (Vec<_>, Vec<_>) = by_order
             .values()
             .filter(|group| group.len() == 1)
-            .filter(|group| group[0].1.is_some())
-            .filter_map(|group| group[0].0.receipt_handle())
-            .collect();
+            .filter_map(|group| {
+                let (message, event) = &group[0];
+                Some((
+                    (event.as_ref()?, sent_at(message)),
+                    message.receipt_handle(),
+                ))
+            })
+            .unzip();
+        let receipts: Vec<&str> = receipts.into_iter().flatten().collect();
         let (applied, _) = visibility::with_heartbeats(
             self.apply_batch(&singles),
             &self.sqs,
