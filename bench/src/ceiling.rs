@@ -195,15 +195,16 @@ async fn write(
     product: ObjectId,
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
-    let reserved = scratch
-        .products
-        .find_one_and_update(
-            doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
-            doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
-        )
-        .session(&mut *session)
-        .await?
-        .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
+    // As the pipeline reserves stock: a findAndModify would scan the whole
+    // collection on SecantusDB (see `common::mongo::update_then_read`).
+    let reserved = common::mongo::update_then_read(
+        &scratch.products,
+        Some(&mut *session),
+        doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
+        doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
+    )
+    .await?
+    .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
     let order_id = ObjectId::new();
     let price = reserved.get_i64("price").unwrap_or(0);
     let tax = price * 18 / 100;

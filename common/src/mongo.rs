@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use mongodb::{
-    Client, Database,
-    bson::doc,
+    Client, ClientSession, Collection, Database,
+    bson::{Document, doc},
     error::{Error, ErrorKind, WriteFailure},
     options::ClientOptions,
 };
@@ -82,6 +82,47 @@ pub fn value_by_id<V: Into<bson::Bson> + Clone>(
         { "$literal": values },
         { "$indexOfArray": [{ "$literal": ids }, "$_id"] },
     ] }
+}
+
+/// What `find_one_and_update(filter, update)` with `ReturnDocument::After`
+/// answers, as two statements: the conditional update, then, if it matched,
+/// a read of that document by the filter's `_id` (which `filter` must name).
+/// Inside a transaction (`session` given, in one) the pair is as atomic as
+/// the single command. Without one, the read may also see a later writer's
+/// change: callers use it where the claim is the update and what they read
+/// back is the document's content.
+///
+/// Why not the one command: SecantusDB, the local stack's server, writes a
+/// findAndModify through the filter `{_id, $and: [filter]}` and answers that
+/// by scanning the whole collection. Measured against it (a transaction each,
+/// 500-byte documents): findAndModify 9.4 ms at 1,000 documents, 72 ms at
+/// 5,000 and 147 ms at 20,000; this pair 1.9, 1.5 and 2.0 ms.
+pub async fn update_then_read<T>(
+    collection: &Collection<T>,
+    mut session: Option<&mut ClientSession>,
+    filter: Document,
+    update: Document,
+) -> mongodb::error::Result<Option<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    let id = filter
+        .get("_id")
+        .cloned()
+        .ok_or_else(|| Error::custom("update_then_read needs a filter on _id"))?;
+    let update = collection.update_one(filter, update);
+    let updated = match session.as_deref_mut() {
+        Some(session) => update.session(session).await?,
+        None => update.await?,
+    };
+    if updated.matched_count == 0 {
+        return Ok(None);
+    }
+    let read = collection.find_one(doc! { "_id": id });
+    match session {
+        Some(session) => read.session(session).await,
+        None => read.await,
+    }
 }
 
 /// `at` plus `span`, saturating instead of overflowing.

@@ -10,9 +10,7 @@ use common::{
     event::OrderEventType,
 };
 use futures::{FutureExt, TryStreamExt};
-use mongodb::{
-    ClientSession, Collection, Database, error::Error as MongoError, options::ReturnDocument,
-};
+use mongodb::{ClientSession, Collection, Database, error::Error as MongoError};
 
 pub fn orders(db: &Database) -> Collection<Order> {
     db.collection("orders")
@@ -76,18 +74,17 @@ pub async fn process_and_claim(
         .get_document_mut("$set")
         .map_err(MongoError::custom)?
         .extend(doc! { "status": OrderStatus::Processed.as_str(), "updated_at": now });
-    orders(db)
-        .find_one_and_update(
-            doc! {
-                "_id": id,
-                "status": OrderStatus::Pending.as_str(),
-                format!("{field}.status"): "PENDING",
-            },
-            update,
-        )
-        .return_document(ReturnDocument::After)
-        .session(session)
-        .await
+    common::mongo::update_then_read(
+        &orders(db),
+        Some(session),
+        doc! {
+            "_id": id,
+            "status": OrderStatus::Pending.as_str(),
+            format!("{field}.status"): "PENDING",
+        },
+        update,
+    )
+    .await
 }
 
 /// [`process_and_claim`] for the first deliveries of several orders at once,
@@ -215,17 +212,16 @@ pub async fn process(
     for next in [OrderStatus::Processing, OrderStatus::Processed] {
         if order.status.can_become(next) {
             let now = DateTime::now();
-            let advanced = orders(db)
-                .find_one_and_update(
-                    doc! { "_id": id, "status": order.status.as_str() },
-                    doc! {
-                        "$set": { "status": next.as_str(), "updated_at": now },
-                        "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
-                    },
-                )
-                .return_document(ReturnDocument::After)
-                .session(&mut *session)
-                .await?;
+            let advanced = common::mongo::update_then_read(
+                &orders(db),
+                Some(&mut *session),
+                doc! { "_id": id, "status": order.status.as_str() },
+                doc! {
+                    "$set": { "status": next.as_str(), "updated_at": now },
+                    "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
+                },
+            )
+            .await?;
             // In a transaction the order cannot change under us; a miss
             // would be a bug, so fail the transaction rather than guess.
             order = advanced.ok_or_else(|| {
@@ -268,28 +264,29 @@ pub async fn claim_email(
     // Two conditional updates rather than one with `$or`: SecantusDB answers
     // an `$or` by scanning the whole collection instead of using `_id`, which
     // made every claim slower as orders accumulated. The usual case (a
-    // first attempt) is the first update.
-    let pending = orders(db)
-        .find_one_and_update(
-            doc! { "_id": id, format!("{field}.status"): "PENDING" },
-            claim.clone(),
-        )
-        .return_document(ReturnDocument::After)
-        .await?;
+    // first attempt) is the first update. The claim is the update; what is
+    // read back is the order to send.
+    let pending = common::mongo::update_then_read(
+        &orders(db),
+        None,
+        doc! { "_id": id, format!("{field}.status"): "PENDING" },
+        claim.clone(),
+    )
+    .await?;
     if pending.is_some() {
         return Ok(pending);
     }
-    orders(db)
-        .find_one_and_update(
-            doc! {
-                "_id": id,
-                format!("{field}.status"): "SENDING",
-                format!("{field}.attempted_at"): { "$lt": stale_before },
-            },
-            claim,
-        )
-        .return_document(ReturnDocument::After)
-        .await
+    common::mongo::update_then_read(
+        &orders(db),
+        None,
+        doc! {
+            "_id": id,
+            format!("{field}.status"): "SENDING",
+            format!("{field}.attempted_at"): { "$lt": stale_before },
+        },
+        claim,
+    )
+    .await
 }
 
 /// The update that makes `kind` of email `SENDING` with a fresh attempt.

@@ -173,18 +173,20 @@ pub async fn rotate_refresh(
     let hash = hash_refresh_token(token);
     let now = DateTime::now();
     // Claiming the token is one atomic update: two concurrent refreshes with
-    // the same token cannot both succeed.
-    let claimed = collection(db)
-        .find_one_and_update(
-            doc! {
-                "_id": &hash,
-                "used_at": null,
-                "revoked_at": null,
-                "expires_at": { "$gt": now },
-            },
-            doc! { "$set": { "used_at": now } },
-        )
-        .await?;
+    // the same token cannot both succeed. What is read back (its user and
+    // family) never changes.
+    let claimed = common::mongo::update_then_read(
+        &collection(db),
+        None,
+        doc! {
+            "_id": &hash,
+            "used_at": null,
+            "revoked_at": null,
+            "expires_at": { "$gt": now },
+        },
+        doc! { "$set": { "used_at": now } },
+    )
+    .await?;
     if let Some(record) = claimed {
         let token = store_new(db, record.user_id, record.family_id, ttl).await?;
         return Ok(Rotation::Rotated {

@@ -14,7 +14,7 @@ use common::{
     event::OrderEventType,
 };
 use futures::FutureExt;
-use mongodb::{ClientSession, Database, error::Error as MongoError, options::ReturnDocument};
+use mongodb::{ClientSession, Database, error::Error as MongoError};
 
 use super::store as orders;
 use crate::{outbox, products::store as products};
@@ -83,21 +83,20 @@ async fn write_cancellation(
     let mut conditional = filter.clone();
     conditional.insert("status", doc! { "$in": cancellable });
     let entry = TimelineEntry::new(TimelineEvent::Cancelled, OrderStatus::Cancelled, now);
-    let cancelled = orders::collection(db)
-        .find_one_and_update(
-            conditional,
-            doc! {
-                "$set": {
-                    "status": OrderStatus::Cancelled.as_str(),
-                    "updated_at": now,
-                    "cancellation_email": bson::to_bson(&EmailDelivery::pending()).map_err(MongoError::custom)?,
-                },
-                "$push": { "timeline": bson::to_bson(&entry).map_err(MongoError::custom)? },
+    let cancelled = common::mongo::update_then_read(
+        &orders::collection(db),
+        Some(&mut *session),
+        conditional,
+        doc! {
+            "$set": {
+                "status": OrderStatus::Cancelled.as_str(),
+                "updated_at": now,
+                "cancellation_email": bson::to_bson(&EmailDelivery::pending()).map_err(MongoError::custom)?,
             },
-        )
-        .return_document(ReturnDocument::After)
-        .session(&mut *session)
-        .await?;
+            "$push": { "timeline": bson::to_bson(&entry).map_err(MongoError::custom)? },
+        },
+    )
+    .await?;
     let Some(order) = cancelled else {
         let existing = orders::collection(db)
             .find_one(filter)

@@ -205,13 +205,13 @@ async fn reserve_stock(
     now: DateTime,
 ) -> mongodb::error::Result<Product> {
     let quantity = i64::from(line.quantity.get());
-    let reserved = products::collection(db)
-        .find_one_and_update(
-            doc! { "_id": line.product_id, "active": true, "stock": { "$gte": quantity } },
-            doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } },
-        )
-        .session(&mut *session)
-        .await?;
+    let reserved = common::mongo::update_then_read(
+        &products::collection(db),
+        Some(&mut *session),
+        doc! { "_id": line.product_id, "active": true, "stock": { "$gte": quantity } },
+        doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } },
+    )
+    .await?;
     if let Some(product) = reserved {
         return Ok(product);
     }

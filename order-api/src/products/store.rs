@@ -3,10 +3,7 @@
 use bson::{Document, doc, oid::ObjectId};
 use common::domain::Product;
 use futures::TryStreamExt;
-use mongodb::{
-    Collection, Database, IndexModel,
-    options::{IndexOptions, ReturnDocument},
-};
+use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
 use serde::Serialize;
 
 pub fn collection(db: &Database) -> Collection<Product> {
@@ -40,10 +37,13 @@ pub async fn update(
     id: ObjectId,
     set: Document,
 ) -> mongodb::error::Result<Option<Product>> {
-    collection(db)
-        .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
-        .return_document(ReturnDocument::After)
-        .await
+    common::mongo::update_then_read(
+        &collection(db),
+        None,
+        doc! { "_id": id },
+        doc! { "$set": set },
+    )
+    .await
 }
 
 /// Up to `limit` products after `after` in `_id` order. `_id` is unique and
