@@ -1,18 +1,43 @@
 //! The receiving end of a group commit: the first waiting item, then
-//! whatever else is already waiting, never waiting for more. Under load the
-//! batches grow by themselves; alone, an item goes at once.
+//! whatever else is already waiting or, with a linger, arrives within it.
+//! Under load the batches grow by themselves; alone, an item goes at once
+//! (or after the linger).
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::{
+    sync::mpsc::{self, error::TryRecvError},
+    time::Instant,
+};
 
 /// The next batch from `queue` (at most `max` items, at least one), or
-/// `None` once every sender is gone and the queue is empty.
+/// `None` once every sender is gone and the queue is empty. Never waits
+/// once it has an item.
 pub async fn next_batch<T>(queue: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    next_batch_lingering(queue, max, Duration::ZERO).await
+}
+
+/// [`next_batch`], but once the first item is in, also waits up to
+/// `linger` for more (as Kafka's `linger.ms`): at a moderate rate items
+/// arrive a few milliseconds apart, and a short wait turns a write per item
+/// into a write per batch. A full batch goes at once.
+pub async fn next_batch_lingering<T>(
+    queue: &mut mpsc::Receiver<T>,
+    max: usize,
+    linger: Duration,
+) -> Option<Vec<T>> {
     let first = queue.recv().await?;
+    let until = Instant::now() + linger;
     let mut batch = vec![first];
     while batch.len() < max {
         match queue.try_recv() {
             Ok(item) => batch.push(item),
-            Err(_) => break,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) if linger.is_zero() => break,
+            Err(TryRecvError::Empty) => match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(item)) => batch.push(item),
+                Ok(None) | Err(_) => break,
+            },
         }
     }
     Some(batch)
@@ -32,5 +57,41 @@ mod tests {
         assert_eq!(next_batch(&mut rx, 3).await, Some(vec![3, 4]));
         drop(tx);
         assert_eq!(next_batch(&mut rx, 3).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_linger_takes_what_arrives_within_it_and_no_more() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let sender = tokio::spawn(async move {
+            for (n, after_ms) in [(0, 0), (1, 5), (2, 5), (3, 50)] {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                tx.send(n).await.expect("room");
+            }
+        });
+        let linger = Duration::from_millis(20);
+        let started = Instant::now();
+        assert_eq!(
+            next_batch_lingering(&mut rx, 8, linger).await,
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(started.elapsed(), linger, "it waited out the linger");
+        assert_eq!(
+            next_batch_lingering(&mut rx, 8, linger).await,
+            Some(vec![3])
+        );
+        sender.await.expect("sender");
+        assert_eq!(next_batch_lingering(&mut rx, 8, linger).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_does_not_wait_out_the_linger() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for n in 0..3 {
+            tx.send(n).await.expect("room");
+        }
+        let started = Instant::now();
+        let batch = next_batch_lingering(&mut rx, 3, Duration::from_secs(10)).await;
+        assert_eq!(batch, Some(vec![0, 1, 2]));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -76,6 +76,9 @@ pub struct ConsumerConfig {
     /// First retry delay after a transient failure; doubles per receive.
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// How long the shared writers (first deliveries, SENT records) wait
+    /// after a first item for others before they write (0 to 1000 ms).
+    pub linger: Duration,
     /// How long handled event ids are remembered. Must cover the queue's
     /// message retention, or a late redelivery could be processed twice.
     pub inbox_retention: Duration,
@@ -102,6 +105,10 @@ impl ProcessorConfig {
         if !(1..=16).contains(&pollers) {
             bail!("CONSUMER_POLLERS must be 1 to 16");
         }
+        let linger_ms: u64 = config::parsed_or("CONSUMER_LINGER_MS", 20)?;
+        if linger_ms > 1000 {
+            bail!("CONSUMER_LINGER_MS must be 0 to 1000");
+        }
         Ok(ProcessorConfig {
             host: config::optional("PROCESSOR_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("PROCESSOR_PORT", 8001)?,
@@ -125,6 +132,7 @@ impl ProcessorConfig {
                 handler_timeout: config::seconds_or("HANDLER_TIMEOUT_SECS", 120)?,
                 retry_base: config::seconds_or("RETRY_BASE_SECS", 2)?,
                 retry_cap: config::seconds_or("RETRY_CAP_SECS", 300)?,
+                linger: Duration::from_millis(linger_ms),
                 inbox_retention: config::seconds_or("INBOX_RETENTION_SECS", 14 * 24 * 3600)?,
                 startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
             },

@@ -108,6 +108,7 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             handler_timeout: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(5),
+            linger: Duration::from_millis(5),
             inbox_retention: Duration::from_secs(14 * 24 * 3600),
             startup_timeout: Duration::from_secs(5),
         },

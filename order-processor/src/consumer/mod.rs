@@ -12,6 +12,7 @@
 
 mod process;
 mod sent;
+mod together;
 pub mod visibility;
 
 use std::{
@@ -50,6 +51,9 @@ pub struct Consumer {
     visibility: Duration,
     /// Where sent emails are recorded, several in one write.
     sent: sent::SentLog,
+    /// Where first deliveries are applied, several pollers' in one
+    /// transaction.
+    together: together::Together,
 }
 
 /// What becomes of one received message.
@@ -84,7 +88,15 @@ impl Consumer {
         visibility: Duration,
     ) -> Self {
         Consumer {
-            sent: sent::SentLog::start(db.clone()),
+            sent: sent::SentLog::start(db.clone(), config.linger),
+            together: together::Together::start(
+                db.clone(),
+                together::Settings {
+                    inbox_retention: config.inbox_retention,
+                    message_id_domain: message_id_domain.clone(),
+                    linger: config.linger,
+                },
+            ),
             db,
             sqs,
             queues,
@@ -140,7 +152,8 @@ impl Consumer {
             by_order.entry(key).or_default().push((message, event));
         }
         // Orders with one message each share one transaction for their
-        // first deliveries; everything else goes one by one.
+        // first deliveries, with other pollers' (see `together`);
+        // everything else goes one by one.
         // The shared transaction can wait (on a lock a dead consumer's open
         // transaction holds, until the server aborts it): its messages stay
         // invisible meanwhile, as a handler's do, or other pollers would
@@ -150,15 +163,12 @@ impl Consumer {
             .filter(|group| group.len() == 1)
             .filter_map(|group| {
                 let (message, event) = &group[0];
-                Some((
-                    (event.as_ref()?, sent_at(message)),
-                    message.receipt_handle(),
-                ))
+                Some(((event.clone()?, sent_at(message)), message.receipt_handle()))
             })
             .unzip();
         let receipts: Vec<&str> = receipts.into_iter().flatten().collect();
         let (applied, _) = visibility::with_heartbeats(
-            self.apply_batch(&singles),
+            self.together.apply(singles),
             &self.sqs,
             &self.queues.main,
             &receipts,

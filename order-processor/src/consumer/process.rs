@@ -1,7 +1,7 @@
 //! Handling one event: the order change it asks for (recorded in the inbox in
 //! the same transaction) and the email that follows it.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use ::metrics::{counter, histogram};
 use bson::{DateTime, oid::ObjectId};
@@ -104,7 +104,7 @@ impl Consumer {
     }
 
     /// [`Self::try_process_message`], for an event whose transaction may
-    /// already have run with others of its batch ([`Self::apply_batch`]):
+    /// already have run with others ([`super::together`]):
     /// `claimed` is then the order it moved. `published_at` is when SQS
     /// accepted the message, noted on the order's timeline on the first
     /// delivery.
@@ -197,85 +197,6 @@ impl Consumer {
                 Err(ProcessError::UnknownOrder(id.to_hex()))
             }
             Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The transactions of a batch's first deliveries of `order.created`, as
-    /// ONE transaction: the inbox records, PENDING → PROCESSED and the
-    /// confirmations' claims, for every order still PENDING; one round trip
-    /// each for the whole batch instead of three per order. Returns the
-    /// moved orders by event id. Any event it leaves out (a redelivery, an
-    /// order in another state, or the whole batch if the transaction fails)
-    /// takes the one-by-one path, which has the full answer for each case.
-    pub(super) async fn apply_batch(
-        &self,
-        events: &[(&OrderEvent, Option<DateTime>)],
-    ) -> HashMap<String, Box<Order>> {
-        let mut candidates: Vec<(&OrderEvent, ObjectId, Option<DateTime>)> = Vec::new();
-        for (event, published_at) in events {
-            if event.event_type != OrderEventType::OrderCreated {
-                continue;
-            }
-            let Ok(id) = ObjectId::parse_str(&event.order_id) else {
-                continue;
-            };
-            if candidates.iter().all(|(_, seen, _)| *seen != id) {
-                candidates.push((event, id, *published_at));
-            }
-        }
-        // One event alone is as cheap on its own path.
-        if candidates.len() < 2 {
-            return HashMap::new();
-        }
-        let retention = self.config.inbox_retention;
-        let domain = self.message_id_domain.as_str();
-        let applied = common::mongo::transaction(
-            &self.db,
-            "apply_events",
-            (&self.db, &candidates),
-            |session, (db, candidates)| {
-                async move {
-                    let event_ids: Vec<&str> = candidates
-                        .iter()
-                        .map(|(e, _, _)| e.event_id.as_str())
-                        .collect();
-                    let seen = inbox::recorded(db, session, &event_ids).await?;
-                    let fresh: Vec<(ObjectId, Option<DateTime>)> = candidates
-                        .iter()
-                        .filter(|(e, _, _)| !seen.contains(&e.event_id))
-                        .map(|(_, id, published_at)| (*id, *published_at))
-                        .collect();
-                    if fresh.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let moved =
-                        fulfilment::process_and_claim_many(db, session, &fresh, domain).await?;
-                    let entries: Vec<inbox::InboxEntry> = candidates
-                        .iter()
-                        .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))
-                        .map(|(e, _, _)| {
-                            inbox::entry(&e.event_id, e.event_type.as_str(), &e.order_id, retention)
-                        })
-                        .collect();
-                    inbox::record_many(db, session, &entries).await?;
-                    Ok(moved)
-                }
-                .boxed()
-            },
-        )
-        .await;
-        match applied {
-            Ok(moved) => moved
-                .into_iter()
-                .filter_map(|order| {
-                    let (event, _, _) = candidates.iter().find(|(_, id, _)| *id == order.id)?;
-                    Some((event.event_id.clone(), Box::new(order)))
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(events = candidates.len(), error = %e, "batch transaction failed; handling its events one by one");
-                HashMap::new()
-            }
         }
     }
 

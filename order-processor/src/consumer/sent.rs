@@ -5,13 +5,14 @@
 //! order (an update and a commit). Here every handler that has just sent an
 //! email waits in one queue, and one writer records whatever is waiting in
 //! one transaction and answers each. A lone email is recorded exactly as
-//! before; under load the write is shared by the emails of every poller.
+//! before, after the linger; the write is shared by the emails of every
+//! poller.
 //!
 //! Each handler still waits for its own record before its message is
 //! deleted, so a crash leaves nothing recorded that was not sent and no
 //! message deleted whose email is not recorded.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use bson::oid::ObjectId;
 use common::domain::{EmailKind, Order, OrderStatus};
@@ -40,10 +41,12 @@ pub struct SentLog {
 }
 
 impl SentLog {
-    /// Starts the writer.
-    pub fn start(db: Database) -> SentLog {
+    /// Starts the writer, which waits up to `linger` after a first record
+    /// for others (the emails of one batch are sent side by side and finish
+    /// a few milliseconds apart).
+    pub fn start(db: Database, linger: Duration) -> SentLog {
         let (queue, waiting) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_until_closed(db, waiting));
+        tokio::spawn(write_until_closed(db, waiting, linger));
         SentLog { queue }
     }
 
@@ -67,10 +70,12 @@ impl SentLog {
     }
 }
 
-/// Takes the first waiting record, then whatever else is already waiting
-/// (never waiting for more), and writes them.
-async fn write_until_closed(db: Database, mut waiting: mpsc::Receiver<Sent>) {
-    while let Some(batch) = common::batching::next_batch(&mut waiting, MAX_BATCH).await {
+/// Takes the first waiting record, then whatever else arrives within the
+/// linger, and writes them.
+async fn write_until_closed(db: Database, mut waiting: mpsc::Receiver<Sent>, linger: Duration) {
+    while let Some(batch) =
+        common::batching::next_batch_lingering(&mut waiting, MAX_BATCH, linger).await
+    {
         write(&db, batch).await;
     }
 }

@@ -200,6 +200,63 @@ async fn a_poison_message_is_dead_lettered_without_blocking_good_orders() {
     assert_eq!(dead, vec!["{ this is not an order event".to_string()]);
 }
 
+#[tokio::test]
+async fn first_deliveries_received_by_different_pollers_share_one_transaction() {
+    let mut pipeline = spawn_pipeline(30).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    let admin = pipeline.admin_token().await;
+    let product = pipeline.product(&admin, 700, 10).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, customer) = pipeline.customer().await;
+        let order = pipeline.order(&customer, &product, 1).await;
+        ids.push(order["id"].as_str().expect("id").to_string());
+    }
+    test_support::eventually(
+        Duration::from_secs(10),
+        "the relay to publish both events",
+        || async { (pipeline.queue_depth().await == 2).then_some(()) },
+    )
+    .await;
+
+    // Two pollers, one message each: alone, each would be a lone event on
+    // the one-by-one path. The linger holds the first for the second.
+    let mut config = test_support::apps::processor_config(&pipeline.database, &pipeline.queue);
+    config.consumer.max_messages = 1;
+    config.consumer.linger = Duration::from_secs(3);
+    let app = order_processor::startup::Application::build(config)
+        .await
+        .expect("builds");
+    let consumer = app.consumer().clone();
+    let (first, second) = tokio::join!(consumer.poll_once(), consumer.poll_once());
+    let (first, second) = (first.expect("a step"), second.expect("a step"));
+    assert_eq!(
+        (first.received, second.received),
+        (1, 1),
+        "{first:?} {second:?}"
+    );
+    assert_eq!(
+        first.applied_together + second.applied_together,
+        2,
+        "both first deliveries were applied in the shared transaction: {first:?} {second:?}"
+    );
+    for id in &ids {
+        let stored = pipeline.order_document(id).await;
+        assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
+        assert_eq!(times_in_timeline(&stored, "processed"), 1);
+        assert_eq!(
+            stored
+                .get_document("email")
+                .expect("email")
+                .get_str("status")
+                .expect("status"),
+            "SENT"
+        );
+    }
+}
+
 async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::consumer::Consumer {
     let config = test_support::apps::processor_config(&pipeline.database, &pipeline.queue);
     let app = order_processor::startup::Application::build(config)

@@ -1,0 +1,173 @@
+//! First deliveries of `order.created` applied together: every poller hands
+//! the events of its batch that can share a transaction to one writer,
+//! which waits a moment (the linger) for other pollers' and applies them
+//! all in ONE transaction: the inbox records, PENDING → PROCESSED and the
+//! confirmations' claims, a round trip each for the lot.
+//!
+//! Why across pollers, and why wait: at a moderate rate each receive brings
+//! one or two messages, so a transaction per receive is still about a
+//! transaction per order (four statements and a commit each), and the
+//! database's cost per order doubles just when the system is not busy.
+//! The linger bounds the wait; under load the batch fills first.
+//!
+//! Any event the shared transaction leaves out (a lone event, a
+//! redelivery, an order in another state, or all of them if it fails)
+//! takes the one-by-one path, which has the full answer for each case.
+
+use std::{collections::HashMap, time::Duration};
+
+use bson::{DateTime, oid::ObjectId};
+use common::{
+    domain::Order,
+    event::{OrderEvent, OrderEventType},
+};
+use futures::FutureExt;
+use mongodb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{fulfilment, inbox};
+
+/// Pollers' hand-overs applied in one transaction, at most (a poller hands
+/// over at most one receive's worth, ten events).
+const MAX_WAITING: usize = 16;
+
+/// One poller's events and where its answer goes.
+struct Waiting {
+    events: Vec<(OrderEvent, Option<DateTime>)>,
+    answer: oneshot::Sender<HashMap<String, Box<Order>>>,
+}
+
+/// The pollers' end. Cheap to clone; the writer stops with the last clone.
+#[derive(Clone)]
+pub struct Together {
+    queue: mpsc::Sender<Waiting>,
+}
+
+/// What the writer needs besides the database.
+#[derive(Clone)]
+pub struct Settings {
+    pub inbox_retention: Duration,
+    pub message_id_domain: String,
+    pub linger: Duration,
+}
+
+impl Together {
+    /// Starts the writer.
+    pub fn start(db: Database, settings: Settings) -> Together {
+        let (queue, waiting) = mpsc::channel(MAX_WAITING);
+        tokio::spawn(write_until_closed(db, settings, waiting));
+        Together { queue }
+    }
+
+    /// Applies `events` (each with when SQS accepted it) with whatever other
+    /// pollers hand over meanwhile. Returns the orders moved, by event id;
+    /// the events missing from it are for the one-by-one path.
+    pub async fn apply(
+        &self,
+        events: Vec<(OrderEvent, Option<DateTime>)>,
+    ) -> HashMap<String, Box<Order>> {
+        if events.is_empty() {
+            return HashMap::new();
+        }
+        let (answer, answered) = oneshot::channel();
+        if self.queue.send(Waiting { events, answer }).await.is_err() {
+            return HashMap::new();
+        }
+        answered.await.unwrap_or_default()
+    }
+}
+
+async fn write_until_closed(db: Database, settings: Settings, mut queue: mpsc::Receiver<Waiting>) {
+    while let Some(batch) =
+        common::batching::next_batch_lingering(&mut queue, MAX_WAITING, settings.linger).await
+    {
+        let events: Vec<(&OrderEvent, Option<DateTime>)> = batch
+            .iter()
+            .flat_map(|waiting| waiting.events.iter().map(|(e, at)| (e, *at)))
+            .collect();
+        let mut moved = apply_first_deliveries(&db, &settings, &events).await;
+        for waiting in batch {
+            let mine = waiting
+                .events
+                .iter()
+                .filter_map(|(event, _)| moved.remove_entry(&event.event_id))
+                .collect();
+            let _ = waiting.answer.send(mine);
+        }
+    }
+}
+
+/// The shared transaction over `events`' first deliveries of
+/// `order.created` (one per order: a second event for an order waits for
+/// the one-by-one path). Returns the moved orders by event id.
+async fn apply_first_deliveries(
+    db: &Database,
+    settings: &Settings,
+    events: &[(&OrderEvent, Option<DateTime>)],
+) -> HashMap<String, Box<Order>> {
+    let mut candidates: Vec<(&OrderEvent, ObjectId, Option<DateTime>)> = Vec::new();
+    for (event, published_at) in events {
+        if event.event_type != OrderEventType::OrderCreated {
+            continue;
+        }
+        let Ok(id) = ObjectId::parse_str(&event.order_id) else {
+            continue;
+        };
+        if candidates.iter().all(|(_, seen, _)| *seen != id) {
+            candidates.push((event, id, *published_at));
+        }
+    }
+    // One event alone is as cheap on its own path.
+    if candidates.len() < 2 {
+        return HashMap::new();
+    }
+    let retention = settings.inbox_retention;
+    let domain = settings.message_id_domain.as_str();
+    let applied = common::mongo::transaction(
+        db,
+        "apply_events",
+        (db, &candidates),
+        |session, (db, candidates)| {
+            async move {
+                let event_ids: Vec<&str> = candidates
+                    .iter()
+                    .map(|(e, _, _)| e.event_id.as_str())
+                    .collect();
+                let seen = inbox::recorded(db, session, &event_ids).await?;
+                let fresh: Vec<(ObjectId, Option<DateTime>)> = candidates
+                    .iter()
+                    .filter(|(e, _, _)| !seen.contains(&e.event_id))
+                    .map(|(_, id, published_at)| (*id, *published_at))
+                    .collect();
+                if fresh.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let moved = fulfilment::process_and_claim_many(db, session, &fresh, domain).await?;
+                let entries: Vec<inbox::InboxEntry> = candidates
+                    .iter()
+                    .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))
+                    .map(|(e, _, _)| {
+                        inbox::entry(&e.event_id, e.event_type.as_str(), &e.order_id, retention)
+                    })
+                    .collect();
+                inbox::record_many(db, session, &entries).await?;
+                Ok(moved)
+            }
+            .boxed()
+        },
+    )
+    .await;
+    match applied {
+        Ok(moved) => moved
+            .into_iter()
+            .filter_map(|order| {
+                let (event, _, _) = candidates.iter().find(|(_, id, _)| *id == order.id)?;
+                Some((event.event_id.clone(), Box::new(order)))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(events = candidates.len(), error = %e, "shared transaction failed; handling its events one by one");
+            HashMap::new()
+        }
+    }
+}
