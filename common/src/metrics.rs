@@ -4,7 +4,7 @@
 //! lists in its own `metrics` module; gauges that describe the world (the
 //! outbox backlog, queue depths) are refreshed just before rendering.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -19,6 +19,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Installs the process-wide recorder once (tests start several services in
 /// one process; they share it) and returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
@@ -30,6 +33,24 @@ pub fn install() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // A recorder built this way holds every histogram sample until
+            // something runs its upkeep; without it, a process nobody
+            // scrapes grows by each request's samples (measured: order-api
+            // 46.9 -> 66.2 MiB over a 10-minute soak, 50,400 orders).
+            // `PrometheusBuilder::install` would spawn this task but also
+            // its own HTTP listener; /metrics is served by each service.
+            let upkept = handle.clone();
+            if let Err(e) = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkept.run_upkeep();
+                    }
+                })
+            {
+                tracing::warn!(error = %e, "could not start the metrics upkeep thread; histograms drain only when /metrics is read");
+            }
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     "another metrics recorder was installed first; /metrics stays empty"
