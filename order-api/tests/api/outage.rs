@@ -65,18 +65,35 @@ async fn with_the_database_unreachable_the_api_answers_503_and_recovers() {
     .await;
 }
 
-#[tokio::test]
-async fn readiness_names_sqs_when_it_is_unreachable_and_recovers() {
+/// An order-api whose SQS is reached through a proxy the test can cut, on a
+/// fresh database and fresh queues named after `prefix`.
+struct SqsBehindProxy {
+    proxy: CuttableProxy,
+    api: apps::Running,
+    database: String,
+}
+
+async fn api_with_sqs_behind_a_proxy(prefix: &str) -> SqsBehindProxy {
     test_support::require_stack().await;
     let sqs_addr: std::net::SocketAddr = "127.0.0.1:4566".parse().expect("addr");
-    let mut proxy = CuttableProxy::start(sqs_addr).await;
-    let database = unique("ready").replace('-', "_");
-    let queue = unique("ready");
+    let proxy = CuttableProxy::start(sqs_addr).await;
+    let database = unique(prefix).replace('-', "_");
+    let queue = unique(prefix);
     let sqs = test_support::sqs_client().await;
     test_support::create_queues(&sqs, &queue, 30).await;
     let mut config = apps::api_config(&database, &queue);
     config.sqs.endpoint_url = Some(format!("http://{}", proxy.addr));
     let api = apps::start_api(config).await;
+    SqsBehindProxy {
+        proxy,
+        api,
+        database,
+    }
+}
+
+#[tokio::test]
+async fn readiness_names_sqs_when_it_is_unreachable_and_recovers() {
+    let SqsBehindProxy { mut proxy, api, .. } = api_with_sqs_behind_a_proxy("ready").await;
     let ready = || async {
         let response = reqwest::get(format!("{}/api/ready", api.address()))
             .await
@@ -122,16 +139,11 @@ async fn readiness_names_sqs_when_it_is_unreachable_and_recovers() {
 
 #[tokio::test]
 async fn orders_taken_while_sqs_is_down_are_published_when_it_returns() {
-    test_support::require_stack().await;
-    let sqs_addr: std::net::SocketAddr = "127.0.0.1:4566".parse().expect("addr");
-    let mut proxy = CuttableProxy::start(sqs_addr).await;
-    let database = unique("sqsdown").replace('-', "_");
-    let queue = unique("sqsdown");
-    let sqs = test_support::sqs_client().await;
-    test_support::create_queues(&sqs, &queue, 30).await;
-    let mut config = apps::api_config(&database, &queue);
-    config.sqs.endpoint_url = Some(format!("http://{}", proxy.addr));
-    let api = apps::start_api(config).await;
+    let SqsBehindProxy {
+        mut proxy,
+        api,
+        database,
+    } = api_with_sqs_behind_a_proxy("sqsdown").await;
     let db = common::mongo::connect(&test_support::mongo_config(&database), "sqsdown-test")
         .await
         .expect("connect");
