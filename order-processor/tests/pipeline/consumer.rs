@@ -9,15 +9,12 @@ use order_processor::{
     fulfilment,
 };
 
-use crate::helpers::{spawn_pipeline, times_in_timeline};
+use crate::helpers::{spawn_pipeline, spawn_pipeline_without_processor, times_in_timeline};
 
 #[tokio::test]
 async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
-    let mut pipeline = spawn_pipeline(30).await;
     // Stop the background consumer: this test drives the step itself.
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (email, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 500, 2).await;
@@ -50,10 +47,7 @@ async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
 
 #[tokio::test]
 async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own_outcome() {
-    let mut pipeline = spawn_pipeline(30).await;
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let product = pipeline.product(&admin, 700, 10).await;
     let mut buyers = Vec::new();
@@ -74,12 +68,7 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
         )
         .await
         .expect("cancel");
-    test_support::eventually(
-        Duration::from_secs(10),
-        "the relay to publish all five events",
-        || async { (pipeline.queue_depth().await == 5).then_some(()) },
-    )
-    .await;
+    pipeline.wait_until_queued(5).await;
 
     let consumer = consumer_for(&pipeline).await;
     let mut received = 0;
@@ -202,10 +191,7 @@ async fn a_poison_message_is_dead_lettered_without_blocking_good_orders() {
 
 #[tokio::test]
 async fn first_deliveries_received_by_different_pollers_share_one_transaction() {
-    let mut pipeline = spawn_pipeline(30).await;
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let product = pipeline.product(&admin, 700, 10).await;
     let mut ids = Vec::new();
@@ -214,12 +200,7 @@ async fn first_deliveries_received_by_different_pollers_share_one_transaction() 
         let order = pipeline.order(&customer, &product, 1).await;
         ids.push(order["id"].as_str().expect("id").to_string());
     }
-    test_support::eventually(
-        Duration::from_secs(10),
-        "the relay to publish both events",
-        || async { (pipeline.queue_depth().await == 2).then_some(()) },
-    )
-    .await;
+    pipeline.wait_until_queued(2).await;
 
     // Two pollers, one message each: alone, each would be a lone event on
     // the one-by-one path. The linger holds the first for the second.
@@ -267,10 +248,7 @@ async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::c
 
 #[tokio::test]
 async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending() {
-    let mut pipeline = spawn_pipeline(30).await;
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 500, 5).await;
@@ -321,10 +299,7 @@ async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending
 async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
     // A visibility timeout of 3 s (the least the processor accepts): the
     // wait below outlasts it twice over.
-    let mut pipeline = spawn_pipeline(3).await;
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(3).await;
     let admin = pipeline.admin_token().await;
     let product = pipeline.product(&admin, 300, 5).await;
     let mut ids = Vec::new();
@@ -333,12 +308,7 @@ async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
         let order = pipeline.order(&customer, &product, 1).await;
         ids.push(ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id"));
     }
-    test_support::eventually(
-        Duration::from_secs(10),
-        "both events to be published",
-        || async { (pipeline.queue_depth().await == 2).then_some(()) },
-    )
-    .await;
+    pipeline.wait_until_queued(2).await;
 
     // A consumer that died inside a transaction on the first order: its
     // write holds that order until the transaction is aborted.
@@ -381,10 +351,7 @@ async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
 
 #[tokio::test]
 async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_left_sending() {
-    let mut pipeline = spawn_pipeline(30).await;
-    if let Some(processor) = pipeline.processor.take() {
-        processor.stop().await;
-    }
+    let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 500, 2).await;

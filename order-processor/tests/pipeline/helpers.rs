@@ -50,7 +50,28 @@ pub async fn spawn_pipeline(visibility_secs: u32) -> Pipeline {
     }
 }
 
+/// [`spawn_pipeline`] with the background consumer stopped, for tests
+/// that drive the consumer's step themselves.
+pub async fn spawn_pipeline_without_processor(visibility_secs: u32) -> Pipeline {
+    let mut pipeline = spawn_pipeline(visibility_secs).await;
+    if let Some(processor) = pipeline.processor.take() {
+        processor.stop().await;
+    }
+    pipeline
+}
+
 impl Pipeline {
+    /// Waits (up to 10 s) until the relay has published `events` messages
+    /// to the main queue.
+    pub async fn wait_until_queued(&self, events: u64) {
+        test_support::eventually(
+            std::time::Duration::from_secs(10),
+            &format!("the relay to publish {events} events"),
+            || async { (self.queue_depth().await == events).then_some(()) },
+        )
+        .await;
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api.address())
     }
