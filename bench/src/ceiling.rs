@@ -74,7 +74,7 @@ impl Scratch {
             .create_indexes([
                 index(doc! { "status": 1, "_id": 1 }),
                 index(doc! { "lease_owner": 1 }),
-                common::mongo::expiry_index("expire_at"),
+                index(doc! { "expire_at": 1 }),
             ])
             .await?;
         Ok(())

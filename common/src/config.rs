@@ -160,6 +160,7 @@ mod env_example_tests {
             "ADMIN_EMAIL",
             "ADMIN_PASSWORD",
             "OUTBOX_SWEEP_SCHEDULE",
+            "EXPIRY_SWEEP_SCHEDULE",
             "SMTP_HOST",
             "SMTP_TLS",
             "MAIL_FROM",

@@ -6,6 +6,7 @@ pub mod batching;
 pub mod config;
 pub mod domain;
 pub mod event;
+pub mod expiry;
 pub mod metrics;
 pub mod mongo;
 pub mod readiness;

@@ -57,19 +57,6 @@ pub fn is_unavailable(error: &Error) -> bool {
     ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
 }
 
-/// An index that makes MongoDB delete each document once the time in
-/// `field` has passed. Documents without the field never expire.
-pub fn expiry_index(field: &str) -> mongodb::IndexModel {
-    mongodb::IndexModel::builder()
-        .keys(doc! { field: 1 })
-        .options(
-            mongodb::options::IndexOptions::builder()
-                .expire_after(std::time::Duration::from_secs(0))
-                .build(),
-        )
-        .build()
-}
-
 /// An aggregation expression for a pipeline update over several documents
 /// that gives each its own value: `values[i]` to the document whose `_id` is
 /// `ids[i]`. Both lists are literals, so no value is read as a field path.

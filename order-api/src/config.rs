@@ -24,6 +24,9 @@ pub struct ApiConfig {
     /// commit at once. Every order for one product goes through one writer.
     pub order_writers: usize,
     pub outbox: OutboxConfig,
+    /// When expired outbox rows, refresh tokens and idempotency keys are
+    /// deleted (cron with seconds; `common::expiry`).
+    pub expiry_schedule: String,
     /// How long start-up waits for MongoDB and SQS.
     pub startup_timeout: Duration,
 }
@@ -181,6 +184,7 @@ impl ApiConfig {
                 lease: config::seconds_or("OUTBOX_LEASE_SECS", 30)?,
                 retention: config::seconds_or("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
             },
+            expiry_schedule: common::expiry::schedule_from_env(),
             startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
         })
     }

@@ -125,6 +125,11 @@ impl Application {
             wake,
             shutdown.clone(),
         ));
+        let mut expiry = common::expiry::start_sweep(
+            &self.state.config.expiry_schedule,
+            expiring(&self.state.db),
+        )
+        .await?;
         let limiter_housekeeping = tokio::spawn(auth::rate_limit::forget_idle_until_stopped(
             self.state.auth.clone(),
             FORGET_IDLE_LOGIN_KEYS_EVERY,
@@ -150,6 +155,9 @@ impl Application {
         if let Err(e) = sweep.shutdown().await {
             tracing::warn!(error = %e, "stopping the sweep scheduler");
         }
+        if let Err(e) = expiry.shutdown().await {
+            tracing::warn!(error = %e, "stopping the expiry scheduler");
+        }
         tracing::info!("order-api stopped");
         served
     }
@@ -163,6 +171,15 @@ async fn create_indexes(db: &mongodb::Database) -> mongodb::error::Result<()> {
     orders::idempotency::create_indexes(db).await?;
     outbox::store::create_indexes(db).await?;
     Ok(())
+}
+
+/// The collections whose documents the expiry sweep deletes in time.
+fn expiring(db: &mongodb::Database) -> Vec<common::expiry::Expiring> {
+    vec![
+        outbox::store::expiring(db),
+        auth::tokens::expiring(db),
+        orders::idempotency::expiring(db),
+    ]
 }
 
 /// The whole HTTP surface. Its own function so tests can drive it.

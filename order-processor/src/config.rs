@@ -16,6 +16,9 @@ pub struct ProcessorConfig {
     pub sqs: SqsConfig,
     pub smtp: SmtpConfig,
     pub consumer: ConsumerConfig,
+    /// When expired inbox entries are deleted (cron with seconds;
+    /// `common::expiry`).
+    pub expiry_schedule: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +139,7 @@ impl ProcessorConfig {
                 inbox_retention: config::seconds_or("INBOX_RETENTION_SECS", 14 * 24 * 3600)?,
                 startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
             },
+            expiry_schedule: common::expiry::schedule_from_env(),
         })
     }
 

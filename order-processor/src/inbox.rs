@@ -26,11 +26,13 @@ fn collection(db: &Database) -> Collection<InboxEntry> {
     db.collection("inbox")
 }
 
+/// Entries go once `expires_at` has passed (see `INBOX_RETENTION_SECS`).
+pub fn expiring(db: &Database) -> common::expiry::Expiring {
+    common::expiry::Expiring::new(db, collection(db).name(), "expires_at")
+}
+
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
-    collection(db)
-        .create_index(common::mongo::expiry_index("expires_at"))
-        .await?;
-    Ok(())
+    expiring(db).create_index().await
 }
 
 /// Records the event inside the caller's transaction. `Ok(false)` when it was

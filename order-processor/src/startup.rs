@@ -16,6 +16,9 @@ pub struct Application {
     port: u16,
     consumer: Consumer,
     health: health::HealthState,
+    /// Inbox entries past their retention, and when to delete them.
+    expiring: Vec<common::expiry::Expiring>,
+    expiry_schedule: String,
 }
 
 /// The queue settings that must agree with ours.
@@ -49,6 +52,7 @@ impl Application {
         let settings = queue_settings(&sqs, &queues.main).await?;
         check_settings(&config, settings)?;
         let mailer = Mailer::new(&config.smtp)?;
+        let expiring = vec![inbox::expiring(&db)];
         let health = health::HealthState {
             probe: common::readiness::ReadinessProbe::new(
                 db.clone(),
@@ -76,6 +80,8 @@ impl Application {
             port,
             consumer,
             health,
+            expiring,
+            expiry_schedule: config.expiry_schedule,
         })
     }
 
@@ -90,6 +96,7 @@ impl Application {
     /// Consumes and serves health until `shutdown`, then lets the batch in
     /// hand finish (bounded) and exits.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
         let server_shutdown = shutdown.clone();
         let served = axum::serve(self.listener, health::router(self.health))
@@ -102,6 +109,9 @@ impl Application {
             .is_err()
         {
             tracing::warn!("consumer did not stop within 30 s");
+        }
+        if let Err(e) = expiry.shutdown().await {
+            tracing::warn!(error = %e, "stopping the expiry scheduler");
         }
         tracing::info!("order-processor stopped");
         served

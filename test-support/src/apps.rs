@@ -44,6 +44,9 @@ impl Drop for Running {
     }
 }
 
+/// Every second, so a test sees expired documents go within a few.
+pub const EXPIRY_SCHEDULE: &str = "*/1 * * * * *";
+
 pub fn api_config(database: &str, queue: &str) -> ApiConfig {
     ApiConfig {
         host: "127.0.0.1".into(),
@@ -78,6 +81,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
         },
+        expiry_schedule: EXPIRY_SCHEDULE.into(),
         startup_timeout: Duration::from_secs(5),
     }
 }
@@ -112,6 +116,7 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             inbox_retention: Duration::from_secs(14 * 24 * 3600),
             startup_timeout: Duration::from_secs(5),
         },
+        expiry_schedule: EXPIRY_SCHEDULE.into(),
     }
 }
 

@@ -108,15 +108,17 @@ fn collection(db: &Database) -> Collection<RefreshTokenRecord> {
     db.collection("refresh_tokens")
 }
 
+/// Expired tokens are deleted by the expiry sweep; until then rotation
+/// refuses them by their time.
+pub fn expiring(db: &Database) -> common::expiry::Expiring {
+    common::expiry::Expiring::new(db, collection(db).name(), "expires_at")
+}
+
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     collection(db)
-        .create_indexes([
-            IndexModel::builder().keys(doc! { "family_id": 1 }).build(),
-            // Expired tokens disappear on their own.
-            common::mongo::expiry_index("expires_at"),
-        ])
+        .create_index(IndexModel::builder().keys(doc! { "family_id": 1 }).build())
         .await?;
-    Ok(())
+    expiring(db).create_index().await
 }
 
 pub fn hash_refresh_token(token: &str) -> String {

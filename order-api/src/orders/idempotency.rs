@@ -77,11 +77,13 @@ fn collection(db: &Database) -> Collection<IdempotencyRecord> {
     db.collection("idempotency_keys")
 }
 
+/// Keys go once `expires_at` has passed.
+pub fn expiring(db: &Database) -> common::expiry::Expiring {
+    common::expiry::Expiring::new(db, collection(db).name(), "expires_at")
+}
+
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
-    collection(db)
-        .create_index(common::mongo::expiry_index("expires_at"))
-        .await?;
-    Ok(())
+    expiring(db).create_index().await
 }
 
 /// What to do with a keyed request, given what is stored.

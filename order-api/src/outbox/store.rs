@@ -62,11 +62,15 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
             IndexModel::builder()
                 .keys(doc! { "lease_owner": 1 })
                 .build(),
-            // Rows without expire_at (pending ones) never expire.
-            common::mongo::expiry_index("expire_at"),
         ])
         .await?;
-    Ok(())
+    expiring(db).create_index().await
+}
+
+/// Published rows go `OUTBOX_RETENTION_SECS` after publishing; pending
+/// rows have no `expire_at` and never go.
+pub fn expiring(db: &Database) -> common::expiry::Expiring {
+    common::expiry::Expiring::new(db, collection(db).name(), "expire_at")
 }
 
 /// A relay's hold on rows: its claim token and when the hold runs out.

@@ -4,6 +4,7 @@
 mod auth;
 mod batch;
 mod cancel;
+mod expiry;
 mod helpers;
 mod idempotency;
 mod listing;

@@ -4,6 +4,7 @@
 mod consumer;
 mod delivery;
 mod end_to_end;
+mod expiry;
 mod helpers;
 mod observability;
 mod shutdown;
