@@ -13,11 +13,9 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use bson::{Bson, DateTime, Document, doc};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database, IndexModel};
-use tokio_cron_scheduler::{Job, JobScheduler};
 
 /// Documents deleted per statement: one short write at a time, so the sweep
 /// never holds the server for long while orders are being written.
@@ -158,30 +156,27 @@ pub async fn sweep(expiring: &[Expiring], now: DateTime) -> u64 {
 
 /// Runs `sweep` on `schedule` (cron with seconds). A sweep still running
 /// when the next is due makes that one a no-op rather than a second writer.
-pub async fn start_sweep(schedule: &str, expiring: Vec<Expiring>) -> anyhow::Result<JobScheduler> {
-    let scheduler = JobScheduler::new()
-        .await
-        .context("creating the expiry scheduler")?;
+pub async fn start_sweep(
+    schedule: &str,
+    expiring: Vec<Expiring>,
+) -> anyhow::Result<crate::schedule::JobScheduler> {
     let expiring = Arc::new(expiring);
     let running = Arc::new(tokio::sync::Mutex::new(()));
-    let job = Job::new_async(schedule, move |_id, _scheduler| {
+    crate::schedule::every(SETTING, schedule, move || {
         let expiring = expiring.clone();
         let running = running.clone();
-        Box::pin(async move {
+        async move {
             let Ok(_only) = running.try_lock() else {
                 return;
             };
             sweep(&expiring, DateTime::now()).await;
-        })
+        }
     })
-    .with_context(|| format!("EXPIRY_SWEEP_SCHEDULE {schedule:?} is not a valid cron schedule"))?;
-    scheduler.add(job).await.context("adding the expiry job")?;
-    scheduler
-        .start()
-        .await
-        .context("starting the expiry scheduler")?;
-    Ok(scheduler)
+    .await
 }
+
+/// Where the schedule is set.
+pub const SETTING: &str = "EXPIRY_SWEEP_SCHEDULE";
 
 /// How often expired documents are looked for unless `EXPIRY_SWEEP_SCHEDULE`
 /// says otherwise: once a minute, as MongoDB's own TTL monitor does.
@@ -189,5 +184,5 @@ pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 
 /// `EXPIRY_SWEEP_SCHEDULE`, or the default.
 pub fn schedule_from_env() -> String {
-    crate::config::optional("EXPIRY_SWEEP_SCHEDULE").unwrap_or_else(|| DEFAULT_SCHEDULE.into())
+    crate::config::optional(SETTING).unwrap_or_else(|| DEFAULT_SCHEDULE.into())
 }

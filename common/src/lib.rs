@@ -10,6 +10,7 @@ pub mod expiry;
 pub mod metrics;
 pub mod mongo;
 pub mod readiness;
+pub mod schedule;
 pub mod shutdown;
 pub mod sqs;
 pub mod startup;

@@ -116,7 +116,7 @@ impl Application {
     /// then drains in-flight requests and stops the relay.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let wake = self.state.outbox_wake.clone();
-        let mut sweep =
+        let sweep =
             outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, wake.clone())
                 .await?;
         let relay = tokio::spawn(outbox::relay::run(
@@ -125,7 +125,7 @@ impl Application {
             wake,
             shutdown.clone(),
         ));
-        let mut expiry = common::expiry::start_sweep(
+        let expiry = common::expiry::start_sweep(
             &self.state.config.expiry_schedule,
             expiring(&self.state.db),
         )
@@ -152,12 +152,8 @@ impl Application {
             tracing::warn!("outbox relay did not stop within 10 s");
         }
         let _ = limiter_housekeeping.await;
-        if let Err(e) = sweep.shutdown().await {
-            tracing::warn!(error = %e, "stopping the sweep scheduler");
-        }
-        if let Err(e) = expiry.shutdown().await {
-            tracing::warn!(error = %e, "stopping the expiry scheduler");
-        }
+        common::schedule::stop(sweep, "OUTBOX_SWEEP_SCHEDULE").await;
+        common::schedule::stop(expiry, common::expiry::SETTING).await;
         tracing::info!("order-api stopped");
         served
     }

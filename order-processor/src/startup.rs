@@ -96,7 +96,7 @@ impl Application {
     /// Consumes and serves health until `shutdown`, then lets the batch in
     /// hand finish (bounded) and exits.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
+        let expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
         let server_shutdown = shutdown.clone();
         let served = axum::serve(self.listener, health::router(self.health))
@@ -110,9 +110,7 @@ impl Application {
         {
             tracing::warn!("consumer did not stop within 30 s");
         }
-        if let Err(e) = expiry.shutdown().await {
-            tracing::warn!(error = %e, "stopping the expiry scheduler");
-        }
+        common::schedule::stop(expiry, common::expiry::SETTING).await;
         tracing::info!("order-processor stopped");
         served
     }

@@ -22,13 +22,13 @@ use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use bson::DateTime;
+use common::schedule::JobScheduler;
 use futures::StreamExt;
 use mongodb::Database;
 use tokio::{
     sync::{Notify, mpsc},
     time::Instant,
 };
-use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -415,18 +415,9 @@ pub async fn run(
 /// Starts the safety-net sweep: on `schedule` (cron with seconds) it wakes
 /// the relay, which then publishes anything still pending.
 pub async fn start_sweep(schedule: &str, wake: Arc<Notify>) -> anyhow::Result<JobScheduler> {
-    let scheduler = JobScheduler::new()
-        .await
-        .context("creating the sweep scheduler")?;
-    let job = Job::new_async(schedule, move |_id, _scheduler| {
+    common::schedule::every("OUTBOX_SWEEP_SCHEDULE", schedule, move || {
         let wake = wake.clone();
-        Box::pin(async move { wake.notify_one() })
+        async move { wake.notify_one() }
     })
-    .with_context(|| format!("OUTBOX_SWEEP_SCHEDULE {schedule:?} is not a valid cron schedule"))?;
-    scheduler.add(job).await.context("adding the sweep job")?;
-    scheduler
-        .start()
-        .await
-        .context("starting the sweep scheduler")?;
-    Ok(scheduler)
+    .await
 }
