@@ -142,6 +142,14 @@ pub async fn record(
 }
 
 /// Stores several orders' responses inside their batch's transaction.
+/// `record` as one write of a bulk write.
+pub fn insert_model(
+    db: &Database,
+    record: &IdempotencyRecord,
+) -> mongodb::error::Result<mongodb::options::InsertOneModel> {
+    collection(db).insert_one_model(record)
+}
+
 pub async fn record_many(
     db: &Database,
     session: &mut ClientSession,

@@ -109,14 +109,25 @@ pub async fn enqueue_many(
     occurred_at: DateTime,
     lease: Option<&Lease>,
 ) -> mongodb::error::Result<Vec<OutboxMessage>> {
-    let rows: Vec<OutboxMessage> = orders
-        .into_iter()
-        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent, lease))
-        .collect();
+    let rows = rows_for(orders, event_type, occurred_at, lease);
     if !rows.is_empty() {
         collection(db).insert_many(&rows).session(session).await?;
     }
     Ok(rows)
+}
+
+/// The rows `enqueue_many` writes, for a caller that writes them itself
+/// (as part of a bulk write).
+pub fn rows_for(
+    orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
+    event_type: OrderEventType,
+    occurred_at: DateTime,
+    lease: Option<&Lease>,
+) -> Vec<OutboxMessage> {
+    orders
+        .into_iter()
+        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent, lease))
+        .collect()
 }
 
 fn row(
