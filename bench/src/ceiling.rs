@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use futures::FutureExt;
-use mongodb::{ClientSession, Collection, Database, IndexModel, options::IndexOptions};
+use mongodb::{
+    ClientSession, Collection, Database, IndexModel,
+    options::{IndexOptions, UpdateOneModel, WriteModel},
+};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -195,53 +198,64 @@ async fn write(
     product: ObjectId,
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
-    // As the pipeline reserves stock: a findAndModify would scan the whole
-    // collection on SecantusDB (see `common::mongo::update_then_read`).
-    let reserved = common::mongo::update_then_read(
-        &scratch.products,
-        Some(&mut *session),
-        doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
-        doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
-    )
-    .await?
-    .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
+    // As the pipeline writes an order (`orders::batch::write_batch`): read
+    // the product, then every write in one bulkWrite command, the guarded
+    // decrement first, then the commit.
+    let reserved = scratch
+        .products
+        .find_one(doc! { "_id": product })
+        .session(&mut *session)
+        .await?
+        .ok_or_else(|| mongodb::error::Error::custom("ceiling product missing"))?;
     let order_id = ObjectId::new();
     let price = reserved.get_i64("price").unwrap_or(0);
     let tax = price * 18 / 100;
-    scratch
-        .orders
-        .insert_one(doc! {
-            "_id": order_id, "user_id": user, "customer_email": "ceiling@bench.test",
-            "lines": [{
-                "product_id": product, "sku": reserved.get_str("sku").unwrap_or(""),
-                "name": reserved.get_str("name").unwrap_or(""), "unit_price": price,
-                "quantity": 1, "line_total": price,
-            }],
-            "subtotal": price, "tax": tax, "total": price + tax, "currency": "INR",
-            "status": "PENDING",
-            "email": { "status": "PENDING", "message_id": null, "attempts": 0,
-                       "attempted_at": null, "sent_at": null, "last_error": null },
-            "cancellation_email": null,
-            "timeline": [{ "event": "placed", "status": "PENDING", "at": now }],
-            "created_at": now, "updated_at": now,
-        })
-        .session(&mut *session)
-        .await?;
+    let order = doc! {
+        "_id": order_id, "user_id": user, "customer_email": "ceiling@bench.test",
+        "lines": [{
+            "product_id": product, "sku": reserved.get_str("sku").unwrap_or(""),
+            "name": reserved.get_str("name").unwrap_or(""), "unit_price": price,
+            "quantity": 1, "line_total": price,
+        }],
+        "subtotal": price, "tax": tax, "total": price + tax, "currency": "INR",
+        "status": "PENDING",
+        "email": { "status": "PENDING", "message_id": null, "attempts": 0,
+                   "attempted_at": null, "sent_at": null, "last_error": null },
+        "cancellation_email": null,
+        "timeline": [{ "event": "placed", "status": "PENDING", "at": now }],
+        "created_at": now, "updated_at": now,
+    };
     let event_id = ObjectId::new();
     let body = serde_json::json!({
         "eventId": event_id.to_hex(), "eventType": "order.created",
         "orderId": order_id.to_hex(), "occurredAt": now.try_to_rfc3339_string().unwrap_or_default(),
     })
     .to_string();
-    scratch
-        .outbox
-        .insert_one(doc! {
-            "_id": event_id, "order_id": order_id, "event_type": "order.created", "body": body,
-            "status": "PENDING", "attempts": 0, "last_error": null, "created_at": now,
-            "lease_owner": null, "lease_until": null, "published_at": null,
-            "sqs_message_id": null, "expire_at": null,
-        })
+    let row = doc! {
+        "_id": event_id, "order_id": order_id, "event_type": "order.created", "body": body,
+        "status": "PENDING", "attempts": 0, "last_error": null, "created_at": now,
+        "lease_owner": null, "lease_until": null, "published_at": null,
+        "sqs_message_id": null, "expire_at": null,
+    };
+    let writes: Vec<WriteModel> = vec![
+        UpdateOneModel::builder()
+            .namespace(scratch.products.namespace())
+            .filter(doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } })
+            .update(doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } })
+            .build()
+            .into(),
+        scratch.orders.insert_one_model(order)?.into(),
+        scratch.outbox.insert_one_model(row)?.into(),
+    ];
+    let written = scratch
+        .products
+        .client()
+        .bulk_write(writes)
+        .verbose_results()
         .session(session)
         .await?;
+    if written.update_results.get(&0).map(|r| r.matched_count) != Some(1) {
+        return Err(mongodb::error::Error::custom("ceiling product sold out"));
+    }
     Ok(())
 }
