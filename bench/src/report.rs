@@ -229,16 +229,21 @@ impl Report {
                 && !shown.contains(&c.shape)
             {
                 shown.push(c.shape.clone());
-                println!(
-                    "ceiling, {} shape: {} tx/s committed at c={} ({} failed), tx ms {}, per transaction {} database operations and {} ms of database CPU",
-                    c.shape,
-                    format_args!("{:.1}", c.per_sec),
-                    c.concurrency,
-                    c.failed,
-                    c.latency.cell(),
-                    c.ops_per_tx.map_or("-".into(), |n| format!("{n:.1}")),
-                    c.db_cpu_ms_per_tx.map_or("-".into(), |n| format!("{n:.2}")),
-                );
+                for (i, form) in std::iter::once(c).chain(&c.slower_forms).enumerate() {
+                    println!(
+                        "ceiling, {} shape, {} form{}: {} tx/s committed at c={} ({} failed), tx ms {}, per transaction {} database operations and {} ms of database CPU",
+                        c.shape,
+                        form.form.name(),
+                        if i == 0 { " (the ceiling)" } else { "" },
+                        format_args!("{:.1}", form.per_sec),
+                        form.concurrency,
+                        form.failed,
+                        form.latency.cell(),
+                        form.ops_per_tx.map_or("-".into(), |n| format!("{n:.1}")),
+                        form.db_cpu_ms_per_tx
+                            .map_or("-".into(), |n| format!("{n:.2}")),
+                    );
+                }
             }
         }
         if !self.targets.is_empty() {
