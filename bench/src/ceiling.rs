@@ -229,88 +229,18 @@ async fn place(
         .await
 }
 
-async fn write_statements(
-    session: &mut ClientSession,
-    scratch: &Scratch,
-    user: ObjectId,
-    product: ObjectId,
-) -> mongodb::error::Result<()> {
-    let now = DateTime::now();
-    // The decrement first, read back (a findAndModify would scan the whole
-    // collection on SecantusDB: see `common::mongo::update_then_read`).
-    let reserved = common::mongo::update_then_read(
-        &scratch.products,
-        Some(&mut *session),
-        doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
-        doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
-    )
-    .await?
-    .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
+/// The order and outbox documents the pipeline would write for one unit of
+/// `product` (as read from the scratch catalogue) bought by `user`.
+fn order_and_row(user: ObjectId, product: &Document, now: DateTime) -> (Document, Document) {
     let order_id = ObjectId::new();
-    let price = reserved.get_i64("price").unwrap_or(0);
-    let tax = price * 18 / 100;
-    scratch
-        .orders
-        .insert_one(doc! {
-            "_id": order_id, "user_id": user, "customer_email": "ceiling@bench.test",
-            "lines": [{
-                "product_id": product, "sku": reserved.get_str("sku").unwrap_or(""),
-                "name": reserved.get_str("name").unwrap_or(""), "unit_price": price,
-                "quantity": 1, "line_total": price,
-            }],
-            "subtotal": price, "tax": tax, "total": price + tax, "currency": "INR",
-            "status": "PENDING",
-            "email": { "status": "PENDING", "message_id": null, "attempts": 0,
-                       "attempted_at": null, "sent_at": null, "last_error": null },
-            "cancellation_email": null,
-            "timeline": [{ "event": "placed", "status": "PENDING", "at": now }],
-            "created_at": now, "updated_at": now,
-        })
-        .session(&mut *session)
-        .await?;
-    let event_id = ObjectId::new();
-    let body = serde_json::json!({
-        "eventId": event_id.to_hex(), "eventType": "order.created",
-        "orderId": order_id.to_hex(), "occurredAt": now.try_to_rfc3339_string().unwrap_or_default(),
-    })
-    .to_string();
-    scratch
-        .outbox
-        .insert_one(doc! {
-            "_id": event_id, "order_id": order_id, "event_type": "order.created", "body": body,
-            "status": "PENDING", "attempts": 0, "last_error": null, "created_at": now,
-            "lease_owner": null, "lease_until": null, "published_at": null,
-            "sqs_message_id": null, "expire_at": null,
-        })
-        .session(session)
-        .await?;
-    Ok(())
-}
-
-async fn write_bulk(
-    session: &mut ClientSession,
-    scratch: &Scratch,
-    user: ObjectId,
-    product: ObjectId,
-) -> mongodb::error::Result<()> {
-    let now = DateTime::now();
-    // As the pipeline writes an order (`orders::batch::write_batch`): read
-    // the product, then every write in one bulkWrite command, the guarded
-    // decrement first, then the commit.
-    let reserved = scratch
-        .products
-        .find_one(doc! { "_id": product })
-        .session(&mut *session)
-        .await?
-        .ok_or_else(|| mongodb::error::Error::custom("ceiling product missing"))?;
-    let order_id = ObjectId::new();
-    let price = reserved.get_i64("price").unwrap_or(0);
+    let price = product.get_i64("price").unwrap_or(0);
     let tax = price * 18 / 100;
     let order = doc! {
         "_id": order_id, "user_id": user, "customer_email": "ceiling@bench.test",
         "lines": [{
-            "product_id": product, "sku": reserved.get_str("sku").unwrap_or(""),
-            "name": reserved.get_str("name").unwrap_or(""), "unit_price": price,
+            "product_id": product.get("_id").cloned().unwrap_or(bson::Bson::Null),
+            "sku": product.get_str("sku").unwrap_or(""),
+            "name": product.get_str("name").unwrap_or(""), "unit_price": price,
             "quantity": 1, "line_total": price,
         }],
         "subtotal": price, "tax": tax, "total": price + tax, "currency": "INR",
@@ -333,11 +263,64 @@ async fn write_bulk(
         "lease_owner": null, "lease_until": null, "published_at": null,
         "sqs_message_id": null, "expire_at": null,
     };
+    (order, row)
+}
+
+/// The guarded decrement of one unit, as both forms issue it.
+fn decrement(product: ObjectId, now: DateTime) -> (Document, Document) {
+    (
+        doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } },
+        doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } },
+    )
+}
+
+async fn write_statements(
+    session: &mut ClientSession,
+    scratch: &Scratch,
+    user: ObjectId,
+    product: ObjectId,
+) -> mongodb::error::Result<()> {
+    let now = DateTime::now();
+    // The decrement first, read back (a findAndModify would scan the whole
+    // collection on SecantusDB: see `common::mongo::update_then_read`).
+    let (filter, update) = decrement(product, now);
+    let reserved =
+        common::mongo::update_then_read(&scratch.products, Some(&mut *session), filter, update)
+            .await?
+            .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
+    let (order, row) = order_and_row(user, &reserved, now);
+    scratch
+        .orders
+        .insert_one(order)
+        .session(&mut *session)
+        .await?;
+    scratch.outbox.insert_one(row).session(session).await?;
+    Ok(())
+}
+
+async fn write_bulk(
+    session: &mut ClientSession,
+    scratch: &Scratch,
+    user: ObjectId,
+    product: ObjectId,
+) -> mongodb::error::Result<()> {
+    let now = DateTime::now();
+    // As the pipeline writes an order (`orders::batch::write_batch`): read
+    // the product, then every write in one bulkWrite command, the guarded
+    // decrement first, then the commit.
+    let found = scratch
+        .products
+        .find_one(doc! { "_id": product })
+        .session(&mut *session)
+        .await?
+        .ok_or_else(|| mongodb::error::Error::custom("ceiling product missing"))?;
+    let (order, row) = order_and_row(user, &found, now);
+    let (filter, update) = decrement(product, now);
     let writes: Vec<WriteModel> = vec![
         UpdateOneModel::builder()
             .namespace(scratch.products.namespace())
-            .filter(doc! { "_id": product, "active": true, "stock": { "$gte": 1_i64 } })
-            .update(doc! { "$inc": { "stock": -1_i64 }, "$set": { "updated_at": now } })
+            .filter(filter)
+            .update(update)
             .build()
             .into(),
         scratch.orders.insert_one_model(order)?.into(),
