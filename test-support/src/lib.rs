@@ -161,6 +161,24 @@ where
     }
 }
 
+/// Waits until `collection` holds no document with `_id: id` (a scheduled
+/// deletion has run); panics after `timeout` if it is still there.
+pub async fn until_deleted(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    id: &str,
+    timeout: Duration,
+) {
+    let what = format!("{} {id:?} to be deleted", collection.name());
+    eventually(timeout, &what, || async {
+        let found = collection
+            .find_one(mongodb::bson::doc! { "_id": id })
+            .await
+            .expect("query");
+        found.is_none().then_some(())
+    })
+    .await;
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Recipient {
     pub address: String,

@@ -133,19 +133,7 @@ async fn the_api_deletes_expired_outbox_rows_tokens_and_keys_on_its_schedule() {
 
     for (name, _) in expired {
         let collection = app.db.collection::<Document>(name);
-        test_support::eventually(
-            Duration::from_secs(10),
-            &format!("the expired {name} document to be deleted"),
-            || async {
-                let gone = collection
-                    .find_one(doc! { "_id": "gone" })
-                    .await
-                    .expect("query")
-                    .is_none();
-                gone.then_some(())
-            },
-        )
-        .await;
+        test_support::until_deleted(&collection, "gone", Duration::from_secs(10)).await;
         let kept = collection
             .find_one(doc! { "_id": "kept" })
             .await

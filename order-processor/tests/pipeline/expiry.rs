@@ -23,19 +23,7 @@ async fn the_processor_deletes_inbox_entries_past_their_retention() {
         .await
         .expect("insert");
 
-    test_support::eventually(
-        Duration::from_secs(10),
-        "the expired inbox entry to be deleted",
-        || async {
-            let gone = inbox
-                .find_one(doc! { "_id": "past" })
-                .await
-                .expect("query")
-                .is_none();
-            gone.then_some(())
-        },
-    )
-    .await;
+    test_support::until_deleted(&inbox, "past", Duration::from_secs(10)).await;
     let kept = inbox
         .find_one(doc! { "_id": "within" })
         .await
