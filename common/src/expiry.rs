@@ -54,7 +54,7 @@ impl Expiring {
         let existing: Vec<IndexModel> = match self.collection.list_indexes().await {
             Ok(indexes) => indexes.try_collect().await?,
             // A collection not yet created has no indexes to replace.
-            Err(e) if has_code(&e, NAMESPACE_NOT_FOUND) => Vec::new(),
+            Err(e) if crate::mongo::is_command_error(&e, NAMESPACE_NOT_FOUND) => Vec::new(),
             Err(e) => return Err(e),
         };
         for index in existing {
@@ -71,7 +71,7 @@ impl Expiring {
                 );
                 if let Err(e) = self.collection.drop_index(name).await {
                     // Another instance starting at the same time dropped it.
-                    if !has_code(&e, INDEX_NOT_FOUND) {
+                    if !crate::mongo::is_command_error(&e, INDEX_NOT_FOUND) {
                         return Err(e);
                     }
                 }
@@ -119,10 +119,6 @@ impl Expiring {
 
 const INDEX_NOT_FOUND: i32 = 27;
 const NAMESPACE_NOT_FOUND: i32 = 26;
-
-fn has_code(error: &mongodb::error::Error, code: i32) -> bool {
-    matches!(error.kind.as_ref(), mongodb::error::ErrorKind::Command(e) if e.code == code)
-}
 
 /// One pass over every collection; a failure on one is logged and the
 /// others still run. Answers the total deleted.

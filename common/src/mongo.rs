@@ -46,6 +46,12 @@ pub fn is_duplicate_key(error: &Error) -> bool {
     }
 }
 
+/// Whether `error` is the server refusing a command with `code` (e.g. 26,
+/// NamespaceNotFound; 27, IndexNotFound).
+pub fn is_command_error(error: &Error, code: i32) -> bool {
+    matches!(error.kind.as_ref(), ErrorKind::Command(e) if e.code == code)
+}
+
 /// Whether `error` means the database could not be reached (as opposed to
 /// a request it refused): the API answers 503 for these, not 500.
 pub fn is_unavailable(error: &Error) -> bool {

@@ -141,24 +141,13 @@ pub async fn record(
     Ok(())
 }
 
-/// Stores several orders' responses inside their batch's transaction.
-/// `record` as one write of a bulk write.
+/// `record` as one write of a batch's bulk write: several orders'
+/// responses stored inside their batch's transaction.
 pub fn insert_model(
     db: &Database,
     record: &IdempotencyRecord,
 ) -> mongodb::error::Result<mongodb::options::InsertOneModel> {
     collection(db).insert_one_model(record)
-}
-
-pub async fn record_many(
-    db: &Database,
-    session: &mut ClientSession,
-    records: &[IdempotencyRecord],
-) -> mongodb::error::Result<()> {
-    if !records.is_empty() {
-        collection(db).insert_many(records).session(session).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
