@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local no-Docker stack: MongoDB-compatible SecantusDB, LocalStack SQS (host
 # mode) and MailDev, installed pinned into .stack/ and bound to 127.0.0.1.
+# Also installs (never starts) the MailTrap-like SMTP server that tests run
+# themselves.
 #
 # Usage: scripts/stack.sh COMMAND [SERVICE...]
 #   up     [svc...]  install (first use / changed pins) and start; waits until
@@ -14,15 +16,22 @@
 #   install [svc...] only install
 # Services: mongo (SecantusDB, 27017), sqs (LocalStack, 4566),
 #           smtp (MailDev, SMTP 1025, web/API 1080)
+# Test tool (not a service: nothing here starts, stops or lists it): the
+#   MailTrap-like SMTP server (aiosmtpd; STARTTLS, AUTH, MailTrap's limits and
+#   replies, a control API), which tests start on free ports as
+#   `.stack/venv-mailtrap/bin/python scripts/stack/mailtrap_like.py`.
+#   Every up/start/restart/install installs it, whichever services are named.
 #
 # Environment: STACK_MONGO_PORT, STACK_SQS_PORT, STACK_SMTP_PORT,
 #   STACK_MAIL_WEB_PORT (ports); STACK_MONGO_TIMEOUT (60), STACK_SQS_TIMEOUT
 #   (120), STACK_SMTP_TIMEOUT (30), STACK_STOP_TIMEOUT (15) in seconds;
-#   STACK_PYTHON (>= 3.11, default python3), STACK_PYTHON313 (for LocalStack);
+#   STACK_PYTHON (>= 3.11, default python3; SecantusDB and the MailTrap-like
+#   server), STACK_PYTHON313 (for LocalStack);
 #   ORDER_QUEUE_NAME / ORDER_DLQ_NAME (queues created and checked).
 #
 # Layout (.stack/ is git-ignored): venv-secantus/, venv-localstack/ (also has
-# bin/aws), maildev/node_modules/, logs/<svc>.log, pids/<svc>.pid,
+# bin/aws), venv-mailtrap/, maildev/node_modules/, logs/<svc>.log,
+# logs/install-<svc|mailtrap>.log, pids/<svc>.pid,
 # data/mongo/ (kept across restarts), localstack/ (FILESYSTEM_ROOT; LocalStack
 # keeps no state: queues are recreated by localstack-init/ready.d on every
 # start), tmp/maildev/ (inbox, emptied on every start).
@@ -51,6 +60,10 @@ DLQ_NAME=${ORDER_DLQ_NAME:-order-processing-dlq}
 
 VENV_SECANTUS="$STACK_DIR/venv-secantus"
 VENV_LOCALSTACK="$STACK_DIR/venv-localstack"
+# The MailTrap-like test server: test-support/src/mailtrap.rs runs
+# $VENV_MAILTRAP/bin/python $MAILTRAP_SCRIPT (keep both paths in step).
+VENV_MAILTRAP="$STACK_DIR/venv-mailtrap"
+MAILTRAP_SCRIPT="$CONF_DIR/mailtrap_like.py"
 MAILDEV_DIR="$STACK_DIR/maildev"
 LOG_DIR="$STACK_DIR/logs"
 PID_DIR="$STACK_DIR/pids"
@@ -168,10 +181,10 @@ python_ok() { # python_ok PY MIN_MINOR [EXACT]
     "$1" -c "import sys; sys.exit(0 if $cond else 1)" >/dev/null 2>&1
 }
 
-find_python311() {
-    local py=${STACK_PYTHON:-python3}
-    command -v "$py" >/dev/null 2>&1 || die "SecantusDB needs Python >= 3.11: '$py' not found (set STACK_PYTHON)"
-    python_ok "$py" 11 || die "SecantusDB needs Python >= 3.11: '$py' is $("$py" -V 2>&1) (set STACK_PYTHON)"
+find_python311() { # find_python311 [WHAT]: WHAT names who needs it in errors
+    local py=${STACK_PYTHON:-python3} what=${1:-SecantusDB}
+    command -v "$py" >/dev/null 2>&1 || die "$what needs Python >= 3.11: '$py' not found (set STACK_PYTHON)"
+    python_ok "$py" 11 || die "$what needs Python >= 3.11: '$py' is $("$py" -V 2>&1) (set STACK_PYTHON)"
     command -v "$py"
 }
 
@@ -201,6 +214,10 @@ localstack_key() {
     local py=$1
     echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/localstack-requirements.txt")" | sha256sum | cut -d' ' -f1
 }
+mailtrap_key() {
+    local py=$1
+    echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/mailtrap-requirements.txt")" | sha256sum | cut -d' ' -f1
+}
 maildev_key() {
     echo "$RECIPE_VERSION $STACK_DIR $(node --version) $(file_hash "$CONF_DIR/package.json" "$CONF_DIR/package-lock.json")" | sha256sum | cut -d' ' -f1
 }
@@ -222,15 +239,16 @@ do_install_maildev() { # do_install_maildev KEY
     write_stamp "$MAILDEV_DIR" "$1"
 }
 
-# install_services SVC...: installs what is missing or outdated, in parallel.
+# install_services SVC...: installs what is missing or outdated, in parallel;
+# the MailTrap-like test server always (it is no service: tests run it).
 install_services() {
     local name py key log start
     local -A job=() logs=()
     start=$(now)
-    for name in "$@"; do
+    for name in "$@" mailtrap; do
         log="$LOG_DIR/install-$name.log"
         # Never rebuild an install under a running service.
-        if running_pid "$name" >/dev/null; then
+        if [[ $name != mailtrap ]] && running_pid "$name" >/dev/null; then
             info "$name: running, install left as is (stop it first to reinstall)"
             continue
         fi
@@ -255,6 +273,13 @@ install_services() {
                 stamp_ok "$MAILDEV_DIR" "$key" && continue
                 info "installing MailDev into ${MAILDEV_DIR#"$ROOT"/}/node_modules (log: ${log#"$ROOT"/})"
                 do_install_maildev "$key" >"$log" 2>&1 &
+                ;;
+            mailtrap)
+                py=$(find_python311 "the MailTrap-like test SMTP server")
+                key=$(mailtrap_key "$py")
+                stamp_ok "$VENV_MAILTRAP" "$key" && continue
+                info "installing the MailTrap-like test SMTP server (aiosmtpd, for ${MAILTRAP_SCRIPT#"$ROOT"/}) into ${VENV_MAILTRAP#"$ROOT"/} with $("$py" -V) (log: ${log#"$ROOT"/})"
+                do_install_venv "$VENV_MAILTRAP" "$py" "$key" -r "$CONF_DIR/mailtrap-requirements.txt" >"$log" 2>&1 &
                 ;;
         esac
         job[$name]=$!
@@ -409,8 +434,9 @@ cmd_up() {
         exit 1
     fi
 
+    # Also with nothing to start: the test server's install is checked on every up.
+    install_services "${to_start[@]}"
     if ((${#to_start[@]})); then
-        install_services "${to_start[@]}"
         for name in "${to_start[@]}"; do
             pids[$name]=$(launch "$name")
             fresh[$name]=1

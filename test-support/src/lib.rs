@@ -1,12 +1,15 @@
 //! Helpers for integration tests against the REAL local stack: MongoDB
 //! (SecantusDB or mongod), SQS (LocalStack) and an SMTP server with an inbox
-//! API (MailDev). Nothing here fakes them.
+//! API (MailDev), plus a MailTrap-like SMTP server a test starts for itself
+//! (`mailtrap`: a real aiosmtpd server with MailTrap's limits and replies).
+//! Nothing here fakes them.
 //!
 //! A test that needs the stack and finds it down panics with a message that
 //! says how to start it; it never passes or skips silently.
 
 pub mod apps;
 pub mod client;
+pub mod mailtrap;
 pub mod metrics;
 pub mod process;
 pub mod proxy;
