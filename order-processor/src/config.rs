@@ -1,6 +1,6 @@
 //! order-processor's settings, read once at start-up.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use common::config::{self, EnvSource, MongoConfig, SqsConfig};
@@ -16,6 +16,7 @@ pub struct ProcessorConfig {
     pub sqs: SqsConfig,
     pub smtp: SmtpConfig,
     pub consumer: ConsumerConfig,
+    pub email: EmailConfig,
     /// When expired inbox entries are deleted (cron with seconds;
     /// `common::expiry`).
     pub expiry_schedule: String,
@@ -52,6 +53,41 @@ pub struct SmtpConfig {
     pub password: Option<SecretString>,
     pub from: Mailbox,
     pub timeout: Duration,
+    /// A CA to trust besides the system's (`SMTP_TLS_CA_FILE`, PEM): a
+    /// private CA, or the test server's. Invalid certificates are never
+    /// accepted.
+    pub tls_ca_file: Option<PathBuf>,
+    /// At most this many emails per `rate_period` (`SMTP_RATE_LIMIT`);
+    /// `None` is unlimited (MailDev, Mailpit).
+    pub rate_limit: Option<NonZeroU32>,
+    pub rate_period: Duration,
+    /// Connections open at once (MailTrap: 10 per account).
+    pub max_connections: usize,
+    /// Emails sent on one connection before it is replaced (MailTrap: 100).
+    pub max_messages_per_connection: u32,
+}
+
+/// How the sender treats email as durable work (`email::sender`).
+#[derive(Debug, Clone)]
+pub struct EmailConfig {
+    /// How long a claim holds an email (`EMAIL_STALE_SEND_SECS`): a
+    /// `SENDING` email older than this belongs to a crashed sender and is
+    /// sent again (same Message-ID).
+    pub lease: Duration,
+    /// A transiently refused email is `FAILED` once due this long (3 days).
+    pub give_up_after: Duration,
+    /// The first retry's delay; doubles per attempt, jittered, up to the cap.
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+    /// Consecutive transient failures that open the breaker.
+    pub breaker_threshold: u32,
+    /// The breaker's probes: from `probe_base`, doubling, up to `probe_cap`.
+    pub probe_base: Duration,
+    pub probe_cap: Duration,
+    /// How often the sweep looks for due emails when nothing wakes it.
+    pub poll_interval: Duration,
+    /// Emails claimed per sweep.
+    pub batch: usize,
 }
 
 impl SmtpConfig {
@@ -72,8 +108,6 @@ pub struct ConsumerConfig {
     /// Receive loops running side by side (1 to 16); at most
     /// `pollers × max_messages` messages are in hand at once.
     pub pollers: usize,
-    /// A `SENDING` email older than this is a crashed attempt and is retried.
-    pub stale_send_after: Duration,
     /// A handler still running after this is abandoned; the message is retried.
     pub handler_timeout: Duration,
     /// First retry delay after a transient failure; doubles per receive.
@@ -112,6 +146,19 @@ impl ProcessorConfig {
         if linger_ms > 1000 {
             bail!("CONSUMER_LINGER_MS must be 0 to 1000");
         }
+        let max_connections: usize = config::parsed_or("SMTP_MAX_CONNECTIONS", 10)?;
+        if !(1..=100).contains(&max_connections) {
+            bail!("SMTP_MAX_CONNECTIONS must be 1 to 100");
+        }
+        let max_messages_per_connection: u32 =
+            config::parsed_or("SMTP_MAX_MESSAGES_PER_CONNECTION", 100)?;
+        if max_messages_per_connection == 0 {
+            bail!("SMTP_MAX_MESSAGES_PER_CONNECTION must be at least 1");
+        }
+        let breaker_threshold: u32 = config::parsed_or("EMAIL_BREAKER_THRESHOLD", 5)?;
+        if breaker_threshold == 0 {
+            bail!("EMAIL_BREAKER_THRESHOLD must be at least 1");
+        }
         Ok(ProcessorConfig {
             host: config::optional("PROCESSOR_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("PROCESSOR_PORT", 8001)?,
@@ -125,19 +172,37 @@ impl ProcessorConfig {
                 password: config::secret("SMTP_PASSWORD"),
                 from,
                 timeout: config::seconds_or("SMTP_TIMEOUT_SECS", 10)?,
+                tls_ca_file: config::optional("SMTP_TLS_CA_FILE").map(PathBuf::from),
+                rate_limit: match config::parsed_or::<u32>("SMTP_RATE_LIMIT", 0)? {
+                    0 => None,
+                    n => NonZeroU32::new(n),
+                },
+                rate_period: config::seconds_or("SMTP_RATE_PERIOD_SECS", 10)?,
+                max_connections,
+                max_messages_per_connection,
             },
             consumer: ConsumerConfig {
                 wait_time: Duration::from_secs(wait_secs),
                 max_messages,
                 concurrency: config::parsed_or("CONSUMER_CONCURRENCY", 10)?,
                 pollers,
-                stale_send_after: config::seconds_or("EMAIL_STALE_SEND_SECS", 60)?,
                 handler_timeout: config::seconds_or("HANDLER_TIMEOUT_SECS", 120)?,
                 retry_base: config::seconds_or("RETRY_BASE_SECS", 2)?,
                 retry_cap: config::seconds_or("RETRY_CAP_SECS", 300)?,
                 linger: Duration::from_millis(linger_ms),
                 inbox_retention: config::seconds_or("INBOX_RETENTION_SECS", 14 * 24 * 3600)?,
                 startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
+            },
+            email: EmailConfig {
+                lease: config::seconds_or("EMAIL_STALE_SEND_SECS", 60)?,
+                give_up_after: config::seconds_or("EMAIL_GIVE_UP_AFTER_SECS", 3 * 24 * 3600)?,
+                retry_base: config::seconds_or("EMAIL_RETRY_BASE_SECS", 5)?,
+                retry_cap: config::seconds_or("EMAIL_RETRY_CAP_SECS", 600)?,
+                breaker_threshold,
+                probe_base: Duration::from_secs(1),
+                probe_cap: config::seconds_or("EMAIL_PROBE_CAP_SECS", 8)?,
+                poll_interval: Duration::from_millis(config::parsed_or("EMAIL_POLL_MS", 1000)?),
+                batch: config::parsed_or("EMAIL_BATCH", 20)?,
             },
             expiry_schedule: common::expiry::schedule_from_env(),
         })
@@ -158,6 +223,8 @@ impl ProcessorConfig {
             smtp_port = self.smtp.port,
             smtp_tls = ?self.smtp.tls,
             smtp_auth = self.smtp.username.is_some(),
+            smtp_rate_limit = ?self.smtp.rate_limit,
+            smtp_rate_period = ?self.smtp.rate_period,
             "order-processor configuration"
         );
     }

@@ -9,8 +9,10 @@ use common::{
     domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent},
     event::OrderEventType,
 };
-use futures::{FutureExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database, error::Error as MongoError};
+
+use crate::email;
 
 pub fn orders(db: &Database) -> Collection<Order> {
     db.collection("orders")
@@ -49,8 +51,9 @@ pub async fn load_in(
 /// Inside the caller's transaction, a first delivery's whole change in one
 /// update: PENDING → PROCESSED (the timeline gets both steps; PROCESSING
 /// alone is never visible outside the transaction) with the confirmation
-/// claimed for this attempt, as [`claim_email`] would. One round trip
-/// instead of a read, two transitions, a reload and a claim.
+/// due and already claimed for `lease` by this process's sender, which is
+/// handed the order once the transaction commits (`email::store`). One
+/// round trip instead of a read, two transitions, a reload and a claim.
 ///
 /// `None` when the order is not PENDING with its confirmation PENDING
 /// (cancelled, unknown, or already moved on): the caller then takes the
@@ -61,19 +64,21 @@ pub async fn process_and_claim(
     id: ObjectId,
     message_id: &str,
     published_at: Option<DateTime>,
+    lease: Duration,
 ) -> mongodb::error::Result<Option<Order>> {
     let kind = EmailKind::Confirmation;
     let field = kind.field();
     let now = DateTime::now();
-    let mut update = claim_update(kind, message_id, now);
-    update.insert(
-        "$push",
-        doc! { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
-    );
-    update
-        .get_document_mut("$set")
-        .map_err(MongoError::custom)?
-        .extend(doc! { "status": OrderStatus::Processed.as_str(), "updated_at": now });
+    let mut set = email::store::claim_fields(kind, message_id, now, lease);
+    set.extend(doc! {
+        format!("{field}.due_since"): now,
+        "status": OrderStatus::Processed.as_str(),
+        "updated_at": now,
+    });
+    let update = doc! {
+        "$set": set,
+        "$push": { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
+    };
     common::mongo::update_then_read(
         &orders(db),
         Some(session),
@@ -97,6 +102,7 @@ pub async fn process_and_claim_many(
     session: &mut ClientSession,
     orders_published: &[(ObjectId, Option<DateTime>)],
     message_id_domain: &str,
+    lease: Duration,
 ) -> mongodb::error::Result<Vec<Order>> {
     let kind = EmailKind::Confirmation;
     let field = kind.field();
@@ -126,7 +132,8 @@ pub async fn process_and_claim_many(
                     "status": "SENDING",
                     "message_id": common::mongo::value_by_id(ids, &message_ids),
                     "attempted_at": now,
-                    "attempts": { "$add": [{ "$ifNull": [format!("${field}.attempts"), 0] }, 1] },
+                    "next_attempt_at": common::mongo::later(now, lease),
+                    "due_since": now,
                 }] },
                 "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(ids, &timelines)] },
             } }],
@@ -199,25 +206,33 @@ pub async fn note_published(
 }
 
 /// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each
-/// step conditional on the status before it. An order already cancelled is
-/// left alone and the skip is noted on its timeline instead.
+/// step conditional on the status before it, the confirmation becoming due
+/// with the last (the sweep sends it). An order already cancelled is left
+/// alone and the skip is noted on its timeline instead. Returns the order's
+/// status after it.
 pub async fn process(
     db: &Database,
     session: &mut ClientSession,
     id: ObjectId,
-) -> mongodb::error::Result<()> {
+) -> mongodb::error::Result<OrderStatus> {
     let Some(mut order) = load_in(db, session, id).await? else {
         return Err(MongoError::custom(UnknownOrder));
     };
     for next in [OrderStatus::Processing, OrderStatus::Processed] {
         if order.status.can_become(next) {
             let now = DateTime::now();
+            let mut set = doc! { "status": next.as_str(), "updated_at": now };
+            if next == OrderStatus::Processed && order.email.status == EmailStatus::Pending {
+                let field = EmailKind::Confirmation.field();
+                set.insert(format!("{field}.next_attempt_at"), now);
+                set.insert(format!("{field}.due_since"), now);
+            }
             let advanced = common::mongo::update_then_read(
                 &orders(db),
                 Some(&mut *session),
                 doc! { "_id": id, "status": order.status.as_str() },
                 doc! {
-                    "$set": { "status": next.as_str(), "updated_at": now },
+                    "$set": set,
                     "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
                 },
             )
@@ -243,171 +258,5 @@ pub async fn process(
             .session(session)
             .await?;
     }
-    Ok(())
-}
-
-/// Claims the right to send `kind` of email: it becomes `SENDING` with a
-/// fresh attempt, unless it is already `SENT`/`FAILED` or another attempt
-/// started less than `stale_after` ago. `None` means not claimed.
-pub async fn claim_email(
-    db: &Database,
-    id: ObjectId,
-    kind: EmailKind,
-    message_id: &str,
-    stale_after: Duration,
-) -> mongodb::error::Result<Option<Order>> {
-    let field = kind.field();
-    let now = DateTime::now();
-    let stale_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX / 2);
-    let stale_before = DateTime::from_millis(now.timestamp_millis().saturating_sub(stale_ms));
-    let claim = claim_update(kind, message_id, now);
-    // Two conditional updates rather than one with `$or`: SecantusDB answers
-    // an `$or` by scanning the whole collection instead of using `_id`, which
-    // made every claim slower as orders accumulated. The usual case (a
-    // first attempt) is the first update. The claim is the update; what is
-    // read back is the order to send.
-    let pending = common::mongo::update_then_read(
-        &orders(db),
-        None,
-        doc! { "_id": id, format!("{field}.status"): "PENDING" },
-        claim.clone(),
-    )
-    .await?;
-    if pending.is_some() {
-        return Ok(pending);
-    }
-    common::mongo::update_then_read(
-        &orders(db),
-        None,
-        doc! {
-            "_id": id,
-            format!("{field}.status"): "SENDING",
-            format!("{field}.attempted_at"): { "$lt": stale_before },
-        },
-        claim,
-    )
-    .await
-}
-
-/// The update that makes `kind` of email `SENDING` with a fresh attempt.
-fn claim_update(kind: EmailKind, message_id: &str, now: DateTime) -> bson::Document {
-    let field = kind.field();
-    doc! {
-        "$set": {
-            format!("{field}.status"): "SENDING",
-            format!("{field}.message_id"): message_id,
-            format!("{field}.attempted_at"): now,
-        },
-        "$inc": { format!("{field}.attempts"): 1 },
-    }
-}
-
-/// The SMTP server accepted `kind` of email of each of `ids`, orders that
-/// were all `status` when it was sent: one write for all of them.
-pub async fn record_emails_sent(
-    db: &Database,
-    ids: &[ObjectId],
-    kind: EmailKind,
-    status: OrderStatus,
-) -> mongodb::error::Result<()> {
-    let field = kind.field();
-    let now = DateTime::now();
-    record_email_outcome(
-        db,
-        "record_email_sent",
-        ids,
-        kind,
-        doc! {
-            "$set": {
-                format!("{field}.status"): "SENT",
-                format!("{field}.sent_at"): now,
-                format!("{field}.last_error"): null,
-                "updated_at": now,
-            },
-            "$push": { "timeline": entry(kind.sent_event(), status, now, None)? },
-        },
-    )
-    .await
-}
-
-/// A transient failure: back to `PENDING` so the next delivery may retry.
-pub async fn record_email_retry(
-    db: &Database,
-    id: ObjectId,
-    kind: EmailKind,
-    error: &str,
-) -> mongodb::error::Result<()> {
-    let field = kind.field();
-    let status = bson::to_bson(&EmailStatus::Pending).map_err(MongoError::custom)?;
-    record_email_outcome(
-        db,
-        "record_email_retry",
-        &[id],
-        kind,
-        doc! { "$set": {
-            format!("{field}.status"): status,
-            format!("{field}.last_error"): error,
-            "updated_at": DateTime::now(),
-        } },
-    )
-    .await
-}
-
-/// A permanent refusal (SMTP 5xx): the email is `FAILED` with the reason.
-pub async fn record_email_failed(
-    db: &Database,
-    order: &Order,
-    kind: EmailKind,
-    error: &str,
-) -> mongodb::error::Result<()> {
-    let field = kind.field();
-    let now = DateTime::now();
-    record_email_outcome(
-        db,
-        "record_email_failed",
-        &[order.id],
-        kind,
-        doc! {
-            "$set": {
-                format!("{field}.status"): "FAILED",
-                format!("{field}.last_error"): error,
-                "updated_at": now,
-            },
-            "$push": { "timeline": entry(kind.failed_event(), order.status, now, Some(error))? },
-        },
-    )
-    .await
-}
-
-/// Applies `update` to each of the orders whose `kind` of email is still
-/// `SENDING` (so repeating it changes nothing), as a one-statement
-/// transaction rather than a plain update. The driver retries the
-/// transaction on a transient error; a plain single-document update would
-/// be a retryable write, and SecantusDB keeps a record of every retryable
-/// write and prunes that table on each one: with one per order it spent a
-/// third of its time sorting it under load.
-async fn record_email_outcome(
-    db: &Database,
-    operation: &'static str,
-    ids: &[ObjectId],
-    kind: EmailKind,
-    update: bson::Document,
-) -> mongodb::error::Result<()> {
-    let filter = doc! { "_id": { "$in": ids }, format!("{}.status", kind.field()): "SENDING" };
-    common::mongo::transaction(
-        db,
-        operation,
-        (db, filter, update),
-        |session, (db, filter, update)| {
-            async move {
-                orders(db)
-                    .update_many(filter.clone(), update.clone())
-                    .session(session)
-                    .await?;
-                Ok(())
-            }
-            .boxed()
-        },
-    )
-    .await
+    Ok(order.status)
 }

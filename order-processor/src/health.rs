@@ -10,13 +10,19 @@ use axum::{
 use common::readiness::ReadinessProbe;
 use serde_json::{Value, json};
 
-use crate::{dlq::Queues, metrics};
+use crate::{
+    dlq::Queues,
+    email::gate::{BreakerState, Gate},
+    metrics,
+};
 
 #[derive(Clone)]
 pub struct HealthState {
     pub probe: ReadinessProbe,
+    pub db: mongodb::Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: Queues,
+    pub gate: Gate,
 }
 
 async fn health() -> Json<Value> {
@@ -30,13 +36,29 @@ async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(report.to_json("order-processor")))
+    let mut body = report.to_json("order-processor");
+    body["email"] = email_detail(&state.gate);
+    (status, Json(body))
+}
+
+/// The sender's state. A mail server that is down or refuses does not make
+/// the processor unready: orders are still processed, only email waits, and
+/// this names the provider and its reply.
+fn email_detail(gate: &Gate) -> Value {
+    let report = gate.report();
+    let mut detail = json!({ "state": report.state.as_str(), "provider": report.provider });
+    if report.state != BreakerState::Closed {
+        detail["reason"] = json!(report.reason);
+        detail["nextProbeInSecs"] =
+            json!(report.next_probe_in.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    }
+    detail
 }
 
 async fn scrape(State(state): State<HealthState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, common::metrics::CONTENT_TYPE)],
-        metrics::render(&state.sqs, &state.queues).await,
+        metrics::render(&state.db, &state.sqs, &state.queues).await,
     )
 }
 

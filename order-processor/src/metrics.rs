@@ -20,6 +20,12 @@ pub const EMAILS_SENT: &str = "emails_sent_total";
 pub const EMAILS_FAILED: &str = "emails_failed_total";
 pub const EMAIL_ATTEMPTS: &str = "email_send_attempts_total";
 pub const EMAIL_SEND_DURATION: &str = "email_send_duration_seconds";
+pub const EMAIL_REPLIES: &str = "email_replies_total";
+pub const EMAIL_THROTTLED: &str = "email_throttled_total";
+pub const EMAIL_SENDER_STATE: &str = "email_sender_state";
+pub const EMAILS_DUE: &str = "emails_due";
+pub const EMAIL_OLDEST_DUE_AGE: &str = "email_oldest_due_age_seconds";
+pub const EMAIL_BACKLOG_READ: &str = "email_backlog_read_ok";
 pub const QUEUE_MESSAGES: &str = "sqs_queue_messages";
 pub const QUEUE_READ: &str = "sqs_queue_read_ok";
 
@@ -31,11 +37,11 @@ pub fn describe() {
     describe_counter!(MESSAGES_RECEIVED, "Messages received from the order queue");
     describe_counter!(
         MESSAGES_HANDLED,
-        "Messages handled and acknowledged, by outcome (processed, duplicate, skipped_cancelled, cancellation_sent, email_failed); duplicate = a redelivery that changed nothing"
+        "Messages handled and acknowledged, by outcome (processed, duplicate, skipped_cancelled, cancellation_noted); duplicate = a redelivery that changed nothing"
     );
     describe_counter!(
         MESSAGE_FAILURES,
-        "Messages not handled this time, by kind (unparseable, unknown_order, in_flight, transient, timed_out)"
+        "Messages not handled this time, by kind (unparseable, unknown_order, transient, timed_out)"
     );
     describe_counter!(
         MESSAGES_DEAD_LETTERED,
@@ -48,7 +54,7 @@ pub fn describe() {
     describe_histogram!(
         HANDLE_DURATION,
         ::metrics::Unit::Seconds,
-        "Time to handle one message (order change and email)"
+        "Time to handle one message (the order change; emails are sent apart from it)"
     );
     describe_histogram!(
         EVENT_AGE,
@@ -58,7 +64,32 @@ pub fn describe() {
     describe_counter!(EMAILS_SENT, "Emails the SMTP server accepted, by kind");
     describe_counter!(
         EMAILS_FAILED,
-        "Email attempts that failed, by kind and by whether they will be retried (transient) or not (permanent)"
+        "Emails recorded FAILED, by kind and reason (refused: a 5xx about this message or recipient; gave_up: refused for now until EMAIL_GIVE_UP_AFTER_SECS)"
+    );
+    describe_counter!(
+        EMAIL_REPLIES,
+        "Failed sends by how the reply was classified (transient, throttled, provider_refuses, permanent)"
+    );
+    describe_counter!(
+        EMAIL_THROTTLED,
+        "Sends the mail server refused with a rate-limit reply; each is retried, never FAILED"
+    );
+    describe_gauge!(
+        EMAIL_SENDER_STATE,
+        "1 for the sender's current state (closed: sending; open: the server failed N times in a row, probing; refusing: it refuses every email, e.g. 535, probing)"
+    );
+    describe_gauge!(
+        EMAILS_DUE,
+        "Emails due now and not yet sent (PENDING with nextAttemptAt passed), both kinds"
+    );
+    describe_gauge!(
+        EMAIL_OLDEST_DUE_AGE,
+        ::metrics::Unit::Seconds,
+        "How long the oldest due email has been waiting since it became due"
+    );
+    describe_gauge!(
+        EMAIL_BACKLOG_READ,
+        "1 when the last scrape could count the due emails, 0 when MongoDB did not answer in time"
     );
     describe_counter!(EMAIL_ATTEMPTS, "SMTP send attempts, by kind");
     describe_histogram!(
@@ -83,26 +114,23 @@ pub fn describe() {
         "processed",
         "duplicate",
         "skipped_cancelled",
-        "cancellation_sent",
-        "email_failed",
+        "cancellation_noted",
     ] {
         counter!(MESSAGES_HANDLED, "outcome" => outcome).increment(0);
     }
-    for kind in [
-        "unparseable",
-        "unknown_order",
-        "in_flight",
-        "transient",
-        "timed_out",
-    ] {
+    for kind in ["unparseable", "unknown_order", "transient", "timed_out"] {
         counter!(MESSAGE_FAILURES, "kind" => kind).increment(0);
     }
     for kind in ["confirmation", "cancellation"] {
         counter!(EMAILS_SENT, "kind" => kind).increment(0);
         counter!(EMAIL_ATTEMPTS, "kind" => kind).increment(0);
-        for retry in ["transient", "permanent"] {
-            counter!(EMAILS_FAILED, "kind" => kind, "retry" => retry).increment(0);
+        counter!(EMAIL_THROTTLED, "kind" => kind).increment(0);
+        for reason in ["refused", "gave_up"] {
+            counter!(EMAILS_FAILED, "kind" => kind, "reason" => reason).increment(0);
         }
+    }
+    for class in ["transient", "throttled", "provider_refuses", "permanent"] {
+        counter!(EMAIL_REPLIES, "class" => class).increment(0);
     }
     for operation in [
         "apply_event",
@@ -114,8 +142,29 @@ pub fn describe() {
     }
 }
 
-/// The Prometheus exposition, after refreshing the queue depths.
-pub async fn render(sqs: &aws_sdk_sqs::Client, queues: &Queues) -> String {
+/// The Prometheus exposition, after refreshing the queue depths and the
+/// email backlog.
+pub async fn render(db: &mongodb::Database, sqs: &aws_sdk_sqs::Client, queues: &Queues) -> String {
+    match tokio::time::timeout(
+        QUEUE_TIMEOUT,
+        crate::email::store::backlog(db, bson::DateTime::now()),
+    )
+    .await
+    {
+        Ok(Ok(backlog)) => {
+            gauge!(EMAILS_DUE).set(backlog.due as f64);
+            gauge!(EMAIL_OLDEST_DUE_AGE).set(backlog.oldest_due_age.as_secs_f64());
+            gauge!(EMAIL_BACKLOG_READ).set(1.0);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "counting due emails for /metrics");
+            gauge!(EMAIL_BACKLOG_READ).set(0.0);
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?QUEUE_TIMEOUT, "counting due emails for /metrics timed out");
+            gauge!(EMAIL_BACKLOG_READ).set(0.0);
+        }
+    }
     let read = tokio::time::timeout(QUEUE_TIMEOUT, async {
         let main = queue_depth(sqs, &queues.main).await?;
         let dead_letter = queue_depth(sqs, &queues.dead_letter).await?;

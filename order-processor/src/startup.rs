@@ -8,13 +8,21 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::ProcessorConfig, consumer::Consumer, dlq::Queues, email::Mailer, health, inbox,
+    config::ProcessorConfig,
+    consumer::Consumer,
+    dlq::Queues,
+    email::{
+        self, EmailSender, Mailer, SenderSettings, Templates,
+        gate::{Gate, GateSettings},
+    },
+    health, inbox,
 };
 
 pub struct Application {
     listener: TcpListener,
     port: u16,
     consumer: Consumer,
+    sender: EmailSender,
     health: health::HealthState,
     /// Inbox entries past their retention, and when to delete them.
     expiring: Vec<common::expiry::Expiring>,
@@ -41,6 +49,9 @@ impl Application {
         inbox::create_indexes(&db)
             .await
             .context("creating the inbox indexes")?;
+        email::store::create_indexes(&db)
+            .await
+            .context("creating the email indexes")?;
         let sqs = common::sqs::client(&config.sqs).await;
         let queues = common::startup::wait_for("SQS", within, || async {
             Ok(Queues {
@@ -51,7 +62,7 @@ impl Application {
         .await?;
         let settings = queue_settings(&sqs, &queues.main).await?;
         check_settings(&config, settings)?;
-        let mailer = Mailer::new(&config.smtp)?;
+        let sender = build_sender(&config, db.clone())?;
         let expiring = vec![inbox::expiring(&db)];
         let health = health::HealthState {
             probe: common::readiness::ReadinessProbe::new(
@@ -59,15 +70,18 @@ impl Application {
                 sqs.clone(),
                 queues.main.clone(),
             ),
+            db: db.clone(),
             sqs: sqs.clone(),
             queues: queues.clone(),
+            gate: sender.gate().clone(),
         };
         let consumer = Consumer::new(
             db,
             sqs,
             queues,
-            mailer,
+            sender.clone(),
             config.consumer.clone(),
+            config.email.lease,
             config.smtp.message_id_domain().to_string(),
             settings.visibility_timeout,
         );
@@ -79,6 +93,7 @@ impl Application {
             listener,
             port,
             consumer,
+            sender,
             health,
             expiring,
             expiry_schedule: config.expiry_schedule,
@@ -93,11 +108,16 @@ impl Application {
         &self.consumer
     }
 
+    pub fn sender(&self) -> &EmailSender {
+        &self.sender
+    }
+
     /// Consumes and serves health until `shutdown`, then lets the batch in
     /// hand finish (bounded) and exits.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
+        let sender = tokio::spawn(self.sender.run(shutdown.clone()));
         let server_shutdown = shutdown.clone();
         let served = axum::serve(self.listener, health::router(self.health))
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -110,10 +130,56 @@ impl Application {
         {
             tracing::warn!("consumer did not stop within 30 s");
         }
+        if tokio::time::timeout(Duration::from_secs(30), sender)
+            .await
+            .is_err()
+        {
+            tracing::warn!("email sender did not stop within 30 s");
+        }
         common::schedule::stop(expiry, common::expiry::SETTING).await;
         tracing::info!("order-processor stopped");
         served
     }
+}
+
+/// The email sender as the settings describe it: templates, SMTP, the gate
+/// (pace, breaker) and the durable work's schedule.
+pub fn build_sender(
+    config: &ProcessorConfig,
+    db: mongodb::Database,
+) -> anyhow::Result<EmailSender> {
+    let smtp = &config.smtp;
+    let email = &config.email;
+    let mailer = Mailer::new(smtp)?;
+    let gate = Gate::new(
+        GateSettings {
+            rate: smtp.rate_limit.map(|n| (n, smtp.rate_period)),
+            throttle_cooldown: smtp.rate_period,
+            breaker_threshold: email.breaker_threshold,
+            probe_base: email.probe_base,
+            probe_cap: email.probe_cap,
+        },
+        &Mailer::provider(smtp),
+    );
+    Ok(EmailSender::new(
+        db,
+        mailer,
+        Templates,
+        gate,
+        SenderSettings {
+            lease: email.lease,
+            give_up_after: email.give_up_after,
+            retry_base: email.retry_base,
+            retry_cap: email.retry_cap,
+            poll_interval: email.poll_interval,
+            batch: email.batch,
+            concurrency: smtp.max_connections,
+            smtp_timeout: smtp.timeout,
+            message_id_domain: smtp.message_id_domain().to_string(),
+            linger: config.consumer.linger,
+            throttle_retry: smtp.rate_period,
+        },
+    ))
 }
 
 async fn queue_settings(
@@ -153,17 +219,10 @@ pub fn check_settings(config: &ProcessorConfig, queue: QueueSettings) -> anyhow:
             queue.visibility_timeout
         );
     }
-    if config.smtp.timeout >= consumer.handler_timeout {
+    if config.email.lease <= config.smtp.timeout + Duration::from_secs(5) {
         bail!(
-            "SMTP_TIMEOUT_SECS ({:?}) must be shorter than HANDLER_TIMEOUT_SECS ({:?}), or a slow mail server makes every handler time out before it can record the result",
-            config.smtp.timeout,
-            consumer.handler_timeout
-        );
-    }
-    if consumer.stale_send_after <= config.smtp.timeout {
-        bail!(
-            "EMAIL_STALE_SEND_SECS ({:?}) must be longer than SMTP_TIMEOUT_SECS ({:?}): a send still waiting on the mail server would look abandoned and be claimed again, and the customer could get the email twice",
-            consumer.stale_send_after,
+            "EMAIL_STALE_SEND_SECS ({:?}) must be longer than SMTP_TIMEOUT_SECS ({:?}) plus 5 s: a send still waiting on the mail server would look abandoned and be claimed again, and the customer could get the email twice",
+            config.email.lease,
             config.smtp.timeout
         );
     }
@@ -222,19 +281,11 @@ mod tests {
     #[test]
     fn a_stale_send_window_within_the_smtp_timeout_is_refused() {
         let mut config = config();
-        config.consumer.stale_send_after = config.smtp.timeout;
+        config.email.lease = config.smtp.timeout;
         let error = check_settings(&config, queue(30, 3600)).expect_err("refused");
         assert!(
             error.to_string().contains("EMAIL_STALE_SEND_SECS"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn an_smtp_timeout_longer_than_the_handler_is_refused() {
-        let mut config = config();
-        config.smtp.timeout = Duration::from_secs(200);
-        let error = check_settings(&config, queue(30, 3600)).expect_err("refused");
-        assert!(error.to_string().contains("SMTP_TIMEOUT_SECS"), "{error}");
     }
 }

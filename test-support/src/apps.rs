@@ -6,7 +6,7 @@ use std::{num::NonZeroU32, time::Duration};
 use order_api::config::{
     AdminSeed, ApiConfig, AuthConfig, LoginRateLimits, OutboxConfig, ShopConfig,
 };
-use order_processor::config::{ConsumerConfig, ProcessorConfig, SmtpConfig, SmtpTls};
+use order_processor::config::{ConsumerConfig, EmailConfig, ProcessorConfig, SmtpConfig, SmtpTls};
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -102,19 +102,34 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
                 .parse()
                 .expect("valid mailbox"),
             timeout: Duration::from_secs(10),
+            tls_ca_file: None,
+            rate_limit: None,
+            rate_period: Duration::from_secs(10),
+            max_connections: 4,
+            max_messages_per_connection: 100,
         },
         consumer: ConsumerConfig {
             wait_time: Duration::from_secs(1),
             max_messages: 10,
             concurrency: 4,
             pollers: 2,
-            stale_send_after: Duration::from_secs(60),
             handler_timeout: Duration::from_secs(30),
             retry_base: Duration::from_secs(1),
             retry_cap: Duration::from_secs(5),
             linger: Duration::from_millis(5),
             inbox_retention: Duration::from_secs(14 * 24 * 3600),
             startup_timeout: Duration::from_secs(5),
+        },
+        email: EmailConfig {
+            lease: Duration::from_secs(60),
+            give_up_after: Duration::from_secs(3 * 24 * 3600),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(5),
+            breaker_threshold: 5,
+            probe_base: Duration::from_millis(500),
+            probe_cap: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(200),
+            batch: 20,
         },
         expiry_schedule: EXPIRY_SCHEDULE.into(),
     }

@@ -57,8 +57,9 @@ impl std::fmt::Display for OrderStatus {
     }
 }
 
-/// The confirmation email, recorded as a side effect: intent (`SENDING`)
-/// before the SMTP call, result (`SENT`/`FAILED`) after it.
+/// An email of an order, recorded as a side effect: intent (`SENDING`)
+/// before the SMTP call, result (`SENT`/`FAILED`) after it. `PENDING` is
+/// work not yet done: due at `next_attempt_at` once that is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -86,6 +87,16 @@ pub struct EmailDelivery {
     pub sent_at: Option<DateTime>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Set while the email is work to do: when it is next attempted
+    /// (`PENDING`) or when the claim of a `SENDING` attempt runs out and
+    /// another sender may take it over. Unset once `SENT` or `FAILED`, and
+    /// while a confirmation waits for its order to be processed. The
+    /// sender's one query is `next_attempt_at <= now`, on an index.
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime>,
+    /// When the email became due: `EMAIL_GIVE_UP_AFTER` counts from here.
+    #[serde(default)]
+    pub due_since: Option<DateTime>,
 }
 
 /// Something that happened to an order, for its timeline.
@@ -207,7 +218,8 @@ impl EmailKind {
 }
 
 impl EmailDelivery {
-    /// Nothing attempted yet.
+    /// Nothing attempted yet, and not due: a confirmation waits for its
+    /// order to be processed.
     pub fn pending() -> Self {
         EmailDelivery {
             status: EmailStatus::Pending,
@@ -216,6 +228,17 @@ impl EmailDelivery {
             attempted_at: None,
             sent_at: None,
             last_error: None,
+            next_attempt_at: None,
+            due_since: None,
+        }
+    }
+
+    /// Nothing attempted yet, due from `now`: the sender takes it at once.
+    pub fn due(now: DateTime) -> Self {
+        EmailDelivery {
+            next_attempt_at: Some(now),
+            due_since: Some(now),
+            ..EmailDelivery::pending()
         }
     }
 }

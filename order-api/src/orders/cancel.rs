@@ -1,6 +1,8 @@
 //! Cancelling an order: in ONE transaction the order becomes CANCELLED, every
 //! line's stock is put back, and an `order.cancelled` outbox row is written
-//! (the processor then sends the cancellation email, once).
+//! The cancellation email is written due in the same transaction: the
+//! processor's sender takes it from there (the event only wakes it), so the
+//! customer hears of the cancellation even while SQS is unreachable.
 //!
 //! The status update names the statuses it may cancel from, so a cancel and
 //! the processor racing on the same order settle cleanly: whichever update
@@ -91,7 +93,7 @@ async fn write_cancellation(
             "$set": {
                 "status": OrderStatus::Cancelled.as_str(),
                 "updated_at": now,
-                "cancellation_email": bson::to_bson(&EmailDelivery::pending()).map_err(MongoError::custom)?,
+                "cancellation_email": bson::to_bson(&EmailDelivery::due(now)).map_err(MongoError::custom)?,
             },
             "$push": { "timeline": bson::to_bson(&entry).map_err(MongoError::custom)? },
         },

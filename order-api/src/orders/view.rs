@@ -39,10 +39,16 @@ pub struct OrderLineView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmailView {
+    /// `PENDING` while it waits (for its order to be processed, or for its
+    /// next attempt after the mail server refused it for now).
     pub status: EmailStatus,
+    /// SMTP attempts made so far.
     pub attempts: i32,
     pub sent_at: Option<String>,
+    /// The mail server's latest refusal, or why the email was not sent.
     pub last_error: Option<String>,
+    /// While `PENDING` and due: when it is next attempted.
+    pub next_attempt_at: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -74,6 +80,10 @@ impl From<EmailDelivery> for EmailView {
             attempts: email.attempts,
             sent_at: email.sent_at.map(rfc3339),
             last_error: email.last_error,
+            next_attempt_at: email
+                .next_attempt_at
+                .filter(|_| email.status == EmailStatus::Pending)
+                .map(rfc3339),
         }
     }
 }

@@ -7,11 +7,14 @@
 //! dead-letter queue at once when retrying cannot help; `run` loops over
 //! `poll_once` until shutdown.
 //!
+//! Handling never waits on SMTP: the email an event causes is recorded as
+//! due work in the event's own transaction and handed to the sender
+//! (`email::sender`), so mail trouble never spends a message's receives.
+//!
 //! After maxReceiveCount receives SQS itself dead-letters a message that
 //! keeps failing.
 
 mod process;
-mod sent;
 mod together;
 pub mod visibility;
 
@@ -35,7 +38,7 @@ pub use process::{Outcome, ProcessError};
 use crate::{
     config::ConsumerConfig,
     dlq::{self, Queues},
-    email::Mailer,
+    email::EmailSender,
     metrics,
 };
 
@@ -44,13 +47,14 @@ pub struct Consumer {
     db: Database,
     sqs: aws_sdk_sqs::Client,
     queues: Queues,
-    mailer: Mailer,
+    /// Sends the emails that events make due.
+    sender: EmailSender,
     config: ConsumerConfig,
+    /// How long a confirmation claimed in the processing transaction holds.
+    email_lease: Duration,
     message_id_domain: String,
     /// The queue's visibility timeout: the heartbeat renews it.
     visibility: Duration,
-    /// Where sent emails are recorded, several in one write.
-    sent: sent::SentLog,
     /// Where first deliveries are applied, several pollers' in one
     /// transaction.
     together: together::Together,
@@ -78,30 +82,33 @@ pub struct BatchReport {
 }
 
 impl Consumer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Database,
         sqs: aws_sdk_sqs::Client,
         queues: Queues,
-        mailer: Mailer,
+        sender: EmailSender,
         config: ConsumerConfig,
+        email_lease: Duration,
         message_id_domain: String,
         visibility: Duration,
     ) -> Self {
         Consumer {
-            sent: sent::SentLog::start(db.clone(), config.linger),
             together: together::Together::start(
                 db.clone(),
                 together::Settings {
                     inbox_retention: config.inbox_retention,
                     message_id_domain: message_id_domain.clone(),
                     linger: config.linger,
+                    lease: email_lease,
                 },
             ),
             db,
             sqs,
             queues,
-            mailer,
+            sender,
             config,
+            email_lease,
             message_id_domain,
             visibility,
         }
@@ -300,11 +307,6 @@ impl Consumer {
                         Settlement::RetryAfter(backoff)
                     }
                 }
-            }
-            Ok(Err(e @ ProcessError::InFlight)) => {
-                counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
-                tracing::info!(sqs_message_id = sqs_id, reason = %e, "another attempt is in flight; retrying later");
-                Settlement::RetryAfter(backoff.max(self.config.stale_send_after))
             }
             Ok(Err(e)) => {
                 counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);

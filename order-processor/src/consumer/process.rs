@@ -1,35 +1,31 @@
-//! Handling one event: the order change it asks for (recorded in the inbox in
-//! the same transaction) and the email that follows it.
+//! Handling one event: the order change it asks for, recorded in the inbox
+//! in the same transaction together with the email it makes due. The email
+//! itself is the sender's (`email::sender`): handing it over never waits on
+//! SMTP.
 
-use std::time::Instant;
-
-use ::metrics::{counter, histogram};
 use bson::{DateTime, oid::ObjectId};
 use common::{
-    domain::{EmailKind, EmailStatus, Order, OrderStatus},
+    domain::{EmailKind, Order, OrderStatus},
     event::{OrderEvent, OrderEventType},
 };
 use futures::FutureExt;
 
 use super::Consumer;
-use crate::{
-    email::{self, SendError},
-    fulfilment, inbox, metrics,
-};
+use crate::{email::store::Claimed, fulfilment, inbox};
 
 /// What handling one event did. Every outcome acknowledges the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The order was processed and its confirmation sent now.
+    /// The order was processed; its confirmation is due (and handed to the
+    /// sender when this transaction claimed it).
     Processed,
     /// Everything this event asks for had already happened (a redelivery).
     Duplicate,
     /// The order was cancelled before it could be processed.
     SkippedCancelled,
-    /// The cancellation email was sent now.
-    CancellationSent,
-    /// The SMTP server refused the email for good (recorded as FAILED).
-    EmailFailed,
+    /// The cancellation was noted; its email, written due by the cancel
+    /// itself, is the sender's.
+    CancellationNoted,
 }
 
 /// Why an event was not handled; the message stays in the queue.
@@ -39,8 +35,6 @@ pub enum ProcessError {
     Unparseable(String),
     #[error("order {0} does not exist")]
     UnknownOrder(String),
-    #[error("another attempt is sending this order's email")]
-    InFlight,
     #[error("transient failure: {0:#}")]
     Transient(#[from] anyhow::Error),
 }
@@ -49,9 +43,12 @@ pub enum ProcessError {
 #[derive(Debug)]
 enum Applied {
     /// The first delivery: the order changed now. `claimed` is the order
-    /// with its confirmation already claimed for this attempt, when the
-    /// transaction could do that too.
-    First { claimed: Option<Box<Order>> },
+    /// with its confirmation claimed for this process's sender, when the
+    /// transaction could do that too; `status` the order's status after it.
+    First {
+        claimed: Option<Box<Order>>,
+        status: OrderStatus,
+    },
     /// The inbox already had the event: nothing changed.
     Redelivery,
 }
@@ -63,8 +60,7 @@ impl Outcome {
             Outcome::Processed => "processed",
             Outcome::Duplicate => "duplicate",
             Outcome::SkippedCancelled => "skipped_cancelled",
-            Outcome::CancellationSent => "cancellation_sent",
-            Outcome::EmailFailed => "email_failed",
+            Outcome::CancellationNoted => "cancellation_noted",
         }
     }
 }
@@ -75,7 +71,6 @@ impl ProcessError {
         match self {
             ProcessError::Unparseable(_) => "unparseable",
             ProcessError::UnknownOrder(_) => "unknown_order",
-            ProcessError::InFlight => "in_flight",
             ProcessError::Transient(_) => "transient",
         }
     }
@@ -97,8 +92,8 @@ impl From<mongodb::error::Error> for ProcessError {
 }
 
 impl Consumer {
-    /// Handles one event body: PENDING → PROCESSED, then the confirmation
-    /// email, each step conditional so a redelivery repeats none.
+    /// Handles one event body: PENDING → PROCESSED with the confirmation due,
+    /// each step conditional so a redelivery repeats none.
     pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
         self.process_message(body, None, None).await
     }
@@ -120,14 +115,35 @@ impl Consumer {
             .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
         let applied = match claimed {
             Some(order) if order.id == id => Applied::First {
+                status: order.status,
                 claimed: Some(order),
             },
             _ => self.apply(&event, id, published_at).await?,
         };
-        match event.event_type {
-            OrderEventType::OrderCreated => self.confirm(id, applied).await,
-            OrderEventType::OrderCancelled => self.announce_cancellation(id).await,
+        let Applied::First { claimed, status } = applied else {
+            return Ok(Outcome::Duplicate);
+        };
+        if let Some(order) = claimed {
+            tracing::info!(order_id = %id, status = %order.status, "order processed");
+            self.sender.hand_over(Claimed {
+                order: *order,
+                kind: EmailKind::Confirmation,
+            });
+            return Ok(Outcome::Processed);
         }
+        // The email this event made due (if any) is found by the sweep.
+        self.sender.wake();
+        Ok(match (event.event_type, status) {
+            (OrderEventType::OrderCancelled, _) => Outcome::CancellationNoted,
+            (OrderEventType::OrderCreated, OrderStatus::Cancelled) => {
+                tracing::info!(order_id = %id, "order was cancelled; not processing it");
+                Outcome::SkippedCancelled
+            }
+            (OrderEventType::OrderCreated, status) => {
+                tracing::info!(order_id = %id, %status, "order processed");
+                Outcome::Processed
+            }
+        })
     }
 
     /// In ONE transaction: record the event in the inbox and make the order
@@ -147,6 +163,7 @@ impl Consumer {
             self.config.inbox_retention,
         );
         let message_id = EmailKind::Confirmation.message_id(&id, &self.message_id_domain);
+        let lease = self.email_lease;
         let applied = common::mongo::transaction(
             &self.db,
             "apply_event",
@@ -164,27 +181,40 @@ impl Consumer {
                         return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
                     }
                     if *event_type == OrderEventType::OrderCancelled {
-                        if fulfilment::load_in(db, session, *id).await?.is_none() {
+                        let Some(order) = fulfilment::load_in(db, session, *id).await? else {
                             return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
-                        }
+                        };
                         if let Some(at) = *published_at {
                             fulfilment::note_published(db, session, *id, *event_type, at).await?;
                         }
-                        return Ok(Applied::First { claimed: None });
+                        return Ok(Applied::First {
+                            claimed: None,
+                            status: order.status,
+                        });
                     }
-                    if let Some(claimed) =
-                        fulfilment::process_and_claim(db, session, *id, message_id, *published_at)
-                            .await?
+                    if let Some(claimed) = fulfilment::process_and_claim(
+                        db,
+                        session,
+                        *id,
+                        message_id,
+                        *published_at,
+                        lease,
+                    )
+                    .await?
                     {
                         return Ok(Applied::First {
+                            status: claimed.status,
                             claimed: Some(Box::new(claimed)),
                         });
                     }
                     if let Some(at) = *published_at {
                         fulfilment::note_published(db, session, *id, *event_type, at).await?;
                     }
-                    fulfilment::process(db, session, *id).await?;
-                    Ok(Applied::First { claimed: None })
+                    let status = fulfilment::process(db, session, *id).await?;
+                    Ok(Applied::First {
+                        claimed: None,
+                        status,
+                    })
                 }
                 .boxed()
             },
@@ -197,159 +227,6 @@ impl Consumer {
                 Err(ProcessError::UnknownOrder(id.to_hex()))
             }
             Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn load(&self, id: ObjectId) -> Result<Order, ProcessError> {
-        fulfilment::load(&self.db, id)
-            .await?
-            .ok_or_else(|| ProcessError::UnknownOrder(id.to_hex()))
-    }
-
-    /// After `order.created`: the confirmation email, unless the order was
-    /// cancelled first.
-    async fn confirm(&self, id: ObjectId, applied: Applied) -> Result<Outcome, ProcessError> {
-        let first_delivery = matches!(applied, Applied::First { .. });
-        if let Applied::First {
-            claimed: Some(order),
-        } = applied
-        {
-            tracing::info!(order_id = %id, status = %order.status, "order processed");
-            return self
-                .deliver(&order, EmailKind::Confirmation)
-                .await
-                .map(|failed| failed.unwrap_or(Outcome::Processed));
-        }
-        let order = self.load(id).await?;
-        if order.status == OrderStatus::Cancelled {
-            if order.email.status == EmailStatus::Sending {
-                return self.settle_abandoned_confirmation(&order).await;
-            }
-            tracing::info!(order_id = %id, "order was cancelled; not processing it");
-            return Ok(Outcome::SkippedCancelled);
-        }
-        if first_delivery {
-            tracing::info!(order_id = %id, status = %order.status, "order processed");
-        }
-        match order.email.status {
-            EmailStatus::Sent => Ok(if first_delivery {
-                Outcome::Processed
-            } else {
-                Outcome::Duplicate
-            }),
-            EmailStatus::Failed => Ok(Outcome::EmailFailed),
-            EmailStatus::Pending | EmailStatus::Sending => self
-                .send(&order, EmailKind::Confirmation)
-                .await
-                .map(|failed| failed.unwrap_or(Outcome::Processed)),
-        }
-    }
-
-    /// A cancelled order whose confirmation was claimed by an attempt that
-    /// died before recording whether SMTP took it (a crash between the claim
-    /// and `SENT`, then a cancel). It is not sent now (the order is
-    /// cancelled); once the attempt is stale it is recorded FAILED with why,
-    /// so it does not stay `SENDING` for ever. Until then, a live attempt may
-    /// still record it: retry later.
-    async fn settle_abandoned_confirmation(&self, order: &Order) -> Result<Outcome, ProcessError> {
-        let stale_ms = i64::try_from(self.config.stale_send_after.as_millis()).unwrap_or(i64::MAX);
-        let started = order
-            .email
-            .attempted_at
-            .map_or(0, |at| at.timestamp_millis());
-        if DateTime::now().timestamp_millis().saturating_sub(started) < stale_ms {
-            return Err(ProcessError::InFlight);
-        }
-        let reason = "the order was cancelled after an attempt to send this confirmation died \
-                      before recording whether it went out; it is not sent again";
-        fulfilment::record_email_failed(&self.db, order, EmailKind::Confirmation, reason).await?;
-        tracing::warn!(order_id = %order.id, "abandoned confirmation of a cancelled order recorded as FAILED");
-        Ok(Outcome::SkippedCancelled)
-    }
-
-    /// Sends the cancellation email of a cancelled order, once.
-    async fn announce_cancellation(&self, id: ObjectId) -> Result<Outcome, ProcessError> {
-        let order = self.load(id).await?;
-        let Some(delivery) = order.cancellation_email.as_ref() else {
-            return Err(ProcessError::Transient(anyhow::anyhow!(
-                "order {id} has no cancellation record although it was announced cancelled"
-            )));
-        };
-        match delivery.status {
-            EmailStatus::Sent => Ok(Outcome::Duplicate),
-            EmailStatus::Failed => Ok(Outcome::EmailFailed),
-            EmailStatus::Pending | EmailStatus::Sending => self
-                .send(&order, EmailKind::Cancellation)
-                .await
-                .map(|failed| failed.unwrap_or(Outcome::CancellationSent)),
-        }
-    }
-
-    /// Sends one of the order's emails as a recorded side effect: claim
-    /// (`SENDING`), SMTP, then `SENT` or `FAILED`. `Some(EmailFailed)` when
-    /// the server refused it for good.
-    async fn send(&self, order: &Order, kind: EmailKind) -> Result<Option<Outcome>, ProcessError> {
-        let message_id = kind.message_id(&order.id, &self.message_id_domain);
-        // Intent first: a crash after this line leaves a visible SENDING.
-        let Some(claimed) = fulfilment::claim_email(
-            &self.db,
-            order.id,
-            kind,
-            &message_id,
-            self.config.stale_send_after,
-        )
-        .await?
-        else {
-            return Err(ProcessError::InFlight);
-        };
-        self.deliver(&claimed, kind).await
-    }
-
-    /// SMTP for an email this attempt has claimed, then `SENT`, `FAILED`, or
-    /// back to `PENDING` on a transient failure.
-    async fn deliver(
-        &self,
-        claimed: &Order,
-        kind: EmailKind,
-    ) -> Result<Option<Outcome>, ProcessError> {
-        let message_id = kind.message_id(&claimed.id, &self.message_id_domain);
-        let order_id = claimed.id.to_hex();
-        let rendered = match kind {
-            EmailKind::Confirmation => email::confirmation(claimed),
-            EmailKind::Cancellation => email::cancellation(claimed),
-        };
-        let attempt = claimed.delivery(kind).map_or(0, |d| d.attempts);
-        let kind_label = kind.as_str();
-        counter!(metrics::EMAIL_ATTEMPTS, "kind" => kind_label).increment(1);
-        let started = Instant::now();
-        let sent = self
-            .mailer
-            .send(&claimed.customer_email, &message_id, rendered)
-            .await;
-        histogram!(metrics::EMAIL_SEND_DURATION, "kind" => kind_label).record(started.elapsed());
-        match sent {
-            Ok(()) => {
-                counter!(metrics::EMAILS_SENT, "kind" => kind_label).increment(1);
-                self.sent.record(claimed, kind).await?;
-                tracing::info!(order_id, email = kind.field(), attempt, "email sent");
-                Ok(None)
-            }
-            Err(SendError::Permanent(reason)) => {
-                counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "permanent")
-                    .increment(1);
-                fulfilment::record_email_failed(&self.db, claimed, kind, &reason).await?;
-                tracing::error!(order_id, email = kind.field(), %reason, "email refused for good");
-                Ok(Some(Outcome::EmailFailed))
-            }
-            Err(SendError::Transient(reason)) => {
-                counter!(metrics::EMAILS_FAILED, "kind" => kind_label, "retry" => "transient")
-                    .increment(1);
-                fulfilment::record_email_retry(&self.db, claimed.id, kind, &reason).await?;
-                Err(ProcessError::Transient(anyhow::anyhow!(
-                    "sending the {}: {reason}",
-                    kind.field()
-                )))
-            }
         }
     }
 }

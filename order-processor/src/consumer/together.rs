@@ -49,6 +49,8 @@ pub struct Settings {
     pub inbox_retention: Duration,
     pub message_id_domain: String,
     pub linger: Duration,
+    /// How long the confirmations' claims hold (`email::store`).
+    pub lease: Duration,
 }
 
 impl Together {
@@ -123,6 +125,7 @@ async fn apply_first_deliveries(
     }
     let retention = settings.inbox_retention;
     let domain = settings.message_id_domain.as_str();
+    let lease = settings.lease;
     let applied = common::mongo::transaction(
         db,
         "apply_events",
@@ -142,7 +145,8 @@ async fn apply_first_deliveries(
                 if fresh.is_empty() {
                     return Ok(Vec::new());
                 }
-                let moved = fulfilment::process_and_claim_many(db, session, &fresh, domain).await?;
+                let moved =
+                    fulfilment::process_and_claim_many(db, session, &fresh, domain, lease).await?;
                 let entries: Vec<inbox::InboxEntry> = candidates
                     .iter()
                     .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))

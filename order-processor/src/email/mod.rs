@@ -1,7 +1,16 @@
-//! The confirmation email: rendering it and handing it to an SMTP server.
+//! An order's emails (confirmation, cancellation): durable work recorded on
+//! the order (`store`), rendered from templates (`render`), sent by the
+//! `sender` through a `gate` (pace, breaker) over SMTP (`smtp`), each reply
+//! classified by one table (`reply`).
 
+pub mod gate;
 mod render;
+pub mod reply;
+pub mod sender;
+mod sent;
 mod smtp;
+pub mod store;
 
-pub use render::{RenderedEmail, cancellation, confirmation};
+pub use render::{RenderedEmail, Templates};
+pub use sender::{Delivered, EmailSender, SendReport, SenderSettings};
 pub use smtp::{Mailer, SendError};

@@ -1,7 +1,20 @@
 //! Renders the confirmation as multipart/alternative: plain text and HTML
 //! with the same facts (order id, each line, subtotal, GST, total).
 
-use common::domain::{Money, Order};
+use common::domain::{EmailKind, Money, Order};
+
+/// Renders an order's emails.
+#[derive(Debug, Clone, Default)]
+pub struct Templates;
+
+impl Templates {
+    pub fn render(&self, order: &Order, kind: EmailKind) -> anyhow::Result<RenderedEmail> {
+        Ok(match kind {
+            EmailKind::Confirmation => confirmation(order),
+            EmailKind::Cancellation => cancellation(order),
+        })
+    }
+}
 
 pub struct RenderedEmail {
     pub subject: String,

@@ -1,16 +1,14 @@
 //! Recording `SENT` for emails SMTP accepted: many at once (group commit).
 //!
-//! After SMTP accepts an email its order must say `SENT` before the message
-//! is deleted from the queue; recorded one by one, that is a transaction per
-//! order (an update and a commit). Here every handler that has just sent an
-//! email waits in one queue, and one writer records whatever is waiting in
-//! one transaction and answers each. A lone email is recorded exactly as
-//! before, after the linger; the write is shared by the emails of every
-//! poller.
+//! After SMTP accepts an email its order must say `SENT`; recorded one by
+//! one, that is a transaction per email (an update and a commit). Here
+//! every send that has just gone through waits in one queue, and one writer
+//! records whatever is waiting in one write and answers each. A lone email
+//! is recorded the same way, after the linger.
 //!
-//! Each handler still waits for its own record before its message is
-//! deleted, so a crash leaves nothing recorded that was not sent and no
-//! message deleted whose email is not recorded.
+//! Each send waits for its own record before it counts as done, so a crash
+//! before the record leaves the email `SENDING`: its lease runs out and it
+//! is sent again with the same Message-ID.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -19,7 +17,7 @@ use common::domain::{EmailKind, Order, OrderStatus};
 use mongodb::{Database, error::Error as MongoError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fulfilment;
+use super::store;
 
 /// Emails recorded in one write, at most.
 const MAX_BATCH: usize = 64;
@@ -92,8 +90,7 @@ async fn write(db: &Database, batch: Vec<Sent>) {
     }
     for group in groups.into_values() {
         let ids: Vec<ObjectId> = group.iter().map(|sent| sent.order).collect();
-        let written =
-            fulfilment::record_emails_sent(db, &ids, group[0].kind, group[0].status).await;
+        let written = store::record_sent(db, &ids, group[0].kind, group[0].status).await;
         for sent in group {
             let _ = sent.recorded.send(written.clone());
         }

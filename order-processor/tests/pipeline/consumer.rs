@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use common::domain::{EmailKind, OrderStatus};
 use mongodb::bson::{doc, oid::ObjectId};
-use order_processor::{
-    consumer::{Outcome, ProcessError},
-    fulfilment,
-};
+use order_processor::consumer::{Outcome, ProcessError};
 
 use crate::helpers::{spawn_pipeline, spawn_pipeline_without_processor, times_in_timeline};
 
@@ -90,7 +87,7 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
 
     let domain = "shop.test";
     for (email, order_id) in &buyers {
-        let stored = pipeline.order_document(order_id).await;
+        let stored = pipeline.until_email_status(order_id, "email", "SENT").await;
         assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
         assert_eq!(
             times_in_timeline(&stored, "published"),
@@ -224,26 +221,23 @@ async fn first_deliveries_received_by_different_pollers_share_one_transaction() 
         "both first deliveries were applied in the shared transaction: {first:?} {second:?}"
     );
     for id in &ids {
-        let stored = pipeline.order_document(id).await;
+        let stored = pipeline.until_email_status(id, "email", "SENT").await;
         assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
         assert_eq!(times_in_timeline(&stored, "processed"), 1);
-        assert_eq!(
-            stored
-                .get_document("email")
-                .expect("email")
-                .get_str("status")
-                .expect("status"),
-            "SENT"
-        );
     }
 }
 
-async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::consumer::Consumer {
+/// A processor built on the pipeline's database and queue, not running:
+/// tests drive its steps.
+async fn app_for(pipeline: &crate::helpers::Pipeline) -> order_processor::startup::Application {
     let config = test_support::apps::processor_config(&pipeline.database, &pipeline.queue);
-    let app = order_processor::startup::Application::build(config)
+    order_processor::startup::Application::build(config)
         .await
-        .expect("builds");
-    app.consumer().clone()
+        .expect("builds")
+}
+
+async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::consumer::Consumer {
+    app_for(pipeline).await.consumer().clone()
 }
 
 #[tokio::test]
@@ -268,7 +262,7 @@ async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending
         .expect("claim two");
 
     let record = || {
-        fulfilment::record_emails_sent(
+        order_processor::email::store::record_sent(
             &pipeline.db,
             &ids,
             EmailKind::Confirmation,
@@ -350,7 +344,7 @@ async fn a_batch_waiting_on_a_lock_keeps_its_messages_invisible() {
 }
 
 #[tokio::test]
-async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_left_sending() {
+async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_sent() {
     let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
@@ -358,49 +352,45 @@ async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_left_sending()
     let order = pipeline.order(&customer, &product, 1).await;
     let order_id = order["id"].as_str().expect("id");
     let oid = ObjectId::parse_str(order_id).expect("id");
-    let consumer = consumer_for(&pipeline).await;
+    let sender = sender_for(&pipeline).await;
     let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
-    let event = || {
-        format!(
-            r#"{{"eventId":"{}","type":"order.created","orderId":"{order_id}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
-            ObjectId::new().to_hex()
-        )
-    };
-    // An attempt claimed the confirmation and died; then the order was
-    // cancelled. Just now: that attempt may still be alive.
-    let claimed_at = |ago_secs: i64| {
+    let at = |from_now_secs: i64| {
         mongodb::bson::DateTime::from_millis(
-            mongodb::bson::DateTime::now().timestamp_millis() - ago_secs * 1000,
+            mongodb::bson::DateTime::now().timestamp_millis() + from_now_secs * 1000,
         )
     };
+    // A sender claimed the confirmation and died; then the order was
+    // cancelled. Its lease still holds: that sender may be alive.
     orders
         .update_one(
             doc! { "_id": oid },
             doc! { "$set": {
                 "status": "CANCELLED",
                 "email.status": "SENDING",
-                "email.attempts": 1,
-                "email.attempted_at": claimed_at(0),
+                "email.attempted_at": at(0),
+                "email.next_attempt_at": at(60),
+                "email.due_since": at(0),
             } },
         )
         .await
         .expect("claim and cancel");
-    let early = consumer.try_process_message(&event()).await;
-    assert!(matches!(early, Err(ProcessError::InFlight)), "{early:?}");
+    let early = sender.try_send_due().await.expect("a sweep");
+    assert_eq!(early.claimed, 0, "{early:?}");
 
-    // Long after: the attempt is dead, and the email is settled as FAILED.
+    // The lease ran out: the email is settled as FAILED, never sent.
     orders
         .update_one(
             doc! { "_id": oid },
-            doc! { "$set": { "email.attempted_at": claimed_at(3600) } },
+            doc! { "$set": { "email.next_attempt_at": at(-1) } },
         )
         .await
         .expect("age the claim");
-    let outcome = consumer
-        .try_process_message(&event())
-        .await
-        .expect("handled");
-    assert_eq!(outcome, Outcome::SkippedCancelled);
+    let report = sender.try_send_due().await.expect("a sweep");
+    assert_eq!(
+        (report.claimed, report.failed, report.sent),
+        (1, 1, 0),
+        "{report:?}"
+    );
     let stored = pipeline.order_document(order_id).await;
     let email = stored.get_document("email").expect("email");
     assert_eq!(email.get_str("status").expect("status"), "FAILED");
@@ -410,5 +400,10 @@ async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_left_sending()
             .expect("why")
             .contains("cancelled")
     );
+    assert!(email.get("next_attempt_at").is_none(), "{email}");
     assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
+}
+
+async fn sender_for(pipeline: &crate::helpers::Pipeline) -> order_processor::email::EmailSender {
+    app_for(pipeline).await.sender().clone()
 }

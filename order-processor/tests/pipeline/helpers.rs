@@ -172,6 +172,21 @@ impl Pipeline {
         .await
     }
 
+    /// Waits (up to 20 s) until the order's `field` email (`email`,
+    /// `cancellation_email`) is `status`; returns the order document.
+    pub async fn until_email_status(&self, order_id: &str, field: &str, status: &str) -> Document {
+        test_support::eventually(
+            Duration::from_secs(20),
+            &format!("order {order_id}'s {field} to be {status}"),
+            || async {
+                let order = self.order_document(order_id).await;
+                let now = order.get_document(field).ok()?.get_str("status").ok()?;
+                (now == status).then_some(order)
+            },
+        )
+        .await
+    }
+
     pub async fn order_document(&self, order_id: &str) -> Document {
         let id = mongodb::bson::oid::ObjectId::parse_str(order_id).expect("id");
         self.db

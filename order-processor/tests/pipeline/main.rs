@@ -6,5 +6,6 @@ mod delivery;
 mod end_to_end;
 mod expiry;
 mod helpers;
+mod mailtrap;
 mod observability;
 mod shutdown;

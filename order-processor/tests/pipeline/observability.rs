@@ -119,7 +119,7 @@ async fn metrics_move_as_an_order_flows_through_both_services() {
     assert!(processor_after.has("sqs_queue_messages", &[("queue", "dead_letter")]));
     assert!(processor_after.has(
         "emails_failed_total",
-        &[("kind", "confirmation"), ("retry", "permanent")]
+        &[("kind", "confirmation"), ("reason", "refused")]
     ));
 }
 

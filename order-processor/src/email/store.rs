@@ -1,0 +1,341 @@
+//! An order's emails as durable work, on the order itself (`email`,
+//! `cancellation_email`): each change is a conditional update that names
+//! the state it expects.
+//!
+//! ```text
+//! PENDING (due at next_attempt_at) ──claim──> SENDING (lease until next_attempt_at)
+//!    ^                                           │
+//!    └── retry: refused for now, parked ─────────┤──> SENT
+//!                                                └──> FAILED (refused for good, gave up)
+//! ```
+//! `next_attempt_at` is set exactly while there is work: the sender's one
+//! query is `next_attempt_at <= now` on an index, and it finds both due
+//! emails and claims whose lease ran out (a crashed sender's). A claim is a
+//! compare-and-set on the `next_attempt_at` it saw, so two senders never
+//! claim one email; the claim's `attempted_at` is its token afterwards.
+
+use std::time::Duration;
+
+use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
+use common::domain::{EmailKind, Order, OrderStatus, TimelineEntry};
+use futures::{FutureExt, TryStreamExt};
+use mongodb::{
+    Database, IndexModel,
+    error::Error as MongoError,
+    options::{FindOptions, IndexOptions},
+};
+
+use crate::fulfilment::orders;
+
+/// One claimed email: the order as the claim left it, and which email.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub order: Order,
+    pub kind: EmailKind,
+}
+
+impl Claimed {
+    /// The claim's token: when it was taken.
+    pub fn claimed_at(&self) -> Option<DateTime> {
+        self.order.delivery(self.kind).and_then(|d| d.attempted_at)
+    }
+
+    /// When the claim's lease runs out.
+    pub fn lease_until(&self) -> Option<DateTime> {
+        self.order
+            .delivery(self.kind)
+            .and_then(|d| d.next_attempt_at)
+    }
+}
+
+fn path(kind: EmailKind, leaf: &str) -> String {
+    format!("{}.{leaf}", kind.field())
+}
+
+/// The index the sender's query runs on, one per kind of email.
+pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
+    let models: Vec<IndexModel> = [EmailKind::Confirmation, EmailKind::Cancellation]
+        .into_iter()
+        .map(|kind| {
+            IndexModel::builder()
+                .keys(doc! { path(kind, "next_attempt_at"): 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name(format!("{}_next_attempt_at", kind.field()))
+                        .build(),
+                )
+                .build()
+        })
+        .collect();
+    orders(db).create_indexes(models).await?;
+    Ok(())
+}
+
+/// The `$set` that claims `kind` of email at `now` for `lease`: `SENDING`,
+/// its Message-ID, the claim's token and when the lease runs out. Used by
+/// the processing transaction (an email born claimed) and by [`claim_due`].
+pub fn claim_fields(kind: EmailKind, message_id: &str, now: DateTime, lease: Duration) -> Document {
+    doc! {
+        path(kind, "status"): "SENDING",
+        path(kind, "message_id"): message_id,
+        path(kind, "attempted_at"): now,
+        path(kind, "next_attempt_at"): common::mongo::later(now, lease),
+    }
+}
+
+/// Claims up to `limit` due emails of `kind` (oldest due first), each for
+/// `lease`. What another sender claimed first is skipped.
+pub async fn claim_due(
+    db: &Database,
+    kind: EmailKind,
+    now: DateTime,
+    limit: usize,
+    lease: Duration,
+    message_id_domain: &str,
+) -> mongodb::error::Result<Vec<Claimed>> {
+    let due_at = path(kind, "next_attempt_at");
+    let options = FindOptions::builder()
+        .sort(doc! { due_at.as_str(): 1 })
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .projection(doc! { "_id": 1, due_at.as_str(): 1 })
+        .build();
+    let due: Vec<Document> = db
+        .collection::<Document>(orders(db).name())
+        .find(doc! { due_at.as_str(): { "$lte": now } })
+        .with_options(options)
+        .await?
+        .try_collect()
+        .await?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for seen in due {
+        let (Ok(id), Some(was_due)) = (seen.get_object_id("_id"), field(&seen, kind)) else {
+            continue;
+        };
+        let message_id = kind.message_id(&id, message_id_domain);
+        let claim = common::mongo::update_then_read(
+            &orders(db),
+            None,
+            doc! { "_id": id, due_at.as_str(): was_due },
+            doc! { "$set": claim_fields(kind, &message_id, now, lease) },
+        )
+        .await?;
+        if let Some(order) = claim {
+            claimed.push(Claimed { order, kind });
+        }
+    }
+    Ok(claimed)
+}
+
+/// The `next_attempt_at` of `kind` in a projected order document.
+fn field(document: &Document, kind: EmailKind) -> Option<Bson> {
+    document
+        .get_document(kind.field())
+        .ok()?
+        .get("next_attempt_at")
+        .cloned()
+}
+
+/// The filter that matches an email only while `claim` still holds it.
+fn still_claimed(claim: &Claimed) -> Document {
+    let mut filter = doc! {
+        "_id": claim.order.id,
+        path(claim.kind, "status"): "SENDING",
+    };
+    if let Some(at) = claim.claimed_at() {
+        filter.insert(path(claim.kind, "attempted_at"), at);
+    }
+    filter
+}
+
+/// Extends a claim's lease from `now` (before a send that waited for the
+/// pace). `false` when the claim was lost to another sender.
+pub async fn renew(
+    db: &Database,
+    claim: &mut Claimed,
+    now: DateTime,
+    lease: Duration,
+) -> mongodb::error::Result<bool> {
+    let until = common::mongo::later(now, lease);
+    let renewed = orders(db)
+        .update_one(
+            still_claimed(claim),
+            doc! { "$set": { path(claim.kind, "next_attempt_at"): until } },
+        )
+        .await?;
+    if renewed.matched_count == 0 {
+        return Ok(false);
+    }
+    if let Some(delivery) = delivery_mut(&mut claim.order, claim.kind) {
+        delivery.next_attempt_at = Some(until);
+    }
+    Ok(true)
+}
+
+fn delivery_mut(order: &mut Order, kind: EmailKind) -> Option<&mut common::domain::EmailDelivery> {
+    match kind {
+        EmailKind::Confirmation => Some(&mut order.email),
+        EmailKind::Cancellation => order.cancellation_email.as_mut(),
+    }
+}
+
+fn timeline_entry(
+    kind: EmailKind,
+    sent: bool,
+    status: OrderStatus,
+    at: DateTime,
+    detail: Option<&str>,
+) -> mongodb::error::Result<Bson> {
+    let event = if sent {
+        kind.sent_event()
+    } else {
+        kind.failed_event()
+    };
+    let mut entry = TimelineEntry::new(event, status, at);
+    entry.detail = detail.map(str::to_string);
+    bson::to_bson(&entry).map_err(MongoError::custom)
+}
+
+/// The SMTP server accepted `kind` of email of each of `ids`, orders that
+/// were all `status` when it was sent: one write for all of them. Only
+/// emails still `SENDING` change, so repeating it changes nothing.
+pub async fn record_sent(
+    db: &Database,
+    ids: &[ObjectId],
+    kind: EmailKind,
+    status: OrderStatus,
+) -> mongodb::error::Result<()> {
+    let now = DateTime::now();
+    record_outcome(
+        db,
+        "record_email_sent",
+        doc! { "_id": { "$in": ids }, path(kind, "status"): "SENDING" },
+        doc! {
+            "$set": {
+                path(kind, "status"): "SENT",
+                path(kind, "sent_at"): now,
+                path(kind, "last_error"): null,
+                "updated_at": now,
+            },
+            "$unset": { path(kind, "next_attempt_at"): "" },
+            "$inc": { path(kind, "attempts"): 1 },
+            "$push": { "timeline": timeline_entry(kind, true, status, now, None)? },
+        },
+    )
+    .await
+}
+
+/// Back to `PENDING`, due at `next_attempt_at`, with why. `attempted`: the
+/// SMTP server was asked (the attempt counts); `false` for an email parked
+/// while the breaker is open. `false` when the claim was lost.
+pub async fn record_retry(
+    db: &Database,
+    claim: &Claimed,
+    reason: &str,
+    next_attempt_at: DateTime,
+    attempted: bool,
+) -> mongodb::error::Result<()> {
+    let mut update = doc! {
+        "$set": {
+            path(claim.kind, "status"): "PENDING",
+            path(claim.kind, "last_error"): reason,
+            path(claim.kind, "next_attempt_at"): next_attempt_at,
+            "updated_at": DateTime::now(),
+        },
+    };
+    if attempted {
+        update.insert("$inc", doc! { path(claim.kind, "attempts"): 1 });
+    }
+    record_outcome(db, "record_email_retry", still_claimed(claim), update).await
+}
+
+/// `FAILED` with the reason: refused for good, given up, or not to be sent.
+pub async fn record_failed(
+    db: &Database,
+    claim: &Claimed,
+    reason: &str,
+    attempted: bool,
+) -> mongodb::error::Result<()> {
+    let now = DateTime::now();
+    let mut update = doc! {
+        "$set": {
+            path(claim.kind, "status"): "FAILED",
+            path(claim.kind, "last_error"): reason,
+            "updated_at": now,
+        },
+        "$unset": { path(claim.kind, "next_attempt_at"): "" },
+        "$push": { "timeline": timeline_entry(claim.kind, false, claim.order.status, now, Some(reason))? },
+    };
+    if attempted {
+        update.insert("$inc", doc! { path(claim.kind, "attempts"): 1 });
+    }
+    record_outcome(db, "record_email_failed", still_claimed(claim), update).await
+}
+
+/// Applies `update` to what `filter` matches as a one-statement transaction
+/// rather than a plain update. The driver retries the transaction on a
+/// transient error; a plain single-document update would be a retryable
+/// write, and SecantusDB keeps a record of every retryable write and prunes
+/// that table on each one: with one per order it spent a third of its time
+/// sorting it under load.
+async fn record_outcome(
+    db: &Database,
+    operation: &'static str,
+    filter: Document,
+    update: Document,
+) -> mongodb::error::Result<()> {
+    common::mongo::transaction(
+        db,
+        operation,
+        (db, filter, update),
+        |session, (db, filter, update)| {
+            async move {
+                orders(db)
+                    .update_many(filter.clone(), update.clone())
+                    .session(session)
+                    .await?;
+                Ok(())
+            }
+            .boxed()
+        },
+    )
+    .await
+}
+
+/// How much email work is waiting now: due emails (both kinds) and how
+/// long the oldest has been due.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    pub due: u64,
+    pub oldest_due_age: Duration,
+}
+
+pub async fn backlog(db: &Database, now: DateTime) -> mongodb::error::Result<Backlog> {
+    let mut backlog = Backlog::default();
+    let raw = db.collection::<Document>(orders(db).name());
+    for kind in [EmailKind::Confirmation, EmailKind::Cancellation] {
+        let due_at = path(kind, "next_attempt_at");
+        let filter = doc! { due_at.as_str(): { "$lte": now }, path(kind, "status"): "PENDING" };
+        backlog.due += raw.count_documents(filter.clone()).await?;
+        let oldest = raw
+            .find_one(filter)
+            .sort(doc! { due_at.as_str(): 1 })
+            .projection(doc! { path(kind, "due_since"): 1, due_at.as_str(): 1 })
+            .await?;
+        let since = oldest.as_ref().and_then(|o| {
+            let email = o.get_document(kind.field()).ok()?;
+            email
+                .get_datetime("due_since")
+                .or_else(|_| email.get_datetime("next_attempt_at"))
+                .ok()
+                .copied()
+        });
+        if let Some(since) = since {
+            let age = now
+                .timestamp_millis()
+                .saturating_sub(since.timestamp_millis());
+            let age = Duration::from_millis(u64::try_from(age).unwrap_or(0));
+            backlog.oldest_due_age = backlog.oldest_due_age.max(age);
+        }
+    }
+    Ok(backlog)
+}
