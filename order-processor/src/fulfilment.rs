@@ -69,16 +69,19 @@ pub async fn process_and_claim(
     let kind = EmailKind::Confirmation;
     let field = kind.field();
     let now = DateTime::now();
-    let mut set = email::store::claim_fields(kind, message_id, now, lease);
-    set.extend(doc! {
-        format!("{field}.due_since"): now,
-        "status": OrderStatus::Processed.as_str(),
-        "updated_at": now,
-    });
-    let update = doc! {
-        "$set": set,
-        "$push": { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
-    };
+    let mut update = email::store::claim_update(kind, message_id, now, lease);
+    update
+        .get_document_mut("$set")
+        .map_err(MongoError::custom)?
+        .extend(doc! {
+            format!("{field}.due_since"): now,
+            "status": OrderStatus::Processed.as_str(),
+            "updated_at": now,
+        });
+    update.insert(
+        "$push",
+        doc! { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
+    );
     common::mongo::update_then_read(
         &orders(db),
         Some(session),
@@ -134,6 +137,7 @@ pub async fn process_and_claim_many(
                     "attempted_at": now,
                     "next_attempt_at": common::mongo::later(now, lease),
                     "due_since": now,
+                    "attempts": { "$add": [{ "$ifNull": [format!("${field}.attempts"), 0] }, 1] },
                 }] },
                 "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(ids, &timelines)] },
             } }],

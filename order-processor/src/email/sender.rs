@@ -275,7 +275,7 @@ impl EmailSender {
                 inner.gate.succeeded();
                 counter!(metrics::EMAILS_SENT, "kind" => label).increment(1);
                 inner.sent.record(&claim.order, kind).await?;
-                let attempt = claim.order.delivery(kind).map_or(0, |d| d.attempts) + 1;
+                let attempt = claim.order.delivery(kind).map_or(0, |d| d.attempts);
                 tracing::info!(order_id, email = label, attempt, "email sent");
                 return Ok(Delivered::Sent);
             }
@@ -319,7 +319,7 @@ impl EmailSender {
                 if self.past_giving_up(&claim, now) {
                     counter!(metrics::EMAILS_FAILED, "kind" => label, "reason" => "gave_up")
                         .increment(1);
-                    let attempts = claim.order.delivery(kind).map_or(0, |d| d.attempts) + 1;
+                    let attempts = claim.order.delivery(kind).map_or(0, |d| d.attempts);
                     let why = format!(
                         "gave up after {attempts} attempts over {:?}; last reply: {reason}",
                         inner.settings.give_up_after
@@ -374,8 +374,9 @@ impl EmailSender {
     /// upper half so a backlog does not come due at one instant.
     fn retry_delay(&self, claim: &Claimed) -> Duration {
         let settings = &self.inner.settings;
-        let attempts = claim.order.delivery(claim.kind).map_or(0, |d| d.attempts);
-        let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+        // The claim counted this attempt: the first retry waits the base.
+        let attempts = claim.order.delivery(claim.kind).map_or(1, |d| d.attempts);
+        let exponent = u32::try_from((attempts - 1).clamp(0, 20)).unwrap_or(20);
         let ceiling = settings
             .retry_base
             .saturating_mul(2_u32.saturating_pow(exponent))

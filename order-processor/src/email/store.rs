@@ -71,15 +71,20 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
-/// The `$set` that claims `kind` of email at `now` for `lease`: `SENDING`,
-/// its Message-ID, the claim's token and when the lease runs out. Used by
-/// the processing transaction (an email born claimed) and by [`claim_due`].
-pub fn claim_fields(kind: EmailKind, message_id: &str, now: DateTime, lease: Duration) -> Document {
+/// The update that claims `kind` of email at `now` for `lease`: `SENDING`,
+/// its Message-ID, the claim's token, when the lease runs out, and one more
+/// attempt (counted at the claim, so a send a crash interrupted counts too;
+/// an email parked without being sent gives it back). Used by the
+/// processing transaction (an email born claimed) and by [`claim_due`].
+pub fn claim_update(kind: EmailKind, message_id: &str, now: DateTime, lease: Duration) -> Document {
     doc! {
-        path(kind, "status"): "SENDING",
-        path(kind, "message_id"): message_id,
-        path(kind, "attempted_at"): now,
-        path(kind, "next_attempt_at"): common::mongo::later(now, lease),
+        "$set": {
+            path(kind, "status"): "SENDING",
+            path(kind, "message_id"): message_id,
+            path(kind, "attempted_at"): now,
+            path(kind, "next_attempt_at"): common::mongo::later(now, lease),
+        },
+        "$inc": { path(kind, "attempts"): 1 },
     }
 }
 
@@ -116,7 +121,7 @@ pub async fn claim_due(
             &orders(db),
             None,
             doc! { "_id": id, due_at.as_str(): was_due },
-            doc! { "$set": claim_fields(kind, &message_id, now, lease) },
+            claim_update(kind, &message_id, now, lease),
         )
         .await?;
         if let Some(order) = claim {
@@ -217,16 +222,15 @@ pub async fn record_sent(
                 "updated_at": now,
             },
             "$unset": { path(kind, "next_attempt_at"): "" },
-            "$inc": { path(kind, "attempts"): 1 },
             "$push": { "timeline": timeline_entry(kind, true, status, now, None)? },
         },
     )
     .await
 }
 
-/// Back to `PENDING`, due at `next_attempt_at`, with why. `attempted`: the
-/// SMTP server was asked (the attempt counts); `false` for an email parked
-/// while the breaker is open. `false` when the claim was lost.
+/// Back to `PENDING`, due at `next_attempt_at`, with why, unless the claim
+/// was lost. `attempted`: the SMTP server was asked; `false` for an email
+/// parked while the breaker is open, which gives its claim's attempt back.
 pub async fn record_retry(
     db: &Database,
     claim: &Claimed,
@@ -242,13 +246,14 @@ pub async fn record_retry(
             "updated_at": DateTime::now(),
         },
     };
-    if attempted {
-        update.insert("$inc", doc! { path(claim.kind, "attempts"): 1 });
+    if !attempted {
+        update.insert("$inc", doc! { path(claim.kind, "attempts"): -1 });
     }
     record_outcome(db, "record_email_retry", still_claimed(claim), update).await
 }
 
-/// `FAILED` with the reason: refused for good, given up, or not to be sent.
+/// `FAILED` with the reason: refused for good, given up, or not to be sent
+/// (`attempted` false: its claim's attempt is given back).
 pub async fn record_failed(
     db: &Database,
     claim: &Claimed,
@@ -265,8 +270,8 @@ pub async fn record_failed(
         "$unset": { path(claim.kind, "next_attempt_at"): "" },
         "$push": { "timeline": timeline_entry(claim.kind, false, claim.order.status, now, Some(reason))? },
     };
-    if attempted {
-        update.insert("$inc", doc! { path(claim.kind, "attempts"): 1 });
+    if !attempted {
+        update.insert("$inc", doc! { path(claim.kind, "attempts"): -1 });
     }
     record_outcome(db, "record_email_failed", still_claimed(claim), update).await
 }
