@@ -123,7 +123,12 @@ async fn a_burst_past_the_inbox_rate_is_paced_and_every_email_arrives_once() {
     // The rate's own limit, as the inbox sees it: after the first email,
     // one per 10 s / RATE. Measured on the server's clock, from the first
     // email it accepted to the last.
-    let received: Vec<f64> = server.messages().await.iter().map(|m| m.received_at).collect();
+    let received: Vec<f64> = server
+        .messages()
+        .await
+        .iter()
+        .map(|m| m.received_at)
+        .collect();
     let first = received.iter().copied().fold(f64::INFINITY, f64::min);
     let last = received.iter().copied().fold(0.0, f64::max);
     let own_limit = (ORDERS as f64 - 1.0) * 10.0 / f64::from(RATE);
