@@ -286,6 +286,13 @@ impl Order {
             EmailKind::Cancellation => self.cancellation_email.as_ref(),
         }
     }
+
+    pub fn delivery_mut(&mut self, kind: EmailKind) -> Option<&mut EmailDelivery> {
+        match kind {
+            EmailKind::Confirmation => Some(&mut self.email),
+            EmailKind::Cancellation => self.cancellation_email.as_mut(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

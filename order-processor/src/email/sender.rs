@@ -219,6 +219,24 @@ impl EmailSender {
         let kind = claim.kind;
         let label = kind.as_str();
 
+        // What is settled without the mail server comes first, so that
+        // only a send can be the breaker's probe.
+        if kind == EmailKind::Confirmation && claim.order.status == OrderStatus::Cancelled {
+            let reason = "the order was cancelled before its confirmation went out; it is not sent";
+            store::record_failed(&inner.db, &claim, reason, false).await?;
+            tracing::info!(order_id, "confirmation of a cancelled order not sent");
+            return Ok(Delivered::Failed);
+        }
+        let rendered = match inner.templates.render(&claim.order, kind) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                let reason = format!("rendering the email: {e:#}");
+                store::record_failed(&inner.db, &claim, &reason, false).await?;
+                tracing::error!(order_id, %reason, "email not sent");
+                return Ok(Delivered::Failed);
+            }
+        };
+
         let admission = inner.gate.admit();
         if let Admission::Parked { until, reason } = &admission {
             let next = common::mongo::later(DateTime::now(), *until);
@@ -232,37 +250,15 @@ impl EmailSender {
             .await?;
             return Ok(Delivered::Parked);
         }
-        let probe = admission == Admission::Probe;
-        if kind == EmailKind::Confirmation && claim.order.status == OrderStatus::Cancelled {
-            if probe {
-                inner.gate.probe_abandoned();
-            }
-            let reason = "the order was cancelled before its confirmation went out; it is not sent";
-            store::record_failed(&inner.db, &claim, reason, false).await?;
-            tracing::info!(order_id, "confirmation of a cancelled order not sent");
-            return Ok(Delivered::Failed);
-        }
         inner.gate.pace().await;
         if !self.lease_holds(&mut claim).await? {
-            if probe {
+            if admission == Admission::Probe {
                 inner.gate.probe_abandoned();
             }
             return Ok(Delivered::Lost);
         }
 
         let message_id = kind.message_id(&claim.order.id, &inner.settings.message_id_domain);
-        let rendered = match inner.templates.render(&claim.order, kind) {
-            Ok(rendered) => rendered,
-            Err(e) => {
-                if probe {
-                    inner.gate.probe_abandoned();
-                }
-                let reason = format!("rendering the email: {e:#}");
-                store::record_failed(&inner.db, &claim, &reason, false).await?;
-                tracing::error!(order_id, %reason, "email not sent");
-                return Ok(Delivered::Failed);
-            }
-        };
         counter!(metrics::EMAIL_ATTEMPTS, "kind" => label).increment(1);
         let started = std::time::Instant::now();
         let sent = inner
@@ -284,57 +280,9 @@ impl EmailSender {
         counter!(metrics::EMAIL_REPLIES, "class" => error.class.as_str()).increment(1);
         let reason = error.reason;
         let now = DateTime::now();
-        match error.class {
-            ReplyClass::Permanent => {
-                inner.gate.succeeded();
-                counter!(metrics::EMAILS_FAILED, "kind" => label, "reason" => "refused")
-                    .increment(1);
-                store::record_failed(&inner.db, &claim, &reason, true).await?;
-                tracing::error!(order_id, email = label, %reason, "email refused for good");
-                Ok(Delivered::Failed)
-            }
-            ReplyClass::Throttled => {
-                inner.gate.throttled();
-                counter!(metrics::EMAIL_THROTTLED, "kind" => label).increment(1);
-                let next = common::mongo::later(now, inner.settings.throttle_retry);
-                store::record_retry(&inner.db, &claim, &reason, next, true).await?;
-                tracing::info!(order_id, email = label, %reason, "mail server throttled us; slowing down");
-                Ok(Delivered::Throttled)
-            }
-            ReplyClass::ProviderRefuses => {
-                inner.gate.refused(&reason);
-                let until = inner.gate.report().next_probe_in.unwrap_or_default();
-                store::record_retry(
-                    &inner.db,
-                    &claim,
-                    &reason,
-                    common::mongo::later(now, until),
-                    true,
-                )
-                .await?;
-                Ok(Delivered::Retried)
-            }
-            ReplyClass::Transient => {
-                let breaker = inner.gate.failed(&reason);
-                if self.past_giving_up(&claim, now) {
-                    counter!(metrics::EMAILS_FAILED, "kind" => label, "reason" => "gave_up")
-                        .increment(1);
-                    let attempts = claim.order.delivery(kind).map_or(0, |d| d.attempts);
-                    let why = format!(
-                        "gave up after {attempts} attempts over {:?}; last reply: {reason}",
-                        inner.settings.give_up_after
-                    );
-                    store::record_failed(&inner.db, &claim, &why, true).await?;
-                    tracing::error!(order_id, email = label, reason = %why, "email given up");
-                    return Ok(Delivered::Failed);
-                }
-                // While the breaker is open its probes set the pace: the
-                // email is due at the next probe, so the first success
-                // finds the whole backlog due.
-                let delay = match breaker {
-                    BreakerState::Closed => self.retry_delay(&claim),
-                    _ => inner.gate.report().next_probe_in.unwrap_or_default(),
-                };
+        let (delivered, next) = self.answer(&claim, error.class, &reason, now);
+        match next {
+            Some(delay) => {
                 store::record_retry(
                     &inner.db,
                     &claim,
@@ -343,9 +291,67 @@ impl EmailSender {
                     true,
                 )
                 .await?;
-                tracing::warn!(order_id, email = label, %reason, retry_in = ?delay, "email not sent; will retry");
-                Ok(Delivered::Retried)
+                tracing::warn!(order_id, email = label, %reason, ?delivered, retry_in = ?delay, "email not sent; will retry");
             }
+            None => {
+                let reason = match error.class {
+                    ReplyClass::Permanent => reason,
+                    _ => format!(
+                        "gave up after {} attempts over {:?}; last reply: {reason}",
+                        claim.order.delivery(kind).map_or(0, |d| d.attempts),
+                        inner.settings.give_up_after
+                    ),
+                };
+                let why = if error.class == ReplyClass::Permanent {
+                    "refused"
+                } else {
+                    "gave_up"
+                };
+                counter!(metrics::EMAILS_FAILED, "kind" => label, "reason" => why).increment(1);
+                store::record_failed(&inner.db, &claim, &reason, true).await?;
+                tracing::error!(order_id, email = label, %reason, "email FAILED");
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// What a refusal of `class` means for this email and for the gate
+    /// (the reply table, `reply.rs`): what became of it, and when it is
+    /// next attempted (`None`: it is `FAILED`).
+    fn answer(
+        &self,
+        claim: &Claimed,
+        class: ReplyClass,
+        reason: &str,
+        now: DateTime,
+    ) -> (Delivered, Option<Duration>) {
+        let gate = &self.inner.gate;
+        let next_probe = || gate.report().next_probe_in.unwrap_or_default();
+        match class {
+            ReplyClass::Permanent => {
+                gate.succeeded();
+                (Delivered::Failed, None)
+            }
+            ReplyClass::Throttled => {
+                gate.throttled();
+                counter!(metrics::EMAIL_THROTTLED, "kind" => claim.kind.as_str()).increment(1);
+                (
+                    Delivered::Throttled,
+                    Some(self.inner.settings.throttle_retry),
+                )
+            }
+            ReplyClass::ProviderRefuses => {
+                gate.refused(reason);
+                (Delivered::Retried, Some(next_probe()))
+            }
+            ReplyClass::Transient => match gate.failed(reason) {
+                _ if self.past_giving_up(claim, now) => (Delivered::Failed, None),
+                BreakerState::Closed => (Delivered::Retried, Some(self.retry_delay(claim))),
+                // While the breaker is open its probes set the pace: the
+                // email is due at the next probe, so the first success
+                // finds the whole backlog due.
+                _ => (Delivered::Retried, Some(next_probe())),
+            },
         }
     }
 

@@ -170,17 +170,10 @@ pub async fn renew(
     if renewed.matched_count == 0 {
         return Ok(false);
     }
-    if let Some(delivery) = delivery_mut(&mut claim.order, claim.kind) {
+    if let Some(delivery) = claim.order.delivery_mut(claim.kind) {
         delivery.next_attempt_at = Some(until);
     }
     Ok(true)
-}
-
-fn delivery_mut(order: &mut Order, kind: EmailKind) -> Option<&mut common::domain::EmailDelivery> {
-    match kind {
-        EmailKind::Confirmation => Some(&mut order.email),
-        EmailKind::Cancellation => order.cancellation_email.as_mut(),
-    }
 }
 
 fn timeline_entry(

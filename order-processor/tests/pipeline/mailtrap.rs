@@ -79,6 +79,17 @@ async fn assert_one_message_per_order(server: &MailtrapLike, ids: &[String]) {
     assert!(twice.is_empty(), "arrived more than once: {twice:?}");
 }
 
+/// When the server accepted its first and its last message (unix seconds).
+async fn first_and_last(server: &MailtrapLike) -> (f64, f64) {
+    server
+        .messages()
+        .await
+        .iter()
+        .fold((f64::INFINITY, 0.0), |(first, last), m| {
+            (first.min(m.received_at), last.max(m.received_at))
+        })
+}
+
 async fn dead_lettered(pipeline: &Pipeline) -> usize {
     test_support::receive_bodies(&pipeline.sqs, &pipeline.queues.dlq_url, 10)
         .await
@@ -123,14 +134,7 @@ async fn a_burst_past_the_inbox_rate_is_paced_and_every_email_arrives_once() {
     // The rate's own limit, as the inbox sees it: after the first email,
     // one per 10 s / RATE. Measured on the server's clock, from the first
     // email it accepted to the last.
-    let received: Vec<f64> = server
-        .messages()
-        .await
-        .iter()
-        .map(|m| m.received_at)
-        .collect();
-    let first = received.iter().copied().fold(f64::INFINITY, f64::min);
-    let last = received.iter().copied().fold(0.0, f64::max);
+    let (first, last) = first_and_last(&server).await;
     let own_limit = (ORDERS as f64 - 1.0) * 10.0 / f64::from(RATE);
     let stats = server.stats().await;
     assert!(
@@ -188,18 +192,7 @@ async fn a_mail_server_gone_for_three_minutes_loses_nothing_and_needs_no_redrive
         .as_secs_f64();
     until_all_sent(&pipeline, &customer, &ids, Duration::from_secs(60)).await;
     assert_one_message_per_order(&server, &ids).await;
-    let first = server
-        .messages()
-        .await
-        .iter()
-        .map(|m| m.received_at)
-        .fold(f64::INFINITY, f64::min);
-    let all = server
-        .messages()
-        .await
-        .iter()
-        .map(|m| m.received_at)
-        .fold(0.0, f64::max);
+    let (first, all) = first_and_last(&server).await;
     assert!(
         first - back_at <= 10.0,
         "the first email went {:.1} s after the server came back",
