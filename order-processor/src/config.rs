@@ -17,6 +17,8 @@ pub struct ProcessorConfig {
     pub smtp: SmtpConfig,
     pub consumer: ConsumerConfig,
     pub email: EmailConfig,
+    /// What the emails say about the shop, and where their templates are.
+    pub shop: ShopEmailConfig,
     /// When expired inbox entries are deleted (cron with seconds;
     /// `common::expiry`).
     pub expiry_schedule: String,
@@ -65,6 +67,22 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Emails sent on one connection before it is replaced (MailTrap: 100).
     pub max_messages_per_connection: u32,
+}
+
+/// What the emails say about the shop (`email::render`).
+#[derive(Debug, Clone)]
+pub struct ShopEmailConfig {
+    /// `SHOP_NAME`.
+    pub name: String,
+    /// `SHOP_SUPPORT_EMAIL`; MAIL_FROM's address when unset.
+    pub support_email: String,
+    /// `SHOP_ORDER_URL`, with `{order_id}` in it: the emails link to it.
+    pub order_url: Option<String>,
+    /// `SHOP_TAX_LABEL`, the tax line's label.
+    pub tax_label: String,
+    /// `EMAIL_TEMPLATE_DIR`: the shop's templates, replacing the built-in
+    /// ones of the same name.
+    pub template_dir: Option<PathBuf>,
 }
 
 /// How the sender treats email as durable work (`email::sender`).
@@ -170,7 +188,7 @@ impl ProcessorConfig {
                 tls: config::parsed_or("SMTP_TLS", SmtpTls::None)?,
                 username: config::optional("SMTP_USERNAME"),
                 password: config::secret("SMTP_PASSWORD"),
-                from,
+                from: from.clone(),
                 timeout: config::seconds_or("SMTP_TIMEOUT_SECS", 10)?,
                 tls_ca_file: config::optional("SMTP_TLS_CA_FILE").map(PathBuf::from),
                 rate_limit: match config::parsed_or::<u32>("SMTP_RATE_LIMIT", 0)? {
@@ -203,6 +221,14 @@ impl ProcessorConfig {
                 probe_cap: config::seconds_or("EMAIL_PROBE_CAP_SECS", 8)?,
                 poll_interval: Duration::from_millis(config::parsed_or("EMAIL_POLL_MS", 1000)?),
                 batch: config::parsed_or("EMAIL_BATCH", 20)?,
+            },
+            shop: ShopEmailConfig {
+                name: config::optional("SHOP_NAME").unwrap_or_else(|| "Order Pipeline".into()),
+                support_email: config::optional("SHOP_SUPPORT_EMAIL")
+                    .unwrap_or_else(|| from.email.to_string()),
+                order_url: config::optional("SHOP_ORDER_URL"),
+                tax_label: config::optional("SHOP_TAX_LABEL").unwrap_or_else(|| "GST (18%)".into()),
+                template_dir: config::optional("EMAIL_TEMPLATE_DIR").map(PathBuf::from),
             },
             expiry_schedule: common::expiry::schedule_from_env(),
         })

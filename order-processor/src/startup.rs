@@ -12,7 +12,7 @@ use crate::{
     consumer::Consumer,
     dlq::Queues,
     email::{
-        self, EmailSender, Mailer, SenderSettings, Templates,
+        self, EmailSender, Mailer, SenderSettings, Shop, Templates,
         gate::{Gate, GateSettings},
     },
     health, inbox,
@@ -161,10 +161,20 @@ pub fn build_sender(
         },
         &Mailer::provider(smtp),
     );
+    let shop = &config.shop;
+    let templates = Templates::load(
+        Shop {
+            name: shop.name.clone(),
+            support_email: shop.support_email.clone(),
+            order_url: shop.order_url.clone(),
+            tax_label: shop.tax_label.clone(),
+        },
+        shop.template_dir.as_deref(),
+    )?;
     Ok(EmailSender::new(
         db,
         mailer,
-        Templates,
+        templates,
         gate,
         SenderSettings {
             lease: email.lease,

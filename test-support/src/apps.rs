@@ -6,7 +6,9 @@ use std::{num::NonZeroU32, time::Duration};
 use order_api::config::{
     AdminSeed, ApiConfig, AuthConfig, LoginRateLimits, OutboxConfig, ShopConfig,
 };
-use order_processor::config::{ConsumerConfig, EmailConfig, ProcessorConfig, SmtpConfig, SmtpTls};
+use order_processor::config::{
+    ConsumerConfig, EmailConfig, ProcessorConfig, ShopEmailConfig, SmtpConfig, SmtpTls,
+};
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -119,6 +121,13 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             linger: Duration::from_millis(5),
             inbox_retention: Duration::from_secs(14 * 24 * 3600),
             startup_timeout: Duration::from_secs(5),
+        },
+        shop: ShopEmailConfig {
+            name: "Test Shop".into(),
+            support_email: "help@shop.test".into(),
+            order_url: Some("http://127.0.0.1/orders/{order_id}".into()),
+            tax_label: "GST (18%)".into(),
+            template_dir: None,
         },
         email: EmailConfig {
             lease: Duration::from_secs(60),

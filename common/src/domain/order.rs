@@ -262,6 +262,10 @@ pub struct Order {
     pub id: ObjectId,
     pub user_id: ObjectId,
     pub customer_email: String,
+    /// The customer's name when the order was placed (their username),
+    /// for the emails' greeting; absent on orders placed before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_name: Option<String>,
     pub lines: Vec<OrderLine>,
     pub subtotal: Money,
     pub tax: Money,

@@ -11,6 +11,8 @@ pub struct AuthUser {
     pub role: Role,
     /// The account's email, from the token (`None` in an older token).
     pub email: Option<String>,
+    /// The account's username, from the token (`None` in an older token).
+    pub name: Option<String>,
 }
 
 impl AuthUser {
@@ -55,6 +57,7 @@ impl FromRequestParts<AppState> for AuthUser {
             id,
             role: claims.role,
             email: claims.email,
+            name: claims.name,
         })
     }
 }

@@ -252,7 +252,7 @@ fn token_response(
     refresh_token: String,
 ) -> ApiResult<impl IntoResponse + use<>> {
     let issuer = &state.auth.tokens;
-    let access_token = issuer.issue_access(user.id, user.role, &user.email)?;
+    let access_token = issuer.issue_access(user.id, user.role, &user.email, &user.username)?;
     let mut cookie = refresh_cookie(refresh_token.clone(), state.auth.cookie_secure);
     cookie.set_max_age(time_from_std(issuer.refresh_ttl));
     Ok((

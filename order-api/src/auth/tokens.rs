@@ -24,6 +24,10 @@ pub struct AccessClaims {
     /// every order. Absent from tokens issued before it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// The account's username, for the order emails' greeting, on the same
+    /// terms (absent from older tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
@@ -61,12 +65,14 @@ impl TokenIssuer {
         user_id: ObjectId,
         role: Role,
         email: &str,
+        name: &str,
     ) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             sub: user_id.to_hex(),
             role,
             email: Some(email.to_string()),
+            name: Some(name.to_string()),
             iat: now,
             exp: now + i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX / 2),
             jti: uuid::Uuid::new_v4().to_string(),

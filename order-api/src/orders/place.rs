@@ -34,6 +34,8 @@ pub struct LineRequest {
 pub struct Customer {
     pub id: ObjectId,
     pub email: String,
+    /// The account's username: the emails greet the customer by it.
+    pub name: String,
 }
 
 /// Why an order was refused. Carried out of the transaction callback as the
@@ -177,6 +179,7 @@ pub(super) fn build_order<'p>(
         id: ObjectId::new(),
         user_id: customer.id,
         customer_email: customer.email.clone(),
+        customer_name: Some(customer.name.clone()),
         lines: order_lines,
         subtotal: totals.subtotal,
         tax: totals.tax,

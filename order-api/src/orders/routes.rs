@@ -80,18 +80,23 @@ pub async fn create(
         return Ok(replay(status, body));
     }
 
-    // The token carries the email; only an older token needs the account read.
-    let email = match user.email {
-        Some(email) => email,
-        None => {
-            users::find_by_id(&state.db, user.id)
+    // The token carries the email and name; only an older token needs the
+    // account read.
+    let (email, name) = match (user.email, user.name) {
+        (Some(email), Some(name)) => (email, name),
+        _ => {
+            let account = users::find_by_id(&state.db, user.id)
                 .await?
-                .ok_or_else(|| ApiError::unauthorized("account no longer exists"))?
-                .email
+                .ok_or_else(|| ApiError::unauthorized("account no longer exists"))?;
+            (account.email, account.username)
         }
     };
     let request = OrderRequest {
-        customer: Customer { id: user.id, email },
+        customer: Customer {
+            id: user.id,
+            email,
+            name,
+        },
         lines,
         idempotency: keyed.clone(),
         traceparent: None,

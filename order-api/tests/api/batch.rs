@@ -39,6 +39,7 @@ fn request(lines: &[(&str, i64)]) -> OrderRequest {
         customer: Customer {
             id: ObjectId::new(),
             email: "batch@shop.test".into(),
+            name: "batch".into(),
         },
         lines: lines
             .iter()

@@ -11,6 +11,6 @@ mod sent;
 mod smtp;
 pub mod store;
 
-pub use render::{RenderedEmail, Templates};
+pub use render::{RenderedEmail, Shop, Templates};
 pub use sender::{Delivered, EmailSender, SendReport, SenderSettings};
 pub use smtp::{Mailer, SendError};
