@@ -91,11 +91,13 @@ pub struct EmailDelivery {
     /// (`PENDING`) or when the claim of a `SENDING` attempt runs out and
     /// another sender may take it over. Unset once `SENT` or `FAILED`, and
     /// while a confirmation waits for its order to be processed. The
-    /// sender's one query is `next_attempt_at <= now`, on an index.
-    #[serde(default)]
+    /// sender's one query is `next_attempt_at <= now`, on a sparse index:
+    /// absent (never null) when there is no work, so an email with none
+    /// has no index entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime>,
     /// When the email became due: `EMAIL_GIVE_UP_AFTER` counts from here.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub due_since: Option<DateTime>,
 }
 

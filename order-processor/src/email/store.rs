@@ -52,7 +52,10 @@ fn path(kind: EmailKind, leaf: &str) -> String {
     format!("{}.{leaf}", kind.field())
 }
 
-/// The index the sender's query runs on, one per kind of email.
+/// The index the sender's query runs on, one per kind of email. Sparse: an
+/// email with no work to do (most of them: sent, or a cancellation never
+/// written) has no entry, so placing and sending an order writes one index
+/// entry and removes it, not two entries kept for ever.
 pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     let models: Vec<IndexModel> = [EmailKind::Confirmation, EmailKind::Cancellation]
         .into_iter()
@@ -62,6 +65,7 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
                 .options(
                     IndexOptions::builder()
                         .name(format!("{}_next_attempt_at", kind.field()))
+                        .sparse(true)
                         .build(),
                 )
                 .build()
