@@ -13,7 +13,10 @@
 
 use std::{
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -99,6 +102,13 @@ struct State {
 pub struct Gate {
     settings: Arc<GateSettings>,
     pace: Option<Arc<Pace>>,
+    /// The pace's spacing between two sends.
+    interval: Option<Duration>,
+    /// Sends wait for the pace one at a time, first come first served
+    /// (tokio's mutex is fair), so a place in the line is a known wait:
+    /// `waiting` × `interval`.
+    line: Arc<tokio::sync::Mutex<()>>,
+    waiting: Arc<AtomicUsize>,
     state: Arc<Mutex<State>>,
     /// Named in logs and readiness: which provider refuses.
     provider: Arc<str>,
@@ -115,12 +125,16 @@ pub struct GateReport {
 
 impl Gate {
     pub fn new(settings: GateSettings, provider: &str) -> Gate {
-        let pace = settings.rate.map(|(n, period)| {
-            // Evenly spaced, no burst, and 5% slower than the rate: a
-            // provider counting any window of `period` never sees more than
-            // n, even when the network delays one send and not the next.
-            let interval = (period / n.get()).mul_f64(1.05);
-            let quota = Quota::with_period(interval.max(Duration::from_millis(1)))
+        // Evenly spaced, no burst, and 5% slower than the rate: a provider
+        // counting any window of `period` never sees more than n, even when
+        // the network delays one send and not the next.
+        let interval = settings.rate.map(|(n, period)| {
+            (period / n.get())
+                .mul_f64(1.05)
+                .max(Duration::from_millis(1))
+        });
+        let pace = interval.map(|interval| {
+            let quota = Quota::with_period(interval)
                 .expect("a non-zero interval")
                 .allow_burst(NonZeroU32::MIN);
             Arc::new(RateLimiter::direct_with_clock(quota, MonotonicClock))
@@ -128,6 +142,9 @@ impl Gate {
         let gate = Gate {
             settings: Arc::new(settings),
             pace,
+            interval,
+            line: Arc::new(tokio::sync::Mutex::new(())),
+            waiting: Arc::new(AtomicUsize::new(0)),
             state: Arc::new(Mutex::new(State {
                 breaker: BreakerState::Closed,
                 consecutive_failures: 0,
@@ -181,8 +198,18 @@ impl Gate {
         }
     }
 
-    /// Waits out a throttle cool-down and the pace, before an admitted send.
+    /// Waits its turn in the line, then out a throttle cool-down and the
+    /// pace, before an admitted send.
     pub async fn pace(&self) {
+        struct InLine<'a>(&'a AtomicUsize);
+        impl Drop for InLine<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _in_line = InLine(&self.waiting);
+        let _turn = self.line.lock().await;
         let cool_until = self.lock().cool_until;
         if let Some(until) = cool_until {
             tokio::time::sleep_until(until.into()).await;
@@ -190,6 +217,26 @@ impl Gate {
         if let Some(pace) = &self.pace {
             pace.until_ready().await;
         }
+    }
+
+    /// About how long a send that joins the line now waits for its turn.
+    pub fn wait_in_line(&self) -> Duration {
+        let waiting = u32::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        let cooling = self
+            .lock()
+            .cool_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .unwrap_or_default();
+        self.interval.unwrap_or_default().saturating_mul(waiting) + cooling
+    }
+
+    /// How many more sends can join the line and still get their turn
+    /// within `within` (`None`: no pace, any number).
+    pub fn room_in_line(&self, within: Duration) -> Option<usize> {
+        let interval = self.interval?;
+        let turns =
+            usize::try_from(within.as_nanos() / interval.as_nanos().max(1)).unwrap_or(usize::MAX);
+        Some(turns.saturating_sub(self.waiting.load(Ordering::Relaxed)))
     }
 
     /// The provider accepted an email, or refused only this one: it is up.
@@ -343,5 +390,43 @@ mod tests {
         }
         let next = gate.report().next_probe_in.expect("probing");
         assert!(next <= Duration::from_millis(200), "{next:?}");
+    }
+
+    #[tokio::test]
+    async fn the_line_knows_each_places_wait_and_its_room() {
+        let gate = Gate::new(
+            GateSettings {
+                rate: Some((
+                    NonZeroU32::new(100).expect("non-zero"),
+                    Duration::from_secs(1),
+                )),
+                ..gate(3).settings.as_ref().clone()
+            },
+            "smtp://test",
+        );
+        // 100 per second, 5% under: a turn each 10.5 ms.
+        assert_eq!(gate.wait_in_line(), Duration::ZERO);
+        assert_eq!(gate.room_in_line(Duration::from_millis(105)), Some(10));
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                tokio::spawn({
+                    let gate = gate.clone();
+                    async move { gate.pace().await }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // The first went at once; three wait, one turn each.
+        assert_eq!(gate.wait_in_line(), Duration::from_micros(31_500));
+        assert_eq!(gate.room_in_line(Duration::from_millis(105)), Some(7));
+        for task in waiting {
+            task.await.expect("paced");
+        }
+        assert_eq!(gate.wait_in_line(), Duration::ZERO);
+        assert_eq!(gate.room_in_line(Duration::from_secs(1)), Some(95));
+        assert_eq!(
+            super::tests::gate(3).room_in_line(Duration::from_secs(1)),
+            None
+        );
     }
 }

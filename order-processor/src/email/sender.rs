@@ -69,6 +69,9 @@ pub enum Delivered {
     Parked,
     /// Another sender took the email over; nothing done.
     Lost,
+    /// Its turn at the send rate would come after its lease: `PENDING`
+    /// again, due now, for a sweep to claim when there is room in line.
+    Deferred,
 }
 
 /// Counts from one sweep.
@@ -81,6 +84,7 @@ pub struct SendReport {
     pub failed: usize,
     pub parked: usize,
     pub lost: usize,
+    pub deferred: usize,
 }
 
 impl SendReport {
@@ -92,6 +96,7 @@ impl SendReport {
             Delivered::Failed => self.failed += 1,
             Delivered::Parked => self.parked += 1,
             Delivered::Lost => self.lost += 1,
+            Delivered::Deferred => self.deferred += 1,
         }
     }
 }
@@ -161,13 +166,19 @@ impl EmailSender {
     }
 
     /// One sweep: claims due emails (up to a batch, or one probe while the
-    /// breaker is open) and delivers them.
+    /// breaker is open, and no more than can get their turn at the send
+    /// rate within their lease) and delivers them.
     pub async fn try_send_due(&self) -> mongodb::error::Result<SendReport> {
-        let Some(allowance) = self.inner.gate.sweep_allowance() else {
+        let gate = &self.inner.gate;
+        let Some(allowance) = gate.sweep_allowance() else {
             return Ok(SendReport::default());
         };
         let settings = &self.inner.settings;
-        let limit = allowance.unwrap_or(settings.batch).max(1);
+        let room = gate.room_in_line(self.turn_window()).unwrap_or(usize::MAX);
+        let limit = allowance.unwrap_or(settings.batch).max(1).min(room);
+        if limit == 0 {
+            return Ok(SendReport::default());
+        }
         let now = DateTime::now();
         let mut claims = Vec::new();
         for kind in [EmailKind::Confirmation, EmailKind::Cancellation] {
@@ -249,6 +260,20 @@ impl EmailSender {
             )
             .await?;
             return Ok(Delivered::Parked);
+        }
+        if self.turn_after_lease(&claim) {
+            if admission == Admission::Probe {
+                inner.gate.probe_abandoned();
+            }
+            store::record_retry(
+                &inner.db,
+                &claim,
+                "waiting for its turn at the send rate",
+                DateTime::now(),
+                false,
+            )
+            .await?;
+            return Ok(Delivered::Deferred);
         }
         inner.gate.pace().await;
         if !self.lease_holds(&mut claim).await? {
@@ -355,6 +380,27 @@ impl EmailSender {
         }
     }
 
+    /// How long into its lease a claimed email may wait for its turn: what
+    /// is left must cover the send (the SMTP timeout) and a margin.
+    fn turn_window(&self) -> Duration {
+        let settings = &self.inner.settings;
+        settings
+            .lease
+            .saturating_sub(settings.smtp_timeout + RENEW_MARGIN)
+    }
+
+    /// Whether this claim's turn at the send rate would come too late in
+    /// its lease; while it waited, another sender could claim it too, and
+    /// both would spend a turn on it.
+    fn turn_after_lease(&self, claim: &Claimed) -> bool {
+        let settings = &self.inner.settings;
+        let turn = common::mongo::later(
+            DateTime::now(),
+            self.inner.gate.wait_in_line() + settings.smtp_timeout + RENEW_MARGIN,
+        );
+        claim.lease_until().is_some_and(|until| until < turn)
+    }
+
     /// Renews the claim when the wait for the pace ate into its lease.
     async fn lease_holds(&self, claim: &mut Claimed) -> mongodb::error::Result<bool> {
         let settings = &self.inner.settings;
@@ -404,7 +450,7 @@ impl EmailSender {
                     if report.claimed > 0 {
                         tracing::debug!(?report, "email sweep done");
                     }
-                    report.claimed >= settings.batch && report.parked == 0
+                    report.claimed >= settings.batch && report.parked + report.deferred == 0
                 }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
