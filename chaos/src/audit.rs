@@ -98,8 +98,7 @@ pub struct AuditInput<'a> {
     pub duplicates_allowed: &'a HashSet<String>,
     /// Inbox copies counted before MailDev was restarted (it forgets them).
     pub inbox_before_restart: &'a Counts,
-    pub http: &'a reqwest::Client,
-    pub inbox_api: &'a str,
+    pub inbox: inbox::Source<'a>,
     pub recipients: &'a HashSet<String>,
     pub settled: bool,
 }
@@ -174,10 +173,7 @@ pub async fn audit(input: AuditInput<'_>) -> anyhow::Result<Figures> {
     let mut received = Counts::new();
     for _ in 0..30 {
         received = input.inbox_before_restart.clone();
-        inbox::merge(
-            &mut received,
-            &inbox::count(input.http, input.inbox_api, input.recipients).await?,
-        );
+        inbox::merge(&mut received, &input.inbox.count(input.recipients).await?);
         let complete = expected.iter().all(|(id, e)| {
             (!e.confirmation || received.contains_key(&(id.clone(), EmailKind::Confirmation)))
                 && (!e.cancellation

@@ -12,10 +12,11 @@ use std::{
 use anyhow::Context;
 use mongodb::Database;
 use serde::Serialize;
+use test_support::mailtrap::{MailtrapLike, MailtrapOptions};
 
 use crate::{
     audit::{self, AuditInput, Figures},
-    inbox::Counts,
+    inbox::{self, Counts},
     load::{self, Ledger, Plan, SharedLedger, Shoppers, Stop},
     procs::{self, Kind, Launch, Service},
     proxy::Proxy,
@@ -56,6 +57,9 @@ pub struct Setup {
     pub customers: usize,
     /// Processor settings this scenario changes (after the suite's own).
     pub processor_env: Vec<(&'static str, String)>,
+    /// The processor sends to a MailTrap-like server of its own, started
+    /// with these options, instead of the stack's MailDev.
+    pub mailtrap: Option<MailtrapOptions>,
 }
 
 impl Default for Setup {
@@ -66,6 +70,7 @@ impl Default for Setup {
             stocks: vec![1_000; 4],
             customers: 4,
             processor_env: Vec::new(),
+            mailtrap: None,
         }
     }
 }
@@ -79,6 +84,9 @@ pub struct Ctx<'a> {
     pub apis: Vec<Service>,
     pub processor: Service,
     pub proxy: Option<Proxy>,
+    /// The scenario's own MailTrap-like server, when it has one.
+    pub mailtrap: Option<MailtrapLike>,
+    maildev_api: String,
     pub products: Vec<Product>,
     pub customers: Vec<Customer>,
     pub ledger: SharedLedger,
@@ -265,6 +273,26 @@ impl<'a> Ctx<'a> {
             "EMAIL_STALE_SEND_SECS".into(),
             settings.email_stale_send_secs.to_string(),
         ));
+        let mailtrap = match setup.mailtrap {
+            Some(options) => Some(MailtrapLike::start(options).await),
+            None => None,
+        };
+        if let Some(server) = &mailtrap {
+            let mut smtp = vec![
+                ("SMTP_HOST", server.host().to_string()),
+                ("SMTP_PORT", server.smtp_port().to_string()),
+                ("SMTP_USERNAME", server.username().to_string()),
+                ("SMTP_PASSWORD", server.password().to_string()),
+            ];
+            if let Some(ca) = server.ca_file() {
+                smtp.push(("SMTP_TLS", "starttls".into()));
+                smtp.push(("SMTP_TLS_CA_FILE", ca.display().to_string()));
+            }
+            for (name, value) in smtp {
+                vars.retain(|(n, _)| n != name);
+                vars.push((name.to_string(), value));
+            }
+        }
         for (name, value) in &setup.processor_env {
             vars.retain(|(n, _)| n != name);
             vars.push(((*name).to_string(), value.clone()));
@@ -287,6 +315,8 @@ impl<'a> Ctx<'a> {
             apis,
             processor,
             proxy,
+            mailtrap,
+            maildev_api: env.stack.inbox_api(),
             products: Vec::new(),
             customers: Vec::new(),
             ledger: Arc::new(Mutex::new(Ledger::default())),
@@ -374,6 +404,17 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Where this scenario's emails arrive.
+    pub fn inbox(&self) -> inbox::Source<'_> {
+        match &self.mailtrap {
+            Some(server) => inbox::Source::Mailtrap(server),
+            None => inbox::Source::MailDev {
+                http: &self.env.http,
+                api: &self.maildev_api,
+            },
+        }
+    }
+
     pub fn recipients(&self) -> HashSet<String> {
         self.customers
             .iter()
@@ -412,8 +453,7 @@ impl<'a> Ctx<'a> {
             cancelled_on_purpose: &self.cancelled,
             duplicates_allowed: &self.duplicates_allowed,
             inbox_before_restart: &self.inbox_before_restart,
-            http: &self.env.http,
-            inbox_api: &self.env.stack.inbox_api(),
+            inbox: self.inbox(),
             recipients: &recipients,
             settled,
         })

@@ -1,11 +1,46 @@
-//! The mail catcher's inbox (MailDev's `GET /email`), counted per order and
-//! kind of email by the deterministic Message-ID
-//! `order-{id}.{confirmation|cancellation}@{domain}`.
+//! The inbox a scenario's processor sends to, counted per order and kind of
+//! email by the deterministic Message-ID
+//! `order-{id}.{confirmation|cancellation}@{domain}`: the stack's MailDev
+//! (`GET /email`), or a scenario's own MailTrap-like server.
 
 use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context;
 use serde::Deserialize;
+use test_support::mailtrap::MailtrapLike;
+
+/// Where a scenario's emails arrive.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The stack's MailDev, read over its web API.
+    MailDev {
+        http: &'a reqwest::Client,
+        api: &'a str,
+    },
+    /// A MailTrap-like server the scenario started.
+    Mailtrap(&'a MailtrapLike),
+}
+
+impl Source<'_> {
+    /// Mail to any of `recipients`, counted.
+    pub async fn count(&self, recipients: &HashSet<String>) -> anyhow::Result<Counts> {
+        match self {
+            Source::MailDev { http, api } => count(http, api, recipients).await,
+            Source::Mailtrap(server) => {
+                let messages = server.messages().await;
+                Ok(tally(
+                    messages.iter().map(|m| {
+                        (
+                            m.message_id.as_deref(),
+                            m.rcpt_tos.iter().map(String::as_str).collect(),
+                        )
+                    }),
+                    recipients,
+                ))
+            }
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -30,9 +65,8 @@ pub enum EmailKind {
     Cancellation,
 }
 
-/// Mail to any of `recipients`, counted. A mail whose Message-ID is not an
-/// order's counts under the id "?" so it is not silently ignored.
-pub async fn count(
+/// Mail in MailDev to any of `recipients`, counted.
+async fn count(
     http: &reqwest::Client,
     inbox_api: &str,
     recipients: &HashSet<String>,
@@ -46,23 +80,35 @@ pub async fn count(
         .json()
         .await
         .context("the inbox answers JSON")?;
+    Ok(tally(
+        mails.iter().map(|m| {
+            (
+                m.message_id.as_deref(),
+                m.to.iter().map(|to| to.address.as_str()).collect(),
+            )
+        }),
+        recipients,
+    ))
+}
+
+/// (Message-ID, recipients) of each mail, counted for those to any of
+/// `recipients`. A mail whose Message-ID is not an order's counts under the
+/// id "?" so it is not silently ignored.
+fn tally<'m>(
+    mails: impl Iterator<Item = (Option<&'m str>, Vec<&'m str>)>,
+    recipients: &HashSet<String>,
+) -> Counts {
     let mut counts = Counts::new();
-    for mail in mails {
-        if !mail
-            .to
-            .iter()
-            .any(|to| recipients.contains(&to.address.to_lowercase()))
-        {
+    for (message_id, to) in mails {
+        if !to.iter().any(|to| recipients.contains(&to.to_lowercase())) {
             continue;
         }
-        let key = mail
-            .message_id
-            .as_deref()
+        let key = message_id
             .and_then(parse_message_id)
             .unwrap_or_else(|| ("?".to_string(), EmailKind::Confirmation));
         *counts.entry(key).or_default() += 1;
     }
-    Ok(counts)
+    counts
 }
 
 /// `order-{id}.{kind}@domain`, with or without angle brackets.

@@ -12,16 +12,17 @@ use bson::{Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use rand::Rng;
 
+use test_support::mailtrap::MailtrapOptions;
+
 use crate::{
     audit,
     harness::{Ctx, Env, Report, Setup},
-    inbox,
     load::{Plan, Stop},
     shop::{self, Placed},
     stack,
 };
 
-pub const ALL: [(u8, &str); 8] = [
+pub const ALL: [(u8, &str); 9] = [
     (1, "1-kill-api"),
     (2, "2-kill-processor"),
     (3, "3-sqs-outage"),
@@ -30,6 +31,7 @@ pub const ALL: [(u8, &str); 8] = [
     (6, "6-two-apis"),
     (7, "7-oversell"),
     (8, "8-redelivery"),
+    (9, "9-mailtrap-rate"),
 ];
 
 pub async fn run(env: &Env, number: u8, name: &str) -> anyhow::Result<Report> {
@@ -42,6 +44,7 @@ pub async fn run(env: &Env, number: u8, name: &str) -> anyhow::Result<Report> {
         6 => two_apis(env, name).await,
         7 => oversell(env, name).await,
         8 => redelivery(env, name).await,
+        9 => mailtrap_rate(env, name).await,
         _ => anyhow::bail!("no scenario {number}"),
     }
 }
@@ -303,7 +306,7 @@ async fn smtp_outage(env: &Env, name: &str) -> anyhow::Result<Report> {
     let expected = ctx.ledger.lock().expect("ledger").acknowledged.len();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let counts = inbox::count(&env.http, &env.stack.inbox_api(), &recipients).await?;
+        let counts = ctx.inbox().count(&recipients).await?;
         if counts.len() >= expected || tokio::time::Instant::now() >= deadline {
             ctx.inbox_before_restart = counts;
             break;
@@ -337,6 +340,105 @@ async fn smtp_outage(env: &Env, name: &str) -> anyhow::Result<Report> {
         .push(("outage".into(), format!("{}s", outage.as_secs())));
     ctx.extras
         .push(("emails_waiting_at_restart".into(), waiting.to_string()));
+    Ok(ctx.finish().await)
+}
+
+/// Scenario 9: the chaos load through a MailTrap-like inbox: AUTH over
+/// STARTTLS, 10 emails per 10 s, MailTrap's 550 past that. The processor is
+/// paced at 15 per 10 s, as an operator who set the wrong plan's figure
+/// would have it, so the inbox throttles it again and again; and it is
+/// killed once while a backlog waits in its line. Every email must arrive
+/// once, none `FAILED`, nothing dead-lettered.
+async fn mailtrap_rate(env: &Env, name: &str) -> anyhow::Result<Report> {
+    const INBOX_RATE: u32 = 10;
+    const WINDOW_SECS: u32 = 10;
+    const PACE: u32 = 15;
+    let setup = Setup {
+        mailtrap: Some(MailtrapOptions {
+            rate: INBOX_RATE,
+            window_secs: WINDOW_SECS,
+            tls: true,
+            ..MailtrapOptions::default()
+        }),
+        processor_env: vec![
+            ("SMTP_RATE_LIMIT", PACE.to_string()),
+            ("SMTP_RATE_PERIOD_SECS", WINDOW_SECS.to_string()),
+        ],
+        ..Setup::default()
+    };
+    let mut ctx = Ctx::new(env, name, setup).await?;
+    let (load, load_stop) = ctx.start_load(Plan {
+        pause: Duration::from_millis(400),
+        ..steady_load(45, Duration::from_secs(30))
+    });
+    let cancel_stop = Stop::default();
+    let cancels = ctx.start_cancelling(Duration::from_millis(4000), cancel_stop.clone());
+
+    tokio::time::sleep(random_secs(12.0, 20.0)).await;
+    ctx.processor.kill9().await?;
+    // A DATA the dead process had finished sending may still be accepted.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let held = audit::sending_now(&ctx.db).await?;
+    let accepted = ctx.inbox().count(&ctx.recipients()).await?;
+    // Of the claims the dead process held, only those the inbox already
+    // accepted can arrive twice; the rest were waiting in its line.
+    let interrupted: HashSet<String> = held
+        .iter()
+        .filter(|id| accepted.keys().any(|(order, _)| order == *id))
+        .cloned()
+        .collect();
+    tokio::time::sleep(random_secs(0.5, 2.0)).await;
+    ctx.processor.start(&env.http).await?;
+
+    let _ = load.await;
+    load_stop.raise();
+    cancel_stop.raise();
+    ctx.cancelled = cancels.await.unwrap_or_default();
+    ctx.duplicates_allowed = interrupted.clone();
+    // The backlog drains at the inbox's rate, not the load's.
+    let drained = audit::wait_settled(&ctx.db, Duration::from_secs(150)).await;
+    let server = ctx.mailtrap.as_ref().expect("this scenario's own server");
+    let stats = server.stats().await;
+    let arrivals: Vec<f64> = server
+        .messages()
+        .await
+        .iter()
+        .map(|m| m.received_at)
+        .collect();
+    let first_to_last = match (arrivals.first(), arrivals.last()) {
+        (Some(first), Some(last)) => last - first,
+        _ => 0.0,
+    };
+    let own_limit =
+        (arrivals.len().saturating_sub(1) as f64) * f64::from(WINDOW_SECS) / f64::from(INBOX_RATE);
+    if stats.throttled == 0 {
+        ctx.problems
+            .push("the inbox never throttled the processor: the scenario tested nothing".into());
+    }
+    if !drained {
+        ctx.problems
+            .push("the email backlog did not drain within 150 s".into());
+    }
+    ctx.extras.extend([
+        ("inbox_rate".into(), format!("{INBOX_RATE}/{WINDOW_SECS}s")),
+        ("pace".into(), format!("{PACE}/{WINDOW_SECS}s")),
+        ("throttled_replies".into(), stats.throttled.to_string()),
+        ("claims_held_at_kill".into(), held.len().to_string()),
+        ("interrupted_sends".into(), interrupted.len().to_string()),
+        (
+            "first_to_last_email".into(),
+            format!("{first_to_last:.0}s (rate's own limit {own_limit:.0}s)"),
+        ),
+        (
+            "smtp_connections".into(),
+            format!(
+                "{} (max {} at once, {} messages on one at most)",
+                stats.connections_total,
+                stats.max_concurrent_connections,
+                stats.max_messages_on_one_connection
+            ),
+        ),
+    ]);
     Ok(ctx.finish().await)
 }
 
