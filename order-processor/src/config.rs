@@ -106,6 +106,11 @@ pub struct EmailConfig {
     pub poll_interval: Duration,
     /// Emails claimed per sweep.
     pub batch: usize,
+    /// How long the SENT writer waits after a first record for others
+    /// (`EMAIL_SENT_LINGER_MS`). The email has already arrived, so this
+    /// costs the customer nothing; it is the window in which a crash makes
+    /// an accepted email go out again (same Message-ID).
+    pub sent_linger: Duration,
 }
 
 impl SmtpConfig {
@@ -131,8 +136,8 @@ pub struct ConsumerConfig {
     /// First retry delay after a transient failure; doubles per receive.
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// How long the shared writers (first deliveries, SENT records) wait
-    /// after a first item for others before they write (0 to 1000 ms).
+    /// How long the shared writer of first deliveries waits after a first
+    /// item for others before it writes (0 to 1000 ms).
     pub linger: Duration,
     /// How long handled event ids are remembered. Must cover the queue's
     /// message retention, or a late redelivery could be processed twice.
@@ -159,6 +164,10 @@ impl ProcessorConfig {
         let pollers: usize = config::parsed_or("CONSUMER_POLLERS", 4)?;
         if !(1..=16).contains(&pollers) {
             bail!("CONSUMER_POLLERS must be 1 to 16");
+        }
+        let sent_linger_ms: u64 = config::parsed_or("EMAIL_SENT_LINGER_MS", 100)?;
+        if sent_linger_ms > 1000 {
+            bail!("EMAIL_SENT_LINGER_MS must be 0 to 1000");
         }
         let linger_ms: u64 = config::parsed_or("CONSUMER_LINGER_MS", 20)?;
         if linger_ms > 1000 {
@@ -221,6 +230,7 @@ impl ProcessorConfig {
                 probe_cap: config::seconds_or("EMAIL_PROBE_CAP_SECS", 8)?,
                 poll_interval: Duration::from_millis(config::parsed_or("EMAIL_POLL_MS", 1000)?),
                 batch: config::parsed_or("EMAIL_BATCH", 20)?,
+                sent_linger: Duration::from_millis(sent_linger_ms),
             },
             shop: ShopEmailConfig {
                 name: config::optional("SHOP_NAME").unwrap_or_else(|| "Order Pipeline".into()),

@@ -4,10 +4,9 @@
 //! configured retention, which start-up checks is at least the queue's
 //! message retention (a message can never outlive its inbox row).
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use bson::{DateTime, doc};
-use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database};
 use serde::{Deserialize, Serialize};
 
@@ -56,24 +55,8 @@ pub async fn record_first(
     }
 }
 
-/// Of `event_ids`, those already recorded, read inside the caller's
-/// transaction.
-pub async fn recorded(
-    db: &Database,
-    session: &mut ClientSession,
-    event_ids: &[&str],
-) -> mongodb::error::Result<HashSet<String>> {
-    let mut found = collection(db)
-        .find(doc! { "_id": { "$in": event_ids } })
-        .session(&mut *session)
-        .await?;
-    let entries: Vec<InboxEntry> = found.stream(session).try_collect().await?;
-    Ok(entries.into_iter().map(|e| e.event_id).collect())
-}
-
-/// Records events not yet recorded (see [`recorded`]) in one insert, inside
-/// the caller's transaction. A duplicate fails the transaction: a racing
-/// delivery recorded one first.
+/// Records events in one insert, inside the caller's transaction. A
+/// duplicate fails the transaction: a racing delivery recorded one first.
 pub async fn record_many(
     db: &Database,
     session: &mut ClientSession,

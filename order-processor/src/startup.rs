@@ -186,7 +186,7 @@ pub fn build_sender(
             concurrency: smtp.max_connections,
             smtp_timeout: smtp.timeout,
             message_id_domain: smtp.message_id_domain().to_string(),
-            linger: config.consumer.linger,
+            linger: email.sent_linger,
             throttle_retry: smtp.rate_period,
         },
     ))

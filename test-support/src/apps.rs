@@ -139,6 +139,7 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
             probe_cap: Duration::from_secs(2),
             poll_interval: Duration::from_millis(200),
             batch: 20,
+            sent_linger: Duration::from_millis(100),
         },
         expiry_schedule: EXPIRY_SCHEDULE.into(),
     }

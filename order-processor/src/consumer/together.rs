@@ -132,21 +132,17 @@ async fn apply_first_deliveries(
         (db, &candidates),
         |session, (db, candidates)| {
             async move {
-                let event_ids: Vec<&str> = candidates
+                // No look at the inbox first. Whichever path records an
+                // `order.created` event does it in the transaction that
+                // takes its order out of PENDING (or finds it cancelled),
+                // so a recorded event's order is one the update below does
+                // not match, and only matched orders' events are recorded.
+                let orders: Vec<(ObjectId, Option<DateTime>)> = candidates
                     .iter()
-                    .map(|(e, _, _)| e.event_id.as_str())
-                    .collect();
-                let seen = inbox::recorded(db, session, &event_ids).await?;
-                let fresh: Vec<(ObjectId, Option<DateTime>)> = candidates
-                    .iter()
-                    .filter(|(e, _, _)| !seen.contains(&e.event_id))
                     .map(|(_, id, published_at)| (*id, *published_at))
                     .collect();
-                if fresh.is_empty() {
-                    return Ok(Vec::new());
-                }
                 let moved =
-                    fulfilment::process_and_claim_many(db, session, &fresh, domain, lease).await?;
+                    fulfilment::process_and_claim_many(db, session, &orders, domain, lease).await?;
                 let entries: Vec<inbox::InboxEntry> = candidates
                     .iter()
                     .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))

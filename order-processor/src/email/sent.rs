@@ -12,7 +12,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use bson::oid::ObjectId;
+use bson::{DateTime, oid::ObjectId};
 use common::domain::{EmailKind, Order, OrderStatus};
 use mongodb::{Database, error::Error as MongoError};
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +29,9 @@ struct Sent {
     kind: EmailKind,
     /// The order's status when the email was sent, for its timeline entry.
     status: OrderStatus,
+    /// When the SMTP server accepted it: its `sent_at`, however long the
+    /// record then waits for others.
+    accepted_at: DateTime,
     recorded: oneshot::Sender<mongodb::error::Result<()>>,
 }
 
@@ -56,6 +59,7 @@ impl SentLog {
             order: order.id,
             kind,
             status: order.status,
+            accepted_at: DateTime::now(),
             recorded,
         };
         self.queue
@@ -89,8 +93,11 @@ async fn write(db: &Database, batch: Vec<Sent>) {
             .push(sent);
     }
     for group in groups.into_values() {
-        let ids: Vec<ObjectId> = group.iter().map(|sent| sent.order).collect();
-        let written = store::record_sent(db, &ids, group[0].kind, group[0].status).await;
+        let accepted: Vec<(ObjectId, DateTime)> = group
+            .iter()
+            .map(|sent| (sent.order, sent.accepted_at))
+            .collect();
+        let written = store::record_sent(db, &accepted, group[0].kind, group[0].status).await;
         for sent in group {
             let _ = sent.recorded.send(written.clone());
         }

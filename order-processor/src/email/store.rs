@@ -22,7 +22,7 @@ use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     Database, IndexModel,
     error::Error as MongoError,
-    options::{FindOptions, IndexOptions},
+    options::{FindOptions, IndexOptions, UpdateModifications},
 };
 
 use crate::fulfilment::orders;
@@ -197,30 +197,40 @@ fn timeline_entry(
     bson::to_bson(&entry).map_err(MongoError::custom)
 }
 
-/// The SMTP server accepted `kind` of email of each of `ids`, orders that
-/// were all `status` when it was sent: one write for all of them. Only
-/// emails still `SENDING` change, so repeating it changes nothing.
+/// The SMTP server accepted `kind` of email of each of `accepted` (an
+/// order, and when the server accepted its email), orders that were all
+/// `status` when it was sent: one write for all of them, each order getting
+/// its own `sent_at`. Only emails still `SENDING` change, so repeating it
+/// changes nothing.
 pub async fn record_sent(
     db: &Database,
-    ids: &[ObjectId],
+    accepted: &[(ObjectId, DateTime)],
     kind: EmailKind,
     status: OrderStatus,
 ) -> mongodb::error::Result<()> {
-    let now = DateTime::now();
+    let ids: Vec<ObjectId> = accepted.iter().map(|(id, _)| *id).collect();
+    let times: Vec<DateTime> = accepted.iter().map(|(_, at)| *at).collect();
+    let entries: Vec<Bson> = accepted
+        .iter()
+        .map(|(_, at)| timeline_entry(kind, true, status, *at, None).map(|e| Bson::Array(vec![e])))
+        .collect::<mongodb::error::Result<_>>()?;
+    let field = kind.field();
     record_outcome(
         db,
         "record_email_sent",
-        doc! { "_id": { "$in": ids }, path(kind, "status"): "SENDING" },
-        doc! {
-            "$set": {
-                path(kind, "status"): "SENT",
-                path(kind, "sent_at"): now,
-                path(kind, "last_error"): null,
-                "updated_at": now,
-            },
-            "$unset": { path(kind, "next_attempt_at"): "" },
-            "$push": { "timeline": timeline_entry(kind, true, status, now, None)? },
-        },
+        doc! { "_id": { "$in": &ids }, path(kind, "status"): "SENDING" },
+        vec![
+            doc! { "$set": {
+                field: { "$mergeObjects": [format!("${field}"), {
+                    "status": "SENT",
+                    "sent_at": common::mongo::value_by_id(&ids, &times),
+                    "last_error": null,
+                }] },
+                "updated_at": DateTime::now(),
+                "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(&ids, &entries)] },
+            } },
+            doc! { "$unset": path(kind, "next_attempt_at") },
+        ],
     )
     .await
 }
@@ -283,8 +293,9 @@ async fn record_outcome(
     db: &Database,
     operation: &'static str,
     filter: Document,
-    update: Document,
+    update: impl Into<UpdateModifications>,
 ) -> mongodb::error::Result<()> {
+    let update: UpdateModifications = update.into();
     common::mongo::transaction(
         db,
         operation,

@@ -261,21 +261,31 @@ async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending
         .await
         .expect("claim two");
 
+    // Each accepted a second apart: each keeps its own time, not the write's.
+    let accepted: Vec<(ObjectId, mongodb::bson::DateTime)> = ids
+        .iter()
+        .zip([-3_000_i64, -2_000, -1_000])
+        .map(|(id, ago)| {
+            let at = mongodb::bson::DateTime::now().timestamp_millis() + ago;
+            (*id, mongodb::bson::DateTime::from_millis(at))
+        })
+        .collect();
     let record = || {
         order_processor::email::store::record_sent(
             &pipeline.db,
-            &ids,
+            &accepted,
             EmailKind::Confirmation,
             OrderStatus::Processed,
         )
     };
     record().await.expect("recorded");
     let check = || async {
-        for id in &ids[..2] {
+        for (id, at) in &accepted[..2] {
             let stored = pipeline.order_document(&id.to_hex()).await;
             let email = stored.get_document("email").expect("email");
             assert_eq!(email.get_str("status").expect("status"), "SENT", "{id}");
-            assert!(email.get_datetime("sent_at").is_ok());
+            assert_eq!(email.get_datetime("sent_at").expect("sent_at"), at, "{id}");
+            assert!(!email.contains_key("next_attempt_at"), "{email}");
             assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
         }
         let untouched = pipeline.order_document(&ids[2].to_hex()).await;
