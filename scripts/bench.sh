@@ -145,11 +145,19 @@ mongo_pid=$(cat .stack/pids/mongo.pid 2>/dev/null || true)
 if [[ -n $mongo_pid ]] && kill -0 "$mongo_pid" 2>/dev/null; then
     db_pid=(--db-pid "$mongo_pid")
 fi
+# Each service's commands to MongoDB (mongodb_commands_total), before and
+# after the run: which statements the database ops per order are.
+snapshot_metrics() { # snapshot_metrics WHEN
+    curl -fsS "http://127.0.0.1:$api_port/metrics" >"$out/metrics-api-$1.txt" 2>/dev/null || true
+    curl -fsS "http://127.0.0.1:$processor_port/metrics" >"$out/metrics-processor-$1.txt" 2>/dev/null || true
+}
+snapshot_metrics before
 "$bin/order-bench" run --api-url "http://127.0.0.1:$api_port" \
     --mongo-uri "$MONGODB_URI" --database "$run_id" \
     --api-pid "$api_pid" --processor-pid "$processor_pid" "${db_pid[@]}" \
     --admin-email admin@example.com --admin-password 'ChangeMe123!' \
     --json "$out/results.json" "${defaults[@]}" "$@"
+snapshot_metrics after
 
 for pid in "$api_pid" "$processor_pid"; do
     kill -0 "$pid" 2>/dev/null || die "a service (pid $pid) died during the run; see $out"

@@ -11,6 +11,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Whole transactions run again after a transient error, by `operation`.
 pub const TRANSACTION_RETRIES: &str = "transaction_retries_total";
 
+/// Commands sent to MongoDB, by `command` and `collection`.
+pub const MONGODB_COMMANDS: &str = "mongodb_commands_total";
+
 /// Upper bounds, in seconds, of every `*_seconds` histogram: from a fast
 /// request to a slow retry.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -59,6 +62,10 @@ pub fn install() -> PrometheusHandle {
             metrics::describe_counter!(
                 TRANSACTION_RETRIES,
                 "Transactions run again after a transient error, by operation"
+            );
+            metrics::describe_counter!(
+                MONGODB_COMMANDS,
+                "Commands sent to MongoDB (round trips), by command and the collection it names"
             );
             handle
         })

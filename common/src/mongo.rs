@@ -5,6 +5,7 @@ use mongodb::{
     Client, ClientSession, Collection, Database,
     bson::{Document, doc},
     error::{Error, ErrorKind, WriteFailure},
+    event::{EventHandler, command::CommandEvent},
     options::ClientOptions,
 };
 use secrecy::ExposeSecret;
@@ -21,6 +22,7 @@ pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Dat
         .context("parsing MONGODB_URI")?;
     options.app_name = Some(app_name.to_string());
     options.server_selection_timeout = Some(config.server_selection_timeout);
+    options.command_event_handler = Some(EventHandler::callback(count_command));
     let client = Client::with_options(options).context("building the MongoDB client")?;
     let db = client.database(&config.database);
     db.run_command(doc! { "ping": 1 }).await.with_context(|| {
@@ -30,6 +32,26 @@ pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Dat
         )
     })?;
     Ok(db)
+}
+
+/// Every command sent, counted by its name and the collection it names
+/// (`mongodb_commands_total`): what the service costs the database, in
+/// round trips, by statement. `commitTransaction` and the like name none.
+fn count_command(event: CommandEvent) {
+    if let CommandEvent::Started(started) = event {
+        let collection = started
+            .command
+            .get(&started.command_name)
+            .and_then(|target| target.as_str())
+            .unwrap_or("")
+            .to_string();
+        metrics::counter!(
+            crate::metrics::MONGODB_COMMANDS,
+            "command" => started.command_name,
+            "collection" => collection
+        )
+        .increment(1);
+    }
 }
 
 /// Whether `error` is a unique-index violation (code 11000). Matched by code:
