@@ -4,7 +4,10 @@ use anyhow::Context;
 use mongodb::{
     Client, ClientSession, Collection, Database,
     bson::{Document, doc},
-    error::{Error, ErrorKind, WriteFailure},
+    error::{
+        Error, ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
+        WriteFailure,
+    },
     event::{EventHandler, command::CommandEvent},
     options::ClientOptions,
 };
@@ -13,6 +16,8 @@ use secrecy::ExposeSecret;
 use crate::config::MongoConfig;
 
 pub const DUPLICATE_KEY: i32 = 11000;
+/// The server's "operation exceeded time limit" (maxTimeMS, maxCommitTimeMS).
+pub const MAX_TIME_MS_EXPIRED: i32 = 50;
 
 /// Connects and proves the server answers, so a wrong URI fails at start-up
 /// with a clear message instead of on the first request.
@@ -85,6 +90,12 @@ pub fn is_unavailable(error: &Error) -> bool {
     ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
 }
 
+/// Whether `error` leaves a commit's outcome unknown: the commit was sent
+/// and no answer says whether it took effect. Never "not written".
+pub fn outcome_unknown(error: &Error) -> bool {
+    error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+}
+
 /// An aggregation expression for a pipeline update over several documents
 /// that gives each its own value: `values[i]` to the document whose `_id` is
 /// `ids[i]`. Both lists are literals, so no value is read as a field path.
@@ -146,18 +157,37 @@ pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
     bson::DateTime::from_millis(at.timestamp_millis().saturating_add(ms))
 }
 
+/// A transaction's deadline passed before its commit was sent: it was
+/// aborted, nothing was written. (A commit once sent is never cut off by a
+/// deadline: its answer is waited for.)
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the deadline passed before the transaction could commit; nothing was written")]
+pub struct DeadlineBeforeCommit;
+
+/// How long a transaction is rerun on transient errors and its commit
+/// retried on an unknown result, as the driver's own `with_transaction`.
+const TRANSACTION_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Runs `body` in one transaction on a fresh session: committed whole, or
-/// aborted and run again from the start on TransientTransactionError (the
-/// driver retries the commit on UnknownTransactionCommitResult). Each rerun
-/// is counted in `transaction_retries_total{operation}`.
+/// aborted and run again from the start on TransientTransactionError, and
+/// its commit retried on UnknownTransactionCommitResult, for up to 120 s
+/// (the driver's `with_transaction` rules). Each rerun is counted in
+/// `transaction_retries_total{operation}`.
+///
+/// `deadline` bounds the work before the commit: past it, the transaction
+/// is aborted and the error is [`DeadlineBeforeCommit`], which means nothing
+/// was written. Once the commit is sent its outcome is waited for and
+/// reported, so a commit that lands after the deadline is a success, and an
+/// error whose outcome is unknown carries UnknownTransactionCommitResult.
 ///
 /// `body` gets the session and `context`; it is a function returning a
 /// boxed future (not an async closure) because the async closure form trips
 /// rust-lang/rust#96865 ("Send is not general enough").
-pub async fn transaction<C, R, F>(
+pub async fn transaction_until<C, R, F>(
     db: &Database,
     operation: &'static str,
-    context: C,
+    deadline: Option<tokio::time::Instant>,
+    mut context: C,
     mut body: F,
 ) -> mongodb::error::Result<R>
 where
@@ -166,18 +196,69 @@ where
         &'b mut C,
     ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
 {
+    let started = std::time::Instant::now();
+    let within_limit = || started.elapsed() < TRANSACTION_RETRY_LIMIT;
+    let before_deadline = || deadline.is_none_or(|d| tokio::time::Instant::now() < d);
     let mut session = db.client().start_session().await?;
     let mut runs = 0_u64;
-    let result = session
-        .start_transaction()
-        .and_run((context, &mut runs), |session, (context, runs)| {
-            **runs += 1;
-            body(session, context)
-        })
-        .await;
+    let outcome = 'run: loop {
+        runs += 1;
+        if !before_deadline() {
+            break Err(Error::custom(DeadlineBeforeCommit));
+        }
+        if let Err(e) = session.start_transaction().await {
+            break Err(e);
+        }
+        let ran = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, body(&mut session, &mut context))
+                .await
+                .unwrap_or_else(|_| Err(Error::custom(DeadlineBeforeCommit))),
+            None => body(&mut session, &mut context).await,
+        };
+        let value = match ran {
+            Ok(value) => value,
+            Err(e) => {
+                // A body error may have aborted it on the server already.
+                let _ = session.abort_transaction().await;
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && within_limit() {
+                    continue 'run;
+                }
+                break Err(e);
+            }
+        };
+        loop {
+            match session.commit_transaction().await {
+                Ok(()) => break 'run Ok(value),
+                Err(e)
+                    if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                        && !is_command_error(&e, MAX_TIME_MS_EXPIRED)
+                        && within_limit() => {}
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && within_limit() => {
+                    continue 'run;
+                }
+                Err(e) => break 'run Err(e),
+            }
+        }
+    };
     if runs > 1 {
         metrics::counter!(crate::metrics::TRANSACTION_RETRIES, "operation" => operation)
             .increment(runs - 1);
     }
-    result
+    outcome
+}
+
+/// [`transaction_until`] without a deadline.
+pub async fn transaction<C, R, F>(
+    db: &Database,
+    operation: &'static str,
+    context: C,
+    body: F,
+) -> mongodb::error::Result<R>
+where
+    F: for<'b> FnMut(
+        &'b mut mongodb::ClientSession,
+        &'b mut C,
+    ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
+{
+    transaction_until(db, operation, None, context, body).await
 }

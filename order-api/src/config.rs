@@ -71,6 +71,10 @@ pub struct AdminSeed {
 pub struct ShopConfig {
     pub currency: String,
     pub tax_rate: TaxRate,
+    /// How long placing or cancelling one order may work before its commit
+    /// (`ORDER_DEADLINE_SECS`, 10), retries included. Past it the answer is
+    /// 503, "not placed"; a commit once sent is waited for.
+    pub order_deadline: Duration,
 }
 
 impl ShopConfig {
@@ -82,6 +86,7 @@ impl ShopConfig {
         Ok(ShopConfig {
             currency: config::optional("CURRENCY").unwrap_or_else(|| "INR".into()),
             tax_rate,
+            order_deadline: config::seconds_or("ORDER_DEADLINE_SECS", 10)?,
         })
     }
 }

@@ -204,7 +204,17 @@ impl From<anyhow::Error> for ApiError {
 
 impl From<mongodb::error::Error> for ApiError {
     fn from(e: mongodb::error::Error) -> Self {
-        if common::mongo::is_unavailable(&e) {
+        // Checked first: a commit cut off by a network error is also
+        // "unavailable", but its write may have landed, and a 503 would
+        // tell the client it did not.
+        if common::mongo::outcome_unknown(&e) {
+            tracing::error!(error = %e, "a commit's outcome is unknown");
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "outcome_unknown",
+                "the database did not confirm whether this change was made; retrying with the same Idempotency-Key is safe, otherwise check before retrying",
+            )
+        } else if common::mongo::is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::unavailable("the database is unavailable; retry shortly")
         } else {

@@ -82,7 +82,7 @@ impl Application {
             orders::batch::ShopSettings {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
-                deadline: orders::routes::TRANSACTION_DEADLINE,
+                deadline: config.shop.order_deadline,
                 writers: config.order_writers,
                 handoff: Some(handoff),
             },

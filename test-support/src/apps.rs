@@ -75,6 +75,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
         shop: ShopConfig {
             currency: "INR".into(),
             tax_rate: common::domain::TaxRate::GST_18,
+            order_deadline: Duration::from_secs(10),
         },
         order_writers: 1,
         outbox: OutboxConfig {

@@ -122,17 +122,22 @@ impl OrderBatcher {
             deadline,
             answer,
         };
-        let waited = tokio::time::timeout_at(deadline, async {
-            shard
-                .send(job)
-                .await
-                .map_err(|_| PlaceError::Database(MongoError::custom("order batcher stopped")))?;
-            answered.await.map_err(|_| {
-                PlaceError::Database(MongoError::custom("order batcher dropped an order"))
-            })?
-        })
-        .await;
-        waited.unwrap_or(Err(PlaceError::TimedOut(self.deadline)))
+        // Until the order is queued nothing is written, so the deadline may
+        // cut the wait short. After that the batch keeps it: its deadline
+        // stops the work before the commit, and a commit once sent is
+        // waited for, so the answer that comes back is the true one.
+        match tokio::time::timeout_at(deadline, shard.send(job)).await {
+            Err(_) => return Err(PlaceError::TimedOut(self.deadline)),
+            Ok(Err(_)) => {
+                return Err(PlaceError::Database(MongoError::custom(
+                    "order batcher stopped",
+                )));
+            }
+            Ok(Ok(())) => {}
+        }
+        answered.await.map_err(|_| {
+            PlaceError::Database(MongoError::custom("order batcher dropped an order"))
+        })?
     }
 
     /// The shard of an order's smallest product id: every order for one
@@ -194,35 +199,42 @@ pub async fn place_together(
         return Vec::new();
     }
     let lease = settings.handoff.as_ref().map(Handoff::lease);
-    let attempt = common::mongo::transaction(
+    let attempt = common::mongo::transaction_until(
         db,
         "place_order_batch",
+        Some(deadline),
         (db, settings, requests, lease.as_ref()),
         |session, (db, settings, requests, lease)| {
             write_batch(db, session, settings, requests, *lease).boxed()
         },
-    );
-    match tokio::time::timeout_at(deadline, attempt).await {
-        Ok(Ok((outcomes, rows))) => {
+    )
+    .await;
+    match attempt {
+        Ok((outcomes, rows)) => {
             hand_off(db, settings, rows).await;
             outcomes
                 .into_iter()
                 .map(|outcome| outcome.map_err(PlaceError::Refused))
                 .collect()
         }
-        Err(_) => requests
-            .iter()
-            .map(|_| Err(PlaceError::TimedOut(settings.deadline)))
-            .collect(),
-        // The database is out of reach: one by one would only fail slower.
-        Ok(Err(e)) if common::mongo::is_unavailable(&e) => requests
-            .iter()
-            .map(|_| Err(PlaceError::Database(e.clone())))
-            .collect(),
+        // Nothing was written (the deadline passed before the commit), or
+        // the database is out of reach, or the commit's outcome is unknown:
+        // one by one would only fail slower, and each order gets the answer.
+        Err(e)
+            if e.get_custom::<common::mongo::DeadlineBeforeCommit>()
+                .is_some()
+                || common::mongo::is_unavailable(&e)
+                || common::mongo::outcome_unknown(&e) =>
+        {
+            requests
+                .iter()
+                .map(|_| Err(PlaceError::from_transaction(e.clone(), settings.deadline)))
+                .collect()
+        }
         // Something about one of the orders (a duplicate Idempotency-Key,
         // say) failed the whole batch: place each on its own so each gets
         // its exact answer.
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::info!(orders = requests.len(), error = %e, "batch failed; placing its orders one by one");
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {

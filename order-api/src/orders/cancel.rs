@@ -47,24 +47,26 @@ pub async fn cancel_order(
     owner: Option<ObjectId>,
     deadline: Duration,
 ) -> Result<Order, CancelError> {
-    let attempt = async {
-        common::mongo::transaction(
-            db,
-            "cancel_order",
-            (db, order_id, owner),
-            |session, (db, order_id, owner)| {
-                write_cancellation(db, session, *order_id, *owner).boxed()
-            },
-        )
-        .await
-        .map_err(|e| match e.get_custom::<CancelRefused>() {
-            Some(refused) => CancelError::Refused(refused.clone()),
-            None => CancelError::Database(e),
-        })
-    };
-    tokio::time::timeout(deadline, attempt)
-        .await
-        .unwrap_or(Err(CancelError::TimedOut(deadline)))
+    common::mongo::transaction_until(
+        db,
+        "cancel_order",
+        Some(tokio::time::Instant::now() + deadline),
+        (db, order_id, owner),
+        |session, (db, order_id, owner)| write_cancellation(db, session, *order_id, *owner).boxed(),
+    )
+    .await
+    .map_err(|e| {
+        if let Some(refused) = e.get_custom::<CancelRefused>() {
+            CancelError::Refused(refused.clone())
+        } else if e
+            .get_custom::<common::mongo::DeadlineBeforeCommit>()
+            .is_some()
+        {
+            CancelError::TimedOut(deadline)
+        } else {
+            CancelError::Database(e)
+        }
+    })
 }
 
 async fn write_cancellation(

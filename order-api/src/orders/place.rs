@@ -61,17 +61,35 @@ pub enum PlaceOrderError {
 pub enum PlaceError {
     #[error(transparent)]
     Refused(#[from] PlaceOrderError),
-    #[error("the transaction did not complete within {0:?}")]
+    /// The deadline passed before the commit was sent: not placed.
+    #[error("the order could not be placed within {0:?}; nothing was written")]
     TimedOut(Duration),
     #[error(transparent)]
     Database(MongoError),
 }
 
+impl PlaceError {
+    /// What a placing transaction's error means for the order.
+    pub fn from_transaction(error: MongoError, deadline: Duration) -> PlaceError {
+        if let Some(refused) = error.get_custom::<PlaceOrderError>() {
+            PlaceError::Refused(refused.clone())
+        } else if error
+            .get_custom::<common::mongo::DeadlineBeforeCommit>()
+            .is_some()
+        {
+            PlaceError::TimedOut(deadline)
+        } else {
+            PlaceError::Database(error)
+        }
+    }
+}
+
 pub struct OrderSettings<'a> {
     pub currency: &'a str,
     pub tax_rate: TaxRate,
-    /// Upper bound on the whole unit, retries included, so a client is never
-    /// left hanging on a contended product.
+    /// Upper bound on the work before the commit, retries included, so a
+    /// client is never left hanging on a contended product. A commit once
+    /// sent is waited for, so the answer is always true.
     pub deadline: Duration,
 }
 
@@ -93,22 +111,16 @@ pub async fn place_order(
     db: &Database,
     request: &NewOrder<'_>,
 ) -> Result<(Order, OutboxMessage), PlaceError> {
-    let attempt = async {
-        common::mongo::transaction(
-            db,
-            "place_order",
-            (db, request),
-            |session, (db, request)| write_order(db, session, request).boxed(),
-        )
-        .await
-        .map_err(|e| match e.get_custom::<PlaceOrderError>() {
-            Some(refused) => PlaceError::Refused(refused.clone()),
-            None => PlaceError::Database(e),
-        })
-    };
-    tokio::time::timeout(request.settings.deadline, attempt)
-        .await
-        .unwrap_or(Err(PlaceError::TimedOut(request.settings.deadline)))
+    let deadline = tokio::time::Instant::now() + request.settings.deadline;
+    common::mongo::transaction_until(
+        db,
+        "place_order",
+        Some(deadline),
+        (db, request),
+        |session, (db, request)| write_order(db, session, request).boxed(),
+    )
+    .await
+    .map_err(|e| PlaceError::from_transaction(e, request.settings.deadline))
 }
 
 /// The transaction's body. Runs again from the start on a transient error.

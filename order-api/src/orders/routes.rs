@@ -1,4 +1,4 @@
-use std::{collections::HashSet, time::Duration};
+use std::collections::HashSet;
 
 use ::metrics::counter;
 use axum::{
@@ -29,9 +29,6 @@ use crate::{
     pagination::{self, Page},
     state::AppState,
 };
-
-/// How long placing or cancelling one order may take, retries included.
-pub(crate) const TRANSACTION_DEADLINE: Duration = Duration::from_secs(10);
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -64,7 +61,8 @@ pub struct ItemRequest {
         (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
         (status = 409, description = "`insufficient_stock`: nothing was written", body = crate::openapi::ErrorResponse),
         (status = 422, description = "Invalid lines, unknown/inactive/duplicate products, or a reused Idempotency-Key", body = crate::openapi::ErrorResponse),
-        (status = 503, description = "Database unavailable or too busy; retry", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Database unavailable or too busy: the order was NOT placed; retry", body = crate::openapi::ErrorResponse),
+        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; retry with the same Idempotency-Key, or check GET /api/orders first", body = crate::openapi::ErrorResponse),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -334,24 +332,31 @@ pub async fn list(
         (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
         (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
         (status = 409, description = "`already_cancelled`", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Database unavailable or too busy: the order was NOT cancelled; retry", body = crate::openapi::ErrorResponse),
+        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; read the order before retrying", body = crate::openapi::ErrorResponse),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
     IdPath(id): IdPath,
 ) -> ApiResult<JsonResponse<OrderView>> {
-    let order = cancel::cancel_order(&state.db, id, visibility(&user), TRANSACTION_DEADLINE)
-        .await
-        .map_err(|e| match e {
-            CancelError::Refused(CancelRefused::NotFound) => ApiError::not_found("order"),
-            CancelError::Refused(CancelRefused::AlreadyCancelled) => {
-                ApiError::conflict("already_cancelled", "the order is already cancelled")
-            }
-            CancelError::TimedOut(_) => ApiError::unavailable(
-                "the shop is busy; the order was not cancelled, retry shortly",
-            ),
-            CancelError::Database(e) => e.into(),
-        })?;
+    let order = cancel::cancel_order(
+        &state.db,
+        id,
+        visibility(&user),
+        state.config.shop.order_deadline,
+    )
+    .await
+    .map_err(|e| match e {
+        CancelError::Refused(CancelRefused::NotFound) => ApiError::not_found("order"),
+        CancelError::Refused(CancelRefused::AlreadyCancelled) => {
+            ApiError::conflict("already_cancelled", "the order is already cancelled")
+        }
+        CancelError::TimedOut(_) => {
+            ApiError::unavailable("the shop is busy; the order was not cancelled, retry shortly")
+        }
+        CancelError::Database(e) => e.into(),
+    })?;
     tracing::info!(order_id = %order.id, "order cancelled; stock restored");
     counter!(metrics::ORDERS_CANCELLED).increment(1);
     state.outbox_wake.notify_one();
