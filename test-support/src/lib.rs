@@ -69,8 +69,10 @@ pub fn sqs_config(queue_name: &str) -> SqsConfig {
     }
 }
 
-const STACK_HINT: &str =
-    "the local stack is not running: start it with `make stack-up` (or `scripts/stack.sh up`)";
+const STACK_HINT: &str = "the local stack is not running: start it with `make stack-up` (or \
+     `scripts/stack.sh up`). Against docker compose's mongo from the host, set \
+     TEST_MONGODB_URI=mongodb://127.0.0.1:27017/?directConnection=true (its member is named \
+     mongo:27017, which resolves only inside compose)";
 
 /// Panics, naming the service, unless MongoDB, SQS and the mail inbox answer.
 pub async fn require_stack() {

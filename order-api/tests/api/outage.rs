@@ -1,5 +1,7 @@
 //! MongoDB unreachable: the API answers 503 with Retry-After within
 //! seconds, never hangs a client, and recovers when the database is back.
+//! MongoDB slow: a 503 still means "not placed", and a commit that lands
+//! after the deadline is answered as placed.
 
 use std::time::{Duration, Instant};
 
@@ -14,9 +16,18 @@ use test_support::{
 
 use crate::helpers::{self, TestApp};
 
-/// An API whose MongoDB is behind a proxy that can hold back a command, with
-/// a one-second order deadline.
-async fn api_behind_a_delaying_proxy() -> (TestApp, DelayingProxy) {
+/// An order for 2 of a product with stock 5, placed while `command` reached
+/// MongoDB `delay` late (held back by a proxy the API and the test both go
+/// through), with a one-second order deadline; and what came back.
+struct HeldBack {
+    app: TestApp,
+    customer: String,
+    product: String,
+    response: reqwest::Response,
+    _proxy: DelayingProxy,
+}
+
+async fn place_with_held_command(command: &str, delay: Duration) -> HeldBack {
     let mongo: std::net::SocketAddr = "127.0.0.1:27017".parse().expect("addr");
     let proxy = DelayingProxy::start(mongo).await;
     let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
@@ -25,20 +36,10 @@ async fn api_behind_a_delaying_proxy() -> (TestApp, DelayingProxy) {
         config.shop.order_deadline = Duration::from_secs(1);
     })
     .await;
-    (app, proxy)
-}
-
-#[tokio::test]
-async fn a_commit_that_lands_after_the_deadline_is_answered_as_placed() {
-    let (app, proxy) = api_behind_a_delaying_proxy().await;
     let admin = app.admin_token().await;
     let (_, customer) = app.customer().await;
     let product = app.product(&admin, 500, 5).await;
-
-    // The commit reaches the server 2 s after it was sent: after the 1 s
-    // deadline. It commits, so the client must hear 201, never 503 "not
-    // placed" (a client retrying without a key would then buy twice).
-    proxy.hold("commitTransaction", Duration::from_secs(2));
+    proxy.hold(command, delay);
     let response = app
         .post(
             "/api/orders",
@@ -48,40 +49,45 @@ async fn a_commit_that_lands_after_the_deadline_is_answered_as_placed() {
         .await;
     assert!(
         proxy.held() >= 1,
-        "no commit was held back: the test tested nothing"
+        "no {command} was held back: the test tested nothing"
     );
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let order: serde_json::Value = response.json().await.expect("json");
+    // Whatever was held reaches the server before the test looks.
+    tokio::time::sleep(delay).await;
+    HeldBack {
+        app,
+        customer,
+        product,
+        response,
+        _proxy: proxy,
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_lands_after_the_deadline_is_answered_as_placed() {
+    // The commit reaches the server 2 s after it was sent: after the 1 s
+    // deadline. It commits, so the client must hear 201, never 503 "not
+    // placed" (a client retrying without a key would then buy twice).
+    let held = place_with_held_command("commitTransaction", Duration::from_secs(2)).await;
+    let app = &held.app;
+    assert_eq!(held.response.status(), StatusCode::CREATED);
+    let order: serde_json::Value = held.response.json().await.expect("json");
     assert_eq!(app.count("orders").await, 1);
-    assert_eq!(app.stock_of(&product).await, 3);
+    assert_eq!(app.stock_of(&held.product).await, 3);
     let id = order["id"].as_str().expect("id");
-    let stored = app.get(&format!("/api/orders/{id}"), Some(&customer)).await;
+    let stored = app
+        .get(&format!("/api/orders/{id}"), Some(&held.customer))
+        .await;
     assert_eq!(stored.status(), StatusCode::OK);
 }
 
 #[tokio::test]
 async fn work_slower_than_the_deadline_is_answered_503_and_nothing_is_written() {
-    let (app, proxy) = api_behind_a_delaying_proxy().await;
-    let admin = app.admin_token().await;
-    let (_, customer) = app.customer().await;
-    let product = app.product(&admin, 500, 5).await;
-
     // The placing transaction's writes reach the server after the
     // deadline: it is aborted before any commit, and 503 says "not placed".
-    proxy.hold("bulkWrite", Duration::from_secs(3));
-    let response = app
-        .post(
-            "/api/orders",
-            Some(&customer),
-            &json!({ "items": [{ "productId": product, "quantity": 2 }] }),
-        )
-        .await;
-    assert!(
-        proxy.held() >= 1,
-        "no write was held back: the test tested nothing"
-    );
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body: serde_json::Value = response.json().await.expect("json");
+    let held = place_with_held_command("bulkWrite", Duration::from_secs(3)).await;
+    let app = &held.app;
+    assert_eq!(held.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = held.response.json().await.expect("json");
     assert!(
         body["error"]["message"]
             .as_str()
@@ -89,11 +95,9 @@ async fn work_slower_than_the_deadline_is_answered_503_and_nothing_is_written() 
             .contains("not placed"),
         "{body}"
     );
-    // Give the held write time to reach the server and be refused there.
-    tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(app.count("orders").await, 0);
     assert_eq!(app.count("outbox").await, 0);
-    assert_eq!(app.stock_of(&product).await, 5);
+    assert_eq!(app.stock_of(&held.product).await, 5);
 }
 
 #[tokio::test]
