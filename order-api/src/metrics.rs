@@ -80,8 +80,8 @@ pub fn describe() {
     for reason in [
         "insufficient_stock",
         "unknown_product",
-        "inactive_product",
-        "total_overflow",
+        "product_inactive",
+        "total_too_large",
         "timed_out",
         "database",
     ] {

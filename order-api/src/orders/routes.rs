@@ -177,51 +177,59 @@ fn replay(status: u16, body: String) -> Response {
         .into_response()
 }
 
+/// Every way an order is not placed, in one match: the answer, and the
+/// `orders_refused_total` reason, which for a refusal is its error code.
 fn place_refusal(error: PlaceError) -> ApiError {
-    let reason = match &error {
-        PlaceError::Refused(PlaceOrderError::InsufficientStock { .. }) => "insufficient_stock",
-        PlaceError::Refused(PlaceOrderError::UnknownProduct { .. }) => "unknown_product",
-        PlaceError::Refused(PlaceOrderError::InactiveProduct { .. }) => "inactive_product",
-        PlaceError::Refused(PlaceOrderError::TotalOverflow) => "total_overflow",
-        PlaceError::TimedOut(_) => "timed_out",
-        PlaceError::Database(_) => "database",
-    };
-    counter!(metrics::ORDERS_REFUSED, "reason" => reason).increment(1);
-    match error {
+    let (reason, answer) = match error {
         PlaceError::Refused(PlaceOrderError::InsufficientStock {
             product_id,
             name,
             requested,
             available,
-        }) => ApiError::conflict(
-            "insufficient_stock",
-            format!("not enough stock of {name:?}: requested {requested}, available {available}"),
-        )
-        .with_details(json!({
-            "productId": product_id.to_hex(),
-            "name": name,
-            "requested": requested,
-            "available": available,
-        })),
-        PlaceError::Refused(PlaceOrderError::UnknownProduct { product_id }) => {
-            ApiError::unprocessable(
-                "unknown_product",
-                format!("product {product_id} does not exist"),
+        }) => {
+            let code = "insufficient_stock";
+            let answer = ApiError::conflict(
+                code,
+                format!(
+                    "not enough stock of {name:?}: requested {requested}, available {available}"
+                ),
             )
-            .with_details(json!({ "productId": product_id.to_hex() }))
+            .with_details(json!({
+                "productId": product_id.to_hex(),
+                "name": name,
+                "requested": requested,
+                "available": available,
+            }));
+            (code, answer)
+        }
+        PlaceError::Refused(PlaceOrderError::UnknownProduct { product_id }) => {
+            let code = "unknown_product";
+            let answer =
+                ApiError::unprocessable(code, format!("product {product_id} does not exist"))
+                    .with_details(json!({ "productId": product_id.to_hex() }));
+            (code, answer)
         }
         PlaceError::Refused(PlaceOrderError::InactiveProduct { product_id, name }) => {
-            ApiError::unprocessable("product_inactive", format!("{name:?} is not for sale"))
-                .with_details(json!({ "productId": product_id.to_hex() }))
+            let code = "product_inactive";
+            let answer = ApiError::unprocessable(code, format!("{name:?} is not for sale"))
+                .with_details(json!({ "productId": product_id.to_hex() }));
+            (code, answer)
         }
         PlaceError::Refused(PlaceOrderError::TotalOverflow) => {
-            ApiError::unprocessable("total_too_large", "the order total is too large")
+            let code = "total_too_large";
+            (
+                code,
+                ApiError::unprocessable(code, "the order total is too large"),
+            )
         }
-        PlaceError::TimedOut(_) => {
-            ApiError::unavailable("the shop is busy; the order was not placed, retry shortly")
-        }
-        PlaceError::Database(e) => e.into(),
-    }
+        PlaceError::TimedOut(_) => (
+            "timed_out",
+            ApiError::unavailable("the shop is busy; the order was not placed, retry shortly"),
+        ),
+        PlaceError::Database(e) => ("database", e.into()),
+    };
+    counter!(metrics::ORDERS_REFUSED, "reason" => reason).increment(1);
+    answer
 }
 
 /// Customers see their own orders; admins see everyone's.
