@@ -16,6 +16,8 @@ use secrecy::ExposeSecret;
 use crate::config::MongoConfig;
 
 pub const DUPLICATE_KEY: i32 = 11000;
+/// The server does not know the command.
+pub const COMMAND_NOT_FOUND: i32 = 59;
 /// The server's "operation exceeded time limit" (maxTimeMS, maxCommitTimeMS).
 pub const MAX_TIME_MS_EXPIRED: i32 = 50;
 
@@ -36,7 +38,68 @@ pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Dat
             config.server_selection_timeout
         )
     })?;
+    log_server(&client, app_name).await;
     Ok(db)
+}
+
+/// Logs the server's version and featureCompatibilityVersion, and warns
+/// when either refuses the client bulkWrite the order batches use (MongoDB
+/// 8.0, FCV 8.0: a data volume upgraded from mongo:7 keeps FCV 7.0 until
+/// an operator raises it). Servers that do not answer these are logged as
+/// such; nothing here stops a start.
+async fn log_server(client: &Client, app_name: &str) {
+    let admin = client.database("admin");
+    let version = admin
+        .run_command(doc! { "buildInfo": 1 })
+        .await
+        .ok()
+        .and_then(|info| info.get_str("version").ok().map(str::to_string));
+    let fcv = admin
+        .run_command(doc! { "getParameter": 1, "featureCompatibilityVersion": 1 })
+        .await
+        .ok()
+        .and_then(|answer| {
+            let fcv = answer.get_document("featureCompatibilityVersion").ok()?;
+            fcv.get_str("version").ok().map(str::to_string)
+        });
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+    tracing::info!(service = app_name, version = %shown(&version), feature_compatibility = %shown(&fcv), "connected to MongoDB");
+    let below_8 = |v: &Option<String>| v.as_deref().is_some_and(below_bulk_write);
+    if below_8(&version) || below_8(&fcv) {
+        tracing::warn!(
+            version = %shown(&version),
+            feature_compatibility = %shown(&fcv),
+            "MongoDB refuses bulkWrite below version 8.0 or featureCompatibilityVersion 8.0: \
+             order batches will fail and be placed one by one (slower; counted in \
+             order_batch_fallbacks_total). Raise it with \
+             db.adminCommand({{setFeatureCompatibilityVersion: \"8.0\", confirm: true}})"
+        );
+    }
+}
+
+/// Whether a server version or featureCompatibilityVersion ("7.0",
+/// "8.2.11") is below 8.0, where the client bulkWrite command arrived.
+fn below_bulk_write(version: &str) -> bool {
+    version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major < 8)
+}
+
+/// Whether `error` is the server (or the driver, for a server before 8.0)
+/// refusing the client bulkWrite command.
+pub fn is_bulk_write_refused(error: &Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::IncompatibleServer { .. } => true,
+        // CommandNotFound, or a server that knows the command but not at
+        // this featureCompatibilityVersion.
+        ErrorKind::Command(e) => {
+            e.code == COMMAND_NOT_FOUND
+                || (e.message.contains("bulkWrite") && e.message.contains("feature"))
+        }
+        _ => false,
+    }
 }
 
 /// Every command sent, counted by its name and the collection it names
@@ -261,4 +324,18 @@ where
     ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
 {
     transaction_until(db, operation, None, context, body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_write_needs_version_and_fcv_8() {
+        assert!(below_bulk_write("7.0"));
+        assert!(below_bulk_write("7.0.14"));
+        assert!(!below_bulk_write("8.0"));
+        assert!(!below_bulk_write("8.2.11"));
+        assert!(!below_bulk_write("garbage"));
+    }
 }

@@ -21,6 +21,7 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const ORDERS_CREATED: &str = "orders_created_total";
 pub const ORDERS_CANCELLED: &str = "orders_cancelled_total";
 pub const ORDERS_REFUSED: &str = "orders_refused_total";
+pub const ORDER_BATCH_FALLBACKS: &str = "order_batch_fallbacks_total";
 pub const OUTBOX_PENDING: &str = "outbox_pending_rows";
 pub const OUTBOX_OLDEST_PENDING_AGE: &str = "outbox_oldest_pending_age_seconds";
 pub const OUTBOX_BACKLOG_READ: &str = "outbox_backlog_read_ok";
@@ -51,7 +52,11 @@ pub fn describe() {
     describe_counter!(ORDERS_CANCELLED, "Orders cancelled (stock restored)");
     describe_counter!(
         ORDERS_REFUSED,
-        "Order requests refused, by reason (insufficient_stock, unknown_product, inactive_product, total_overflow, timed_out, database)"
+        "Order requests refused, by reason (insufficient_stock, unknown_product, product_inactive, total_too_large, timed_out, database)"
+    );
+    describe_counter!(
+        ORDER_BATCH_FALLBACKS,
+        "Order batches that failed whole and were placed one by one, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0; batch_failed: one order's problem)"
     );
     describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published to SQS");
     describe_gauge!(
@@ -86,6 +91,9 @@ pub fn describe() {
         "database",
     ] {
         counter!(ORDERS_REFUSED, "reason" => reason).increment(0);
+    }
+    for reason in ["bulk_write_refused", "batch_failed"] {
+        counter!(ORDER_BATCH_FALLBACKS, "reason" => reason).increment(0);
     }
     for event_type in ["order.created", "order.cancelled"] {
         counter!(OUTBOX_PUBLISHED, "event_type" => event_type).increment(0);

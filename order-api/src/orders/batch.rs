@@ -21,6 +21,7 @@ use common::{
     event::OrderEventType,
 };
 use futures::{FutureExt, TryStreamExt};
+use metrics::counter;
 use mongodb::{
     ClientSession, Database,
     error::Error as MongoError,
@@ -235,7 +236,14 @@ pub async fn place_together(
         // say) failed the whole batch: place each on its own so each gets
         // its exact answer.
         Err(e) => {
-            tracing::info!(orders = requests.len(), error = %e, "batch failed; placing its orders one by one");
+            let reason = if common::mongo::is_bulk_write_refused(&e) {
+                tracing::warn!(orders = requests.len(), error = %e, "the server refuses bulkWrite (MongoDB or its featureCompatibilityVersion below 8.0); placing the batch's orders one by one");
+                "bulk_write_refused"
+            } else {
+                tracing::info!(orders = requests.len(), error = %e, "batch failed; placing its orders one by one");
+                "batch_failed"
+            };
+            counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => reason).increment(1);
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
                 outcomes.push(place_alone(db, settings, request, deadline).await);
