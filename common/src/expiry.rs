@@ -62,7 +62,7 @@ impl Expiring {
                 .options
                 .as_ref()
                 .is_some_and(|o| o.expire_after.is_some());
-            if index.keys == keys && is_ttl {
+            if same_keys(&index.keys, &keys) && is_ttl {
                 let name = index.options.and_then(|o| o.name).unwrap_or_default();
                 tracing::info!(
                     collection = self.collection.name(),
@@ -115,6 +115,26 @@ impl Expiring {
         }
         Ok(deleted)
     }
+}
+
+/// Whether two index key documents name the same fields in the same order
+/// with the same directions. Compared by number, not BSON type: a server
+/// or another tool may have stored `1` as an int64 or a double.
+fn same_keys(a: &Document, b: &Document) -> bool {
+    let number = |v: &Bson| match v {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    };
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+            ka == kb
+                && match (number(va), number(vb)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => va == vb,
+                }
+        })
 }
 
 const INDEX_NOT_FOUND: i32 = 27;
@@ -181,4 +201,20 @@ pub const DEFAULT_SCHEDULE: &str = "0 * * * * *";
 /// `EXPIRY_SWEEP_SCHEDULE`, or the default.
 pub fn schedule_from_env() -> String {
     crate::config::optional(SETTING).unwrap_or_else(|| DEFAULT_SCHEDULE.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_keys_compare_by_name_and_number_not_type() {
+        let ours = doc! { "expires_at": 1 };
+        assert!(same_keys(&doc! { "expires_at": 1_i64 }, &ours));
+        assert!(same_keys(&doc! { "expires_at": 1.0 }, &ours));
+        assert!(!same_keys(&doc! { "expires_at": -1 }, &ours));
+        assert!(!same_keys(&doc! { "other": 1 }, &ours));
+        assert!(!same_keys(&doc! { "expires_at": 1, "other": 1 }, &ours));
+        assert!(!same_keys(&doc! { "expires_at": "hashed" }, &ours));
+    }
 }
