@@ -20,9 +20,6 @@ pub struct ApiConfig {
     pub auth: AuthConfig,
     pub admin: Option<AdminSeed>,
     pub shop: ShopConfig,
-    /// Order writers (group-commit shards): how many batches of orders may
-    /// commit at once. Every order for one product goes through one writer.
-    pub order_writers: usize,
     pub outbox: OutboxConfig,
     /// When expired outbox rows, refresh tokens and idempotency keys are
     /// deleted (cron with seconds; `common::expiry`).
@@ -111,16 +108,6 @@ pub struct OutboxConfig {
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
-/// `ORDER_WRITERS`, 1 to 64 (default 1: one batch at a time, the biggest
-/// batches; measured best on the local stack, see BENCHMARKS.md).
-fn order_writers() -> anyhow::Result<usize> {
-    let writers: usize = config::parsed_or("ORDER_WRITERS", 1)?;
-    if !(1..=64).contains(&writers) {
-        bail!("ORDER_WRITERS must be between 1 and 64, not {writers}");
-    }
-    Ok(writers)
-}
-
 /// Used only when APP_ENV=development and JWT_SECRET is unset.
 const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
 
@@ -181,7 +168,6 @@ impl ApiConfig {
             },
             admin,
             shop: ShopConfig::from_env()?,
-            order_writers: order_writers()?,
             outbox: OutboxConfig {
                 batch_size: 10,
                 sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")

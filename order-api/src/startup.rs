@@ -39,7 +39,7 @@ pub struct Application {
     port: u16,
     state: AppState,
     relay: outbox::Relay,
-    /// Rows the order writers hand to the relay.
+    /// Rows the order writer hands to the relay.
     handed: tokio::sync::mpsc::Receiver<Vec<outbox::store::OutboxMessage>>,
 }
 
@@ -83,7 +83,6 @@ impl Application {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,
-                writers: config.order_writers,
                 handoff: Some(handoff),
             },
         );

@@ -77,7 +77,6 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
             tax_rate: common::domain::TaxRate::GST_18,
             order_deadline: Duration::from_secs(10),
         },
-        order_writers: 1,
         outbox: OutboxConfig {
             batch_size: 10,
             sweep_schedule: "*/1 * * * * *".into(),

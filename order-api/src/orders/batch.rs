@@ -3,17 +3,18 @@
 //!
 //! Why: every order for a product decrements the same stock document, so
 //! concurrent transactions for one hot product conflict and retry, and the
-//! database commits only a few dozen a second. The queue is sharded by
-//! product: all orders for one product go through one shard, one batch at a
-//! time (no conflicts between them), while orders for other products use
-//! other shards in parallel.
+//! database commits only a few dozen a second. One writer places one batch
+//! at a time, so no two of its transactions conflict, and a batch is as
+//! big as the orders that arrived while the last one committed (several
+//! writers in parallel were measured and made smaller batches and more
+//! conflicts on a one-core database; BENCHMARKS.md, session 4).
 //!
 //! Invariants, as for a single order: each order is all-or-nothing and gets
 //! its own answer (placed, or refused for its own reason); stock never goes
 //! below zero, because the batch allocates stock greedily in arrival order
 //! from what it read and then applies one guarded decrement per product.
 
-use std::{collections::HashMap, hash::BuildHasher, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use bson::{DateTime, doc, oid::ObjectId};
 use common::{
@@ -47,7 +48,7 @@ use crate::{
 
 /// Orders in one transaction at most.
 pub const MAX_BATCH: usize = 64;
-/// Orders waiting per shard before placers wait for room.
+/// Orders waiting before placers wait for room.
 const QUEUE_DEPTH: usize = 1024;
 
 /// One order as the batcher holds it: owned, since it outlives the request's
@@ -57,7 +58,7 @@ pub struct OrderRequest {
     pub lines: Vec<LineRequest>,
     pub idempotency: Option<KeyedRequest>,
     /// The placing request's W3C trace context, carried to the outbox row
-    /// (the batch is written from the shard's task, outside the request's
+    /// (the batch is written from the writer's task, outside the request's
     /// span). `place` fills it in from the caller's span when `None`.
     pub traceparent: Option<String>,
 }
@@ -71,8 +72,7 @@ struct Job {
 /// The handle the routes place orders through. Cheap to clone.
 #[derive(Clone)]
 pub struct OrderBatcher {
-    shards: Arc<[mpsc::Sender<Job>]>,
-    hasher: std::collections::hash_map::RandomState,
+    queue: mpsc::Sender<Job>,
     deadline: Duration,
 }
 
@@ -81,32 +81,21 @@ pub struct OrderBatcher {
 pub struct ShopSettings {
     pub currency: String,
     pub tax_rate: TaxRate,
-    /// Upper bound on placing one order, queueing and retries included.
+    /// Upper bound on placing one order's work before its commit, queueing
+    /// and retries included.
     pub deadline: Duration,
-    /// Shards: batches committed in parallel (at least 1). A product always
-    /// maps to the same one.
-    pub writers: usize,
     /// Where committed orders' outbox rows go: this process's relay. `None`
     /// writes them unleased, for any relay to claim.
     pub handoff: Option<Handoff>,
 }
 
 impl OrderBatcher {
-    /// Starts the shard workers; they stop when the last handle is dropped.
+    /// Starts the writer; it stops when the last handle is dropped.
     pub fn start(db: Database, settings: ShopSettings) -> Self {
-        let settings = Arc::new(settings);
-        let shards: Vec<mpsc::Sender<Job>> = (0..settings.writers.max(1))
-            .map(|_| {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(run_shard(db.clone(), settings.clone(), rx));
-                tx
-            })
-            .collect();
-        OrderBatcher {
-            shards: shards.into(),
-            hasher: std::collections::hash_map::RandomState::new(),
-            deadline: settings.deadline,
-        }
+        let deadline = settings.deadline;
+        let (queue, waiting) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_until_closed(db, settings, waiting));
+        OrderBatcher { queue, deadline }
     }
 
     /// Places one order, in whatever batch it lands in. Same answers as
@@ -116,7 +105,6 @@ impl OrderBatcher {
             request.traceparent = common::telemetry::traceparent(&tracing::Span::current());
         }
         let deadline = Instant::now() + self.deadline;
-        let shard = &self.shards[self.shard_of(&request.lines)];
         let (answer, answered) = oneshot::channel();
         let job = Job {
             request,
@@ -127,7 +115,7 @@ impl OrderBatcher {
         // cut the wait short. After that the batch keeps it: its deadline
         // stops the work before the commit, and a commit once sent is
         // waited for, so the answer that comes back is the true one.
-        match tokio::time::timeout_at(deadline, shard.send(job)).await {
+        match tokio::time::timeout_at(deadline, self.queue.send(job)).await {
             Err(_) => return Err(PlaceError::TimedOut(self.deadline)),
             Ok(Err(_)) => {
                 return Err(PlaceError::Database(MongoError::custom(
@@ -140,21 +128,11 @@ impl OrderBatcher {
             PlaceError::Database(MongoError::custom("order batcher dropped an order"))
         })?
     }
-
-    /// The shard of an order's smallest product id: every order for one
-    /// product lands in one shard (multi-line orders by one of theirs).
-    fn shard_of(&self, lines: &[LineRequest]) -> usize {
-        let Some(key) = lines.iter().map(|l| l.product_id).min() else {
-            return 0;
-        };
-        let shards = self.shards.len() as u64;
-        usize::try_from(self.hasher.hash_one(key) % shards).unwrap_or(0)
-    }
 }
 
-/// One shard: takes the first waiting order, then whatever else is already
+/// The writer: takes the first waiting order, then whatever else is already
 /// queued (never waiting for more), and places them as one batch.
-async fn run_shard(db: Database, settings: Arc<ShopSettings>, mut queue: mpsc::Receiver<Job>) {
+async fn write_until_closed(db: Database, settings: ShopSettings, mut queue: mpsc::Receiver<Job>) {
     while let Some(batch) = common::batching::next_batch(&mut queue, MAX_BATCH).await {
         place_batch(&db, &settings, batch).await;
     }
@@ -189,7 +167,7 @@ async fn place_batch(db: &Database, settings: &ShopSettings, batch: Vec<Job>) {
 /// Places `requests` as ONE transaction and answers each, in order. A
 /// batch of one takes the same path: three round trips (read the products,
 /// one bulk write, commit) against the single-order path's five or more.
-/// The step a shard runs; tests call it directly.
+/// The step the writer runs; tests call it directly.
 pub async fn place_together(
     db: &Database,
     settings: &ShopSettings,

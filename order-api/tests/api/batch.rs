@@ -29,7 +29,6 @@ fn settings() -> ShopSettings {
         currency: "INR".into(),
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
-        writers: 1,
         handoff: None,
     }
 }
