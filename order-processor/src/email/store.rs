@@ -121,19 +121,49 @@ pub async fn claim_due(
             continue;
         };
         let message_id = kind.message_id(&id, message_id_domain);
-        let claim = common::mongo::update_then_read(
-            &orders(db),
-            None,
-            doc! { "_id": id, due_at.as_str(): was_due },
-            claim_update(kind, &message_id, now, lease),
+        let filter = doc! { "_id": id, due_at.as_str(): was_due };
+        let update = claim_update(kind, &message_id, now, lease);
+        // In a transaction with a deadline, not as a plain write: a plain
+        // write waits, with no limit, behind a transaction a killed
+        // process left open on this order (its SENT write, say), and the
+        // whole sweep would wait with it. Here that email is skipped until
+        // the next sweep.
+        let claim = common::mongo::transaction_until(
+            db,
+            "claim_email",
+            Some(tokio::time::Instant::now() + CLAIM_DEADLINE),
+            (db, &filter, &update),
+            |session, (db, filter, update)| {
+                async move {
+                    common::mongo::update_then_read(
+                        &orders(db),
+                        Some(session),
+                        filter.clone(),
+                        update.clone(),
+                    )
+                    .await
+                }
+                .boxed()
+            },
         )
-        .await?;
-        if let Some(order) = claim {
-            claimed.push(Claimed { order, kind });
+        .await;
+        match claim {
+            Ok(Some(order)) => claimed.push(Claimed { order, kind }),
+            Ok(None) => {}
+            Err(e)
+                if e.get_custom::<common::mongo::DeadlineBeforeCommit>()
+                    .is_some() =>
+            {
+                tracing::warn!(order_id = %id, email = kind.as_str(), "a due email is held by another transaction; it is tried again next sweep");
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(claimed)
 }
+
+/// How long one claim may wait for an order another transaction holds.
+const CLAIM_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The `next_attempt_at` of `kind` in a projected order document.
 fn field(document: &Document, kind: EmailKind) -> Option<Bson> {
