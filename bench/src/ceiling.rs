@@ -305,7 +305,7 @@ async fn write_bulk(
     product: ObjectId,
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
-    // As the pipeline writes an order (`orders::batch::write_batch`): read
+    // As the pipeline writes an order (`orders::place::write_batch`): read
     // the product, then every write in one bulkWrite command, the guarded
     // decrement first, then the commit.
     let found = scratch

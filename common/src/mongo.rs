@@ -70,7 +70,7 @@ async fn log_server(client: &Client, app_name: &str) {
             version = %shown(&version),
             feature_compatibility = %shown(&fcv),
             "MongoDB refuses bulkWrite below version 8.0 or featureCompatibilityVersion 8.0: \
-             order batches will fail and be placed one by one (slower; counted in \
+             order batches are written one statement at a time (slower; counted in \
              order_batch_fallbacks_total). Raise it with \
              db.adminCommand({{setFeatureCompatibilityVersion: \"8.0\", confirm: true}})"
         );
@@ -132,6 +132,7 @@ pub fn is_duplicate_key(error: &Error) -> bool {
             .write_errors
             .as_ref()
             .is_some_and(|errors| errors.iter().any(|e| e.code == DUPLICATE_KEY)),
+        ErrorKind::BulkWrite(e) => e.write_errors.values().any(|e| e.code == DUPLICATE_KEY),
         _ => false,
     }
 }

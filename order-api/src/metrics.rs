@@ -56,7 +56,7 @@ pub fn describe() {
     );
     describe_counter!(
         ORDER_BATCH_FALLBACKS,
-        "Order batches that failed whole and were placed one by one, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0; batch_failed: one order's problem)"
+        "Order batches written another way, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0, batches go one statement at a time from then on; one_order_failed: the batch ran again without the order that failed it)"
     );
     describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published to SQS");
     describe_gauge!(
@@ -92,7 +92,7 @@ pub fn describe() {
     ] {
         counter!(ORDERS_REFUSED, "reason" => reason).increment(0);
     }
-    for reason in ["bulk_write_refused", "batch_failed"] {
+    for reason in ["bulk_write_refused", "one_order_failed"] {
         counter!(ORDER_BATCH_FALLBACKS, "reason" => reason).increment(0);
     }
     for event_type in ["order.created", "order.cancelled"] {
@@ -101,7 +101,7 @@ pub fn describe() {
     for reason in ["send_failed", "refused", "lease_lost"] {
         counter!(OUTBOX_PUBLISH_FAILURES, "reason" => reason).increment(0);
     }
-    for operation in ["place_order", "place_order_batch", "cancel_order"] {
+    for operation in ["place_order_batch", "cancel_order"] {
         counter!(common::metrics::TRANSACTION_RETRIES, "operation" => operation).increment(0);
     }
 }

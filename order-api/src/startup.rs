@@ -79,7 +79,7 @@ impl Application {
         let (handoff, handed) = relay.handoff(outbox_wake.clone());
         let orders = orders::batch::OrderBatcher::start(
             db.clone(),
-            orders::batch::ShopSettings {
+            orders::place::ShopSettings {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,

@@ -1,5 +1,6 @@
-//! Orders: placing one (stock, order and outbox row in one transaction,
-//! shared with the orders placed alongside it: batch.rs),
+//! Orders: placing them (stock, order and outbox row in one transaction for
+//! a batch of one or more: place.rs; the queue that forms the batches:
+//! batch.rs),
 //! cancelling one (status, stock back, outbox row in one transaction),
 //! listing and reading them, and their timeline.
 

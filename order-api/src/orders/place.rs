@@ -1,10 +1,20 @@
-//! Placing an order: in ONE transaction, reserve every line's stock with a
-//! guarded decrement, insert the order, insert its outbox row (and, with an
-//! Idempotency-Key, the key's record). Either all of it is written or none.
+//! Placing orders: ONE transaction for a batch of N ≥ 1 orders (a lone
+//! order is a batch of one). It reads the products, allocates their stock
+//! greedily in arrival order, and writes in one command a guarded decrement
+//! per product, the placed orders, their outbox rows and their
+//! Idempotency-Key records. Each order is all-or-nothing and gets its own
+//! answer: placed, or refused for its own reason.
+//!
+//! A batch that fails because of one order (a repeated Idempotency-Key, say)
+//! is run again without it, and that order gets the failure as its answer.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
-use bson::{DateTime, doc, oid::ObjectId};
+use bson::{DateTime, Document, doc, oid::ObjectId};
 use common::{
     domain::{
         EmailDelivery, Order, OrderLine, OrderStatus, Product, Quantity, TaxRate, TimelineEntry,
@@ -12,13 +22,22 @@ use common::{
     },
     event::OrderEventType,
 };
-use futures::FutureExt;
-use mongodb::{ClientSession, Database, error::Error as MongoError};
+use futures::{FutureExt, TryStreamExt};
+use metrics::counter;
+use mongodb::{
+    ClientSession, Database,
+    error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR},
+    options::{UpdateOneModel, WriteModel},
+};
+use tokio::time::Instant;
 
-use super::{idempotency, store as orders};
+use super::{
+    idempotency::{self, KeyedRequest},
+    store as orders,
+};
 use crate::{
     outbox::{
-        self,
+        self, Handoff,
         store::{Lease, OutboxMessage},
     },
     products::store as products,
@@ -38,7 +57,34 @@ pub struct Customer {
     pub name: String,
 }
 
-/// Why an order was refused. Carried out of the transaction callback as the
+/// One order to place.
+pub struct OrderRequest {
+    pub customer: Customer,
+    pub lines: Vec<LineRequest>,
+    pub idempotency: Option<KeyedRequest>,
+    /// The placing request's W3C trace context, carried to the outbox row
+    /// (the batch is written from the writer's task, outside the request's
+    /// span). [`super::batch::OrderBatcher::place`] takes it from the
+    /// caller's span when `None`.
+    pub traceparent: Option<String>,
+}
+
+/// What placing needs besides the database.
+#[derive(Clone)]
+pub struct ShopSettings {
+    pub currency: String,
+    pub tax_rate: TaxRate,
+    /// Upper bound on placing one order's work before its commit, queueing
+    /// and retries included, so a client is never left hanging on a
+    /// contended product. A commit once sent is waited for, so the answer
+    /// is always true.
+    pub deadline: Duration,
+    /// Where committed orders' outbox rows go: this process's relay. `None`
+    /// writes them unleased, for any relay to claim.
+    pub handoff: Option<Handoff>,
+}
+
+/// Why an order was refused. Carried out of the transaction body as the
 /// driver's custom error, so the driver aborts the transaction.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlaceOrderError {
@@ -71,9 +117,7 @@ pub enum PlaceError {
 impl PlaceError {
     /// What a placing transaction's error means for the order.
     pub fn from_transaction(error: MongoError, deadline: Duration) -> PlaceError {
-        if let Some(refused) = error.get_custom::<PlaceOrderError>() {
-            PlaceError::Refused(refused.clone())
-        } else if error
+        if error
             .get_custom::<common::mongo::DeadlineBeforeCommit>()
             .is_some()
         {
@@ -84,90 +128,300 @@ impl PlaceError {
     }
 }
 
-pub struct OrderSettings<'a> {
-    pub currency: &'a str,
-    pub tax_rate: TaxRate,
-    /// Upper bound on the work before the commit, retries included, so a
-    /// client is never left hanging on a contended product. A commit once
-    /// sent is waited for, so the answer is always true.
-    pub deadline: Duration,
+/// One order's write failed the batch's transaction: `index` in the batch.
+#[derive(Debug, Clone)]
+struct OneOrderFailed {
+    index: usize,
+    error: MongoError,
 }
 
-/// What the transaction needs to know about one request.
-pub struct NewOrder<'a> {
-    pub customer: &'a Customer,
-    pub lines: &'a [LineRequest],
-    pub settings: &'a OrderSettings<'a>,
-    pub idempotency: Option<&'a idempotency::KeyedRequest>,
-    /// The placing request's W3C trace context, for the outbox row.
-    pub traceparent: Option<&'a str>,
-    /// The relay claim the outbox row is written under, if any.
-    pub lease: Option<&'a Lease>,
-}
+/// Set once the server refuses bulkWrite (MongoDB, or its
+/// featureCompatibilityVersion, below 8.0): from then on a batch's writes
+/// are sent one statement each, in the same transaction.
+static BULK_WRITE_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Places an order; retried as a whole on transient transaction errors.
-/// Returns the order and its outbox row as committed.
-pub async fn place_order(
+/// Places `requests` as ONE transaction and answers each, in order; three
+/// round trips (read the products, one bulk write, commit) for any number
+/// of orders. The step the batcher runs; tests call it directly.
+pub async fn place_together(
     db: &Database,
-    request: &NewOrder<'_>,
-) -> Result<(Order, OutboxMessage), PlaceError> {
-    let deadline = tokio::time::Instant::now() + request.settings.deadline;
-    common::mongo::transaction_until(
-        db,
-        "place_order",
-        Some(deadline),
-        (db, request),
-        |session, (db, request)| write_order(db, session, request).boxed(),
-    )
-    .await
-    .map_err(|e| PlaceError::from_transaction(e, request.settings.deadline))
+    settings: &ShopSettings,
+    requests: &[OrderRequest],
+    deadline: Instant,
+) -> Vec<Result<Order, PlaceError>> {
+    let mut answers: Vec<Option<Result<Order, PlaceError>>> =
+        requests.iter().map(|_| None).collect();
+    // Indexes into `requests` of the orders still to place.
+    let mut pending: Vec<usize> = (0..requests.len()).collect();
+    while !pending.is_empty() {
+        let batch: Vec<&OrderRequest> = pending.iter().map(|&i| &requests[i]).collect();
+        let error = match place_batch(db, settings, &batch, deadline).await {
+            Ok(outcomes) => {
+                for (&i, outcome) in pending.iter().zip(outcomes) {
+                    answers[i] = Some(outcome.map_err(PlaceError::Refused));
+                }
+                break;
+            }
+            Err(error) => error,
+        };
+        if let Some(failed) = error.get_custom::<OneOrderFailed>() {
+            if batch.len() > 1 {
+                tracing::info!(orders = batch.len(), error = %failed.error, "one order failed its batch; placing the others without it");
+                counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "one_order_failed")
+                    .increment(1);
+            }
+            let i = pending.remove(failed.index);
+            answers[i] = Some(Err(PlaceError::Database(failed.error.clone())));
+        } else if common::mongo::is_bulk_write_refused(&error)
+            && !BULK_WRITE_REFUSED.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(error = %error, "the server refuses bulkWrite (MongoDB or its featureCompatibilityVersion below 8.0); order batches are written one statement at a time");
+            counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "bulk_write_refused")
+                .increment(1);
+        } else {
+            // Nothing was written (the deadline passed before the commit),
+            // or the database is out of reach, or the commit's outcome is
+            // unknown: each order gets that answer.
+            for i in pending.drain(..) {
+                answers[i] = Some(Err(PlaceError::from_transaction(
+                    error.clone(),
+                    settings.deadline,
+                )));
+            }
+        }
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                Err(PlaceError::Database(MongoError::custom(
+                    "an order was left without an answer",
+                )))
+            })
+        })
+        .collect()
 }
 
-/// The transaction's body. Runs again from the start on a transient error.
-async fn write_order(
+/// One attempt at the batch's transaction, retried as a whole on transient
+/// errors; on commit, its outbox rows go to the relay.
+async fn place_batch(
+    db: &Database,
+    settings: &ShopSettings,
+    batch: &[&OrderRequest],
+    deadline: Instant,
+) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
+    let lease = settings.handoff.as_ref().map(Handoff::lease);
+    let (outcomes, rows) = common::mongo::transaction_until(
+        db,
+        "place_order_batch",
+        Some(deadline),
+        (db, settings, batch, lease.as_ref()),
+        |session, (db, settings, batch, lease)| {
+            write_batch(db, session, settings, batch, *lease).boxed()
+        },
+    )
+    .await?;
+    if let Some(handoff) = &settings.handoff
+        && !rows.is_empty()
+    {
+        handoff.give(db, rows).await;
+    }
+    Ok(outcomes)
+}
+
+/// The batch's transaction body; runs again from the start on a transient
+/// error. Returns each order's outcome, in arrival order, and the outbox
+/// rows it wrote (under `lease`, when given).
+async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
-    request: &NewOrder<'_>,
-) -> mongodb::error::Result<(Order, OutboxMessage)> {
+    settings: &ShopSettings,
+    batch: &[&OrderRequest],
+    lease: Option<&Lease>,
+) -> mongodb::error::Result<(Vec<Result<Order, PlaceOrderError>>, Vec<OutboxMessage>)> {
     let now = DateTime::now();
-    let mut products = Vec::with_capacity(request.lines.len());
-    for line in request.lines {
-        products.push(reserve_stock(db, session, line, now).await?);
-    }
-    let order = build_order(
-        request.customer,
-        request.lines.iter().zip(&products),
-        request.settings,
-        now,
-    )
-    .map_err(MongoError::custom)?;
-    orders::collection(db)
-        .insert_one(&order)
+    let mut wanted: Vec<ObjectId> = batch
+        .iter()
+        .flat_map(|r| r.lines.iter().map(|l| l.product_id))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let catalogue: HashMap<ObjectId, Product> = products::collection(db)
+        .find(doc! { "_id": { "$in": &wanted } })
         .session(&mut *session)
+        .await?
+        .stream(&mut *session)
+        .map_ok(|p| (p.id, p))
+        .try_collect()
         .await?;
-    let row = outbox::store::enqueue_many(
-        db,
-        session,
-        [(order.id, request.traceparent.map(str::to_string))],
+
+    // Greedy, in arrival order: an order is placed if every line fits in
+    // what the orders before it left.
+    let mut left: HashMap<ObjectId, i64> = catalogue.iter().map(|(id, p)| (*id, p.stock)).collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for request in batch {
+        let outcome = reserve(&catalogue, &left, &request.lines).and_then(|reserved| {
+            build_order(
+                &request.customer,
+                request.lines.iter().zip(reserved),
+                settings,
+                now,
+            )
+        });
+        if let Ok(order) = &outcome {
+            for line in &order.lines {
+                if let Some(stock) = left.get_mut(&line.product_id) {
+                    *stock -= i64::from(line.quantity.get());
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+
+    // One guarded decrement per product, for what the placed orders take.
+    let mut taken: HashMap<ObjectId, i64> = HashMap::new();
+    for order in outcomes.iter().flatten() {
+        for line in &order.lines {
+            *taken.entry(line.product_id).or_default() += i64::from(line.quantity.get());
+        }
+    }
+    if taken.is_empty() {
+        return Ok((outcomes, Vec::new()));
+    }
+    let taken: Vec<(ObjectId, i64)> = taken.into_iter().collect();
+    let placed: Vec<(usize, &Order)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, outcome)| Some((i, outcome.as_ref().ok()?)))
+        .collect();
+    let rows = outbox::store::rows_for(
+        placed
+            .iter()
+            .map(|(i, order)| (order.id, batch[*i].traceparent.clone())),
         OrderEventType::OrderCreated,
         now,
-        request.lease,
-    )
-    .await?
-    .pop()
-    .ok_or_else(|| MongoError::custom("the order's outbox row was not written"))?;
-    if let Some(keyed) = request.idempotency {
-        idempotency::record(db, session, &idempotency::record_for(keyed, &order, now)?).await?;
+        lease,
+    );
+
+    // Every write of the batch in ONE bulkWrite command, in this order:
+    // the guarded decrements, the orders, their outbox rows, their
+    // idempotency keys. A statement inside a transaction is most of what
+    // an order costs SecantusDB (its bookkeeping runs per command, not per
+    // document), so one command instead of four or more is the saving.
+    // `owners[w]` is the batch index of the order write `w` is for.
+    let stock = products::collection(db);
+    let mut writes: Vec<WriteModel> = Vec::new();
+    let mut owners: Vec<Option<usize>> = Vec::new();
+    for (product_id, quantity) in &taken {
+        writes.push(
+            UpdateOneModel::builder()
+                .namespace(stock.namespace())
+                .filter(doc! { "_id": product_id, "active": true, "stock": { "$gte": quantity } })
+                .update(doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } })
+                .build()
+                .into(),
+        );
+        owners.push(None);
     }
-    Ok((order, row))
+    let orders = orders::collection(db);
+    for (i, order) in &placed {
+        writes.push(orders.insert_one_model(*order)?.into());
+        owners.push(Some(*i));
+    }
+    let outbox = outbox::store::collection(db);
+    for (row, (i, _)) in rows.iter().zip(&placed) {
+        writes.push(outbox.insert_one_model(row)?.into());
+        owners.push(Some(*i));
+    }
+    for (i, order) in &placed {
+        if let Some(keyed) = &batch[*i].idempotency {
+            let record = idempotency::record_for(keyed, order, now)?;
+            writes.push(idempotency::insert_model(db, &record)?.into());
+            owners.push(Some(*i));
+        }
+    }
+    let matched = write_all(db, session, writes)
+        .await
+        .map_err(|(write, error)| match write.and_then(|w| owners[w]) {
+            Some(index) if !error.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                MongoError::custom(OneOrderFailed { index, error })
+            }
+            _ => error,
+        })?;
+    for (index, (product_id, _)) in taken.iter().enumerate() {
+        if matched.get(&index) != Some(&1) {
+            // Cannot happen inside the transaction (a concurrent change is a
+            // write conflict); refuse the batch rather than oversell.
+            return Err(MongoError::custom(format!(
+                "stock of {product_id} changed inside a batch transaction"
+            )));
+        }
+    }
+    Ok((outcomes, rows))
+}
+
+/// Sends `writes` in one bulkWrite, or, where the server refuses that, one
+/// statement each. Returns each update's matched count by its index; on
+/// failure, the index of the write that failed when it is known.
+async fn write_all(
+    db: &Database,
+    session: &mut ClientSession,
+    writes: Vec<WriteModel>,
+) -> Result<HashMap<usize, u64>, (Option<usize>, MongoError)> {
+    if !BULK_WRITE_REFUSED.load(Ordering::Relaxed) {
+        return match db
+            .client()
+            .bulk_write(writes)
+            .verbose_results()
+            .session(&mut *session)
+            .await
+        {
+            Ok(written) => Ok(written
+                .update_results
+                .iter()
+                .map(|(index, result)| (*index, result.matched_count))
+                .collect()),
+            Err(error) => {
+                let failed = match error.kind.as_ref() {
+                    ErrorKind::BulkWrite(e) => e.write_errors.keys().min().copied(),
+                    _ => None,
+                };
+                Err((failed, error))
+            }
+        };
+    }
+    let mut matched = HashMap::new();
+    for (index, write) in writes.into_iter().enumerate() {
+        let written = match write {
+            WriteModel::InsertOne(m) => db
+                .collection::<Document>(&m.namespace.coll)
+                .insert_one(m.document)
+                .session(&mut *session)
+                .await
+                .map(|_| ()),
+            WriteModel::UpdateOne(m) => db
+                .collection::<Document>(&m.namespace.coll)
+                .update_one(m.filter, m.update)
+                .session(&mut *session)
+                .await
+                .map(|result| {
+                    matched.insert(index, result.matched_count);
+                }),
+            other => Err(MongoError::custom(format!(
+                "no statement form for {other:?}"
+            ))),
+        };
+        written.map_err(|error| (Some(index), error))?;
+    }
+    Ok(matched)
 }
 
 /// The order document for `lines`, each with the product as it was when its
 /// stock was reserved: name and unit price are snapshotted into the line.
-pub(super) fn build_order<'p>(
+fn build_order<'p>(
     customer: &Customer,
     lines: impl IntoIterator<Item = (&'p LineRequest, &'p Product)>,
-    settings: &OrderSettings<'_>,
+    settings: &ShopSettings,
     now: DateTime,
 ) -> Result<Order, PlaceOrderError> {
     let mut order_lines = Vec::new();
@@ -196,7 +450,7 @@ pub(super) fn build_order<'p>(
         subtotal: totals.subtotal,
         tax: totals.tax,
         total: totals.total,
-        currency: settings.currency.to_string(),
+        currency: settings.currency.clone(),
         status: OrderStatus::Pending,
         email: EmailDelivery::pending(),
         cancellation_email: None,
@@ -210,43 +464,39 @@ pub(super) fn build_order<'p>(
     })
 }
 
-/// Takes `line.quantity` units of the product, only if that many are in
-/// stock: the guard and the decrement are one update, so stock never goes
-/// below zero however many orders race.
-async fn reserve_stock(
-    db: &Database,
-    session: &mut ClientSession,
-    line: &LineRequest,
-    now: DateTime,
-) -> mongodb::error::Result<Product> {
-    let quantity = i64::from(line.quantity.get());
-    let reserved = common::mongo::update_then_read(
-        &products::collection(db),
-        Some(&mut *session),
-        doc! { "_id": line.product_id, "active": true, "stock": { "$gte": quantity } },
-        doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } },
-    )
-    .await?;
-    if let Some(product) = reserved {
-        return Ok(product);
+/// The products of `lines` if every line is for sale and fits in `left`;
+/// otherwise why not.
+fn reserve<'c>(
+    catalogue: &'c HashMap<ObjectId, Product>,
+    left: &HashMap<ObjectId, i64>,
+    lines: &[LineRequest],
+) -> Result<Vec<&'c Product>, PlaceOrderError> {
+    let mut needs: HashMap<ObjectId, i64> = HashMap::new();
+    let mut reserved = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(product) = catalogue.get(&line.product_id) else {
+            return Err(PlaceOrderError::UnknownProduct {
+                product_id: line.product_id,
+            });
+        };
+        if !product.active {
+            return Err(PlaceOrderError::InactiveProduct {
+                product_id: product.id,
+                name: product.name.clone(),
+            });
+        }
+        let need = needs.entry(product.id).or_default();
+        *need += i64::from(line.quantity.get());
+        let available = left.get(&product.id).copied().unwrap_or(0);
+        if available < *need {
+            return Err(PlaceOrderError::InsufficientStock {
+                product_id: product.id,
+                name: product.name.clone(),
+                requested: line.quantity.get(),
+                available: available.max(0),
+            });
+        }
+        reserved.push(product);
     }
-    let product = products::collection(db)
-        .find_one(doc! { "_id": line.product_id })
-        .session(&mut *session)
-        .await?;
-    Err(MongoError::custom(match product {
-        None => PlaceOrderError::UnknownProduct {
-            product_id: line.product_id,
-        },
-        Some(p) if !p.active => PlaceOrderError::InactiveProduct {
-            product_id: p.id,
-            name: p.name,
-        },
-        Some(p) => PlaceOrderError::InsufficientStock {
-            product_id: p.id,
-            name: p.name,
-            requested: line.quantity.get(),
-            available: p.stock,
-        },
-    }))
+    Ok(reserved)
 }

@@ -14,10 +14,9 @@ use serde_json::json;
 use validator::Validate;
 
 use super::{
-    batch::OrderRequest,
     cancel::{self, CancelError, CancelRefused},
     idempotency::{self, KeyedRequest, Prior},
-    place::{Customer, LineRequest, PlaceError, PlaceOrderError},
+    place::{Customer, LineRequest, OrderRequest, PlaceError, PlaceOrderError},
     store::{self, ListFilter},
     view::{OrderView, TimelineView},
 };

@@ -9,9 +9,10 @@ use common::domain::{Quantity, TaxRate};
 use futures::{TryStreamExt, future::join_all};
 use order_api::{
     orders::{
-        batch::{self, OrderRequest, ShopSettings},
         idempotency::KeyedRequest,
-        place::{Customer, LineRequest, PlaceError, PlaceOrderError},
+        place::{
+            self, Customer, LineRequest, OrderRequest, PlaceError, PlaceOrderError, ShopSettings,
+        },
     },
     outbox::{
         Handoff, Relay,
@@ -57,7 +58,7 @@ async fn place_together(
     requests: &[OrderRequest],
 ) -> Vec<Result<common::domain::Order, PlaceError>> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    batch::place_together(&app.db, &settings(), requests, deadline).await
+    place::place_together(&app.db, &settings(), requests, deadline).await
 }
 
 fn available_of(outcome: &Result<common::domain::Order, PlaceError>) -> Option<i64> {
@@ -181,7 +182,7 @@ async fn unknown_and_inactive_products_are_refused_per_order_in_a_batch() {
 }
 
 #[tokio::test]
-async fn a_batch_that_fails_for_one_order_falls_back_to_exact_answers_one_by_one() {
+async fn a_batch_that_fails_for_one_order_runs_again_without_it() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 10).await;
@@ -195,7 +196,7 @@ async fn a_batch_that_fails_for_one_order_falls_back_to_exact_answers_one_by_one
     };
 
     // Two orders with one key: the batch's second key record is a duplicate,
-    // which fails the whole transaction.
+    // which fails the whole transaction; it runs again without that order.
     let outcomes = place_together(&app, &[keyed(), request(&[(&product, 2)]), keyed()]).await;
 
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
@@ -313,7 +314,7 @@ async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
         request(&[(&product, 5)]),
         request(&[(&product, 1)]),
     ];
-    let outcomes = batch::place_together(&app.db, &settings, &requests, deadline).await;
+    let outcomes = place::place_together(&app.db, &settings, &requests, deadline).await;
     let placed: Vec<ObjectId> = outcomes.iter().flatten().map(|o| o.id).collect();
     assert_eq!(placed.len(), 2, "{outcomes:?}");
 
@@ -367,9 +368,9 @@ async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_a_claim() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let first =
-        batch::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
+        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
     let second =
-        batch::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
+        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
     let second = second[0].as_ref().expect("placed").id;
     assert!(first[0].is_ok());
 
