@@ -311,6 +311,34 @@ where
     outcome
 }
 
+/// How long a request's write off the order path (an account, a refresh
+/// token, a product) may work before its commit.
+pub const REQUEST_WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A request path's write, bounded on the server's side: `body` runs as a
+/// transaction that is given up before its commit once
+/// [`REQUEST_WRITE_DEADLINE`] has passed ([`DeadlineBeforeCommit`]: nothing
+/// written). The driver has no `maxTimeMS` for inserts and updates, and
+/// outside a transaction MongoDB makes a write that meets an orphaned
+/// transaction's (a killed instance's) documents wait up to the transaction
+/// lifetime, 60 s; inside one it fails at once with a transient
+/// WriteConflict, and is rerun here until the deadline.
+pub async fn bounded_write<C, R, F>(
+    db: &Database,
+    operation: &'static str,
+    context: C,
+    body: F,
+) -> mongodb::error::Result<R>
+where
+    F: for<'b> FnMut(
+        &'b mut mongodb::ClientSession,
+        &'b mut C,
+    ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_WRITE_DEADLINE;
+    transaction_until(db, operation, Some(deadline), context, body).await
+}
+
 /// [`transaction_until`] without a deadline.
 pub async fn transaction<C, R, F>(
     db: &Database,

@@ -214,6 +214,14 @@ impl From<mongodb::error::Error> for ApiError {
                 "outcome_unknown",
                 "the database did not confirm whether this change was made; retrying with the same Idempotency-Key is safe, otherwise check before retrying",
             )
+        } else if e
+            .get_custom::<common::mongo::DeadlineBeforeCommit>()
+            .is_some()
+        {
+            tracing::warn!(operation_limit = ?common::mongo::REQUEST_WRITE_DEADLINE, "a write gave up before its commit");
+            ApiError::unavailable(
+                "the database is too busy to make this change now; nothing was written; retry shortly",
+            )
         } else if common::mongo::is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::unavailable("the database is unavailable; retry shortly")

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::{DateTime, doc, oid::ObjectId};
+use futures::FutureExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{ClientSession, Collection, Database, IndexModel};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -147,18 +148,25 @@ pub async fn issue_refresh(
     user_id: ObjectId,
     ttl: Duration,
 ) -> mongodb::error::Result<String> {
-    store_new(db, user_id, ObjectId::new(), ttl).await
+    common::mongo::bounded_write(
+        db,
+        "issue_refresh_token",
+        collection(db),
+        |session, tokens| store_new(session, tokens, user_id, ObjectId::new(), ttl).boxed(),
+    )
+    .await
 }
 
 async fn store_new(
-    db: &Database,
+    session: &mut ClientSession,
+    tokens: &Collection<RefreshTokenRecord>,
     user_id: ObjectId,
     family_id: ObjectId,
     ttl: Duration,
 ) -> mongodb::error::Result<String> {
     let token = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let now = DateTime::now();
-    collection(db)
+    tokens
         .insert_one(RefreshTokenRecord {
             hash: hash_refresh_token(&token),
             user_id,
@@ -168,26 +176,42 @@ async fn store_new(
             used_at: None,
             revoked_at: None,
         })
+        .session(session)
         .await?;
     Ok(token)
 }
 
-/// Spends `token` and issues its successor in the same family.
+/// Spends `token` and issues its successor in the same family, in one
+/// transaction.
 pub async fn rotate_refresh(
     db: &Database,
     token: &str,
     ttl: Duration,
 ) -> mongodb::error::Result<Rotation> {
-    let hash = hash_refresh_token(token);
+    common::mongo::bounded_write(
+        db,
+        "rotate_refresh_token",
+        (collection(db), hash_refresh_token(token)),
+        |session, (tokens, hash)| rotate(session, tokens, hash, ttl).boxed(),
+    )
+    .await
+}
+
+async fn rotate(
+    session: &mut ClientSession,
+    tokens: &Collection<RefreshTokenRecord>,
+    hash: &str,
+    ttl: Duration,
+) -> mongodb::error::Result<Rotation> {
     let now = DateTime::now();
-    // Claiming the token is one atomic update: two concurrent refreshes with
-    // the same token cannot both succeed. What is read back (its user and
-    // family) never changes.
+    // Claiming the token is one guarded update: two concurrent refreshes
+    // with the same token cannot both succeed. What is read back (its user
+    // and family) never changes.
     let claimed = common::mongo::update_then_read(
-        &collection(db),
-        None,
+        tokens,
+        Some(&mut *session),
         doc! {
-            "_id": &hash,
+            "_id": hash,
             "used_at": null,
             "revoked_at": null,
             "expires_at": { "$gt": now },
@@ -196,20 +220,19 @@ pub async fn rotate_refresh(
     )
     .await?;
     if let Some(record) = claimed {
-        let token = store_new(db, record.user_id, record.family_id, ttl).await?;
+        let token = store_new(session, tokens, record.user_id, record.family_id, ttl).await?;
         return Ok(Rotation::Rotated {
             user_id: record.user_id,
             token,
         });
     }
-    match collection(db).find_one(doc! { "_id": &hash }).await? {
+    match tokens
+        .find_one(doc! { "_id": hash })
+        .session(&mut *session)
+        .await?
+    {
         Some(record) if record.used_at.is_some() => {
-            collection(db)
-                .update_many(
-                    doc! { "family_id": record.family_id, "revoked_at": null },
-                    doc! { "$set": { "revoked_at": now } },
-                )
-                .await?;
+            revoke(session, tokens, record.family_id, now).await?;
             tracing::warn!(user_id = %record.user_id, family = %record.family_id, "refresh token reused; family revoked");
             Ok(Rotation::Reused)
         }
@@ -224,15 +247,40 @@ pub async fn revoke_family(
     db: &Database,
     token: &str,
 ) -> mongodb::error::Result<Option<RefreshTokenRecord>> {
-    let hash = hash_refresh_token(token);
-    let Some(record) = collection(db).find_one(doc! { "_id": &hash }).await? else {
-        return Ok(None);
-    };
-    collection(db)
+    common::mongo::bounded_write(
+        db,
+        "revoke_refresh_tokens",
+        (collection(db), hash_refresh_token(token)),
+        |session, (tokens, hash)| {
+            async move {
+                let Some(record) = tokens
+                    .find_one(doc! { "_id": &*hash })
+                    .session(&mut *session)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                revoke(session, tokens, record.family_id, DateTime::now()).await?;
+                Ok(Some(record))
+            }
+            .boxed()
+        },
+    )
+    .await
+}
+
+async fn revoke(
+    session: &mut ClientSession,
+    tokens: &Collection<RefreshTokenRecord>,
+    family_id: ObjectId,
+    now: DateTime,
+) -> mongodb::error::Result<()> {
+    tokens
         .update_many(
-            doc! { "family_id": record.family_id, "revoked_at": null },
-            doc! { "$set": { "revoked_at": DateTime::now() } },
+            doc! { "family_id": family_id, "revoked_at": null },
+            doc! { "$set": { "revoked_at": now } },
         )
+        .session(session)
         .await?;
-    Ok(Some(record))
+    Ok(())
 }

@@ -35,7 +35,7 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::unprocessable("validation_failed", "price must not be negative")
         })?;
-    match store::collection(&state.db).insert_one(&product).await {
+    match store::insert(&state.db, &product).await {
         Ok(_) => Ok((
             StatusCode::CREATED,
             JsonResponse(ProductView::from(product)),

@@ -190,6 +190,6 @@ async fn upsert(db: &Database, product: Product) -> mongodb::error::Result<Upser
             .await?;
         return Ok(Upserted::Updated);
     }
-    store::collection(db).insert_one(&product).await?;
+    store::insert(db, &product).await?;
     Ok(Upserted::Created)
 }

@@ -2,7 +2,7 @@
 
 use bson::{Document, doc, oid::ObjectId};
 use common::domain::Product;
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
 use serde::Serialize;
 
@@ -30,6 +30,26 @@ pub async fn find_by_sku(db: &Database, sku: &str) -> mongodb::error::Result<Opt
     collection(db).find_one(doc! { "sku": sku }).await
 }
 
+/// Adds a product; a taken sku is a duplicate-key error.
+pub async fn insert(db: &Database, product: &Product) -> mongodb::error::Result<()> {
+    common::mongo::bounded_write(
+        db,
+        "insert_product",
+        (collection(db), product),
+        |session, (products, product)| {
+            async move {
+                products
+                    .insert_one(*product)
+                    .session(session)
+                    .await
+                    .map(|_| ())
+            }
+            .boxed()
+        },
+    )
+    .await
+}
+
 /// Applies `set` to one product and returns it as it is afterwards; `None`
 /// if there is no such product.
 pub async fn update(
@@ -37,11 +57,19 @@ pub async fn update(
     id: ObjectId,
     set: Document,
 ) -> mongodb::error::Result<Option<Product>> {
-    common::mongo::update_then_read(
-        &collection(db),
-        None,
-        doc! { "_id": id },
-        doc! { "$set": set },
+    common::mongo::bounded_write(
+        db,
+        "update_product",
+        (collection(db), set),
+        |session, (products, set)| {
+            common::mongo::update_then_read(
+                products,
+                Some(session),
+                doc! { "_id": id },
+                doc! { "$set": set.clone() },
+            )
+            .boxed()
+        },
     )
     .await
 }

@@ -274,3 +274,44 @@ async fn orders_taken_while_sqs_is_down_are_published_when_it_returns() {
         6
     );
 }
+
+#[tokio::test]
+async fn a_write_that_meets_an_orphaned_transaction_is_refused_with_503_not_held() {
+    let app = helpers::spawn_app().await;
+    let admin = app.admin_token().await;
+    let sku = unique("ORPHAN");
+    // What a killed instance leaves behind: a transaction that holds the
+    // sku's index entry and never ends (real MongoDB keeps it 60 s).
+    let mut orphan = app.db.client().start_session().await.expect("session");
+    orphan.start_transaction().await.expect("transaction");
+    app.db
+        .collection::<bson::Document>("products")
+        .insert_one(bson::doc! { "sku": &sku, "name": "orphan", "price": 1_i64, "stock": 1_i64, "active": true })
+        .session(&mut orphan)
+        .await
+        .expect("the orphan's write");
+
+    let body = json!({ "name": "Product", "sku": &sku, "price": 100, "stock": 3 });
+    let answered = app
+        .http
+        .post(app.url("/api/products"))
+        .bearer_auth(&admin)
+        .json(&body)
+        // Far above the API's own bound; reached only if the write waits
+        // for the orphan.
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await
+        .expect("answered, not held until the orphan ends");
+    assert_eq!(answered.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(answered.headers().contains_key("retry-after"));
+
+    orphan.abort_transaction().await.expect("abort the orphan");
+    assert_eq!(
+        app.post("/api/products", Some(&admin), &body)
+            .await
+            .status(),
+        StatusCode::CREATED,
+        "once the orphan is gone the same request is placed: the 503 wrote nothing"
+    );
+}
