@@ -19,10 +19,19 @@ test: stack-up lint check-compose test-only ## the whole suite: fmt, clippy, com
 test-only: ## cargo tests against the running stack
 	cargo test --workspace --all-targets --no-fail-fast
 
+# Where cargo puts debug binaries (CARGO_TARGET_DIR or a config may move it);
+# the tools are run from there, not by `cargo run -p`, which would select one
+# package and so another feature set.
+BIN = $$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug
+
+# Every build names the whole workspace (`--workspace`), as `make test` does:
+# cargo picks dependency features from the packages a command selects, so a
+# build of some packages would compile the shared dependencies a second time
+# with other features. One feature set, one compile per profile.
 chaos: ## fault-injection suite against the stack (SCENARIOS=1,7 runs some; see README "Guarantees")
-	cargo build --bins -p order-api -p order-processor -p order-chaos
+	cargo build --workspace --bins
 	scripts/stack.sh up
-	cargo run -q -p order-chaos -- $(SCENARIOS)
+	"$(BIN)/order-chaos" $(SCENARIOS)
 
 bench: ## release build, stack, both services on a fresh database and queues, the standard scenarios (BENCHMARKS.md)
 	scripts/bench.sh
@@ -30,19 +39,21 @@ bench: ## release build, stack, both services on a fresh database and queues, th
 bench-smoke: ## the same with debug binaries and ~1 s per scenario: the tool works and produces numbers (CI)
 	scripts/bench.sh --smoke
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt and clippy, warnings are errors; one feature set for every build
 	cargo fmt --all -- --check
+	scripts/check-features.sh
 	cargo clippy --workspace --all-targets -- -D warnings
 
 fmt: ## format the tree
 	cargo fmt --all
 
 seed: ## add the sample catalogue in seed/products.json (safe to repeat; never resets stock)
+	cargo build --workspace --bins
 	ENV_FILE=$$([[ -f .env ]] && echo .env || echo .env.example) \
-	  cargo run -q -p order-api -- seed-products seed/products.json
+	  "$(BIN)/order-api" seed-products seed/products.json
 
-build: ## build both services (debug)
-	cargo build --bins -p order-api -p order-processor
+build: ## build both services (debug), and the chaos and bench tools
+	cargo build --workspace --bins
 
 check-compose: ## validate docker-compose.yml and the Dockerfiles it names
 	scripts/check-compose.sh

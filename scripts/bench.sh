@@ -56,7 +56,8 @@ if [[ -n ${BENCH_BIN_DIR:-} ]]; then
     info "using the binaries in $bin"
 else
     info "building ($profile_dir)"
-    cargo build "${profile_flag[@]}" --bins -p order-api -p order-processor -p order-bench
+    # --workspace: one feature set for every build of a profile (Makefile).
+    cargo build "${profile_flag[@]}" --workspace --bins
     bin="$target/$profile_dir"
 fi
 

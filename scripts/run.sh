@@ -7,7 +7,8 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 scripts/stack.sh up
-cargo build --bins -p order-api -p order-processor
+# --workspace: the feature set `make test` built with, so nothing compiles twice.
+cargo build --workspace --bins
 # Where cargo put them: CARGO_TARGET_DIR (or a config) may move target/.
 bin="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/debug"
 

@@ -16,11 +16,13 @@
 #   install [svc...] only install
 # Services: mongo (SecantusDB, 27017), sqs (LocalStack, 4566),
 #           smtp (MailDev, SMTP 1025, web/API 1080)
-# Test tool (not a service: nothing here starts, stops or lists it): the
+# Test tools (not services: nothing here starts, stops or lists them): the
 #   MailTrap-like SMTP server (aiosmtpd; STARTTLS, AUTH, MailTrap's limits and
 #   replies, a control API), which tests start on free ports as
-#   `.stack/venv-mailtrap/bin/python scripts/stack/mailtrap_like.py`.
-#   Every up/start/restart/install installs it, whichever services are named.
+#   `.stack/venv-mailtrap/bin/python scripts/stack/mailtrap_like.py`; and
+#   schemathesis (.stack/venv-schemathesis), which scripts/schemathesis.sh
+#   runs against the served OpenAPI document.
+#   Every up/start/restart/install installs them, whichever services are named.
 #
 # Environment: STACK_MONGO_PORT, STACK_SQS_PORT, STACK_SMTP_PORT,
 #   STACK_MAIL_WEB_PORT (ports); STACK_MONGO_TIMEOUT (60), STACK_SQS_TIMEOUT
@@ -30,8 +32,8 @@
 #   ORDER_QUEUE_NAME / ORDER_DLQ_NAME (queues created and checked).
 #
 # Layout (.stack/ is git-ignored): venv-secantus/, venv-localstack/ (also has
-# bin/aws), venv-mailtrap/, maildev/node_modules/, logs/<svc>.log,
-# logs/install-<svc|mailtrap>.log, pids/<svc>.pid,
+# bin/aws), venv-mailtrap/, venv-schemathesis/, maildev/node_modules/, logs/<svc>.log,
+# logs/install-<svc|mailtrap|schemathesis>.log, pids/<svc>.pid,
 # data/mongo/ (kept across restarts), localstack/ (FILESYSTEM_ROOT; LocalStack
 # keeps no state: queues are recreated by localstack-init/ready.d on every
 # start), tmp/maildev/ (inbox, emptied on every start).
@@ -64,6 +66,7 @@ VENV_LOCALSTACK="$STACK_DIR/venv-localstack"
 # $VENV_MAILTRAP/bin/python $MAILTRAP_SCRIPT (keep both paths in step).
 VENV_MAILTRAP="$STACK_DIR/venv-mailtrap"
 MAILTRAP_SCRIPT="$CONF_DIR/mailtrap_like.py"
+VENV_SCHEMATHESIS="$STACK_DIR/venv-schemathesis"
 MAILDEV_DIR="$STACK_DIR/maildev"
 LOG_DIR="$STACK_DIR/logs"
 PID_DIR="$STACK_DIR/pids"
@@ -206,17 +209,9 @@ find_python313() {
 }
 
 # Each install_* prints the key ("" if up to date) or does the work.
-secantus_key() {
+venv_key() { # venv_key PYTHON NAME: a venv's key, from its python and pins
     local py=$1
-    echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/secantus-requirements.txt")" | sha256sum | cut -d' ' -f1
-}
-localstack_key() {
-    local py=$1
-    echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/localstack-requirements.txt")" | sha256sum | cut -d' ' -f1
-}
-mailtrap_key() {
-    local py=$1
-    echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/mailtrap-requirements.txt")" | sha256sum | cut -d' ' -f1
+    echo "$RECIPE_VERSION $STACK_DIR $("$py" -VV 2>&1 | head -n1) $py $(file_hash "$CONF_DIR/$2-requirements.txt")" | sha256sum | cut -d' ' -f1
 }
 maildev_key() {
     echo "$RECIPE_VERSION $STACK_DIR $(node --version) $(file_hash "$CONF_DIR/package.json" "$CONF_DIR/package-lock.json")" | sha256sum | cut -d' ' -f1
@@ -240,29 +235,29 @@ do_install_maildev() { # do_install_maildev KEY
 }
 
 # install_services SVC...: installs what is missing or outdated, in parallel;
-# the MailTrap-like test server always (it is no service: tests run it).
+# the test tools always (MailTrap-like server, schemathesis: no services, tests run them).
 install_services() {
     local name py key log start
     local -A job=() logs=()
     start=$(now)
-    for name in "$@" mailtrap; do
+    for name in "$@" mailtrap schemathesis; do
         log="$LOG_DIR/install-$name.log"
         # Never rebuild an install under a running service.
-        if [[ $name != mailtrap ]] && running_pid "$name" >/dev/null; then
+        if [[ $name != mailtrap && $name != schemathesis ]] && running_pid "$name" >/dev/null; then
             info "$name: running, install left as is (stop it first to reinstall)"
             continue
         fi
         case $name in
             mongo)
                 py=$(find_python311)
-                key=$(secantus_key "$py")
+                key=$(venv_key "$py" secantus)
                 stamp_ok "$VENV_SECANTUS" "$key" && continue
                 info "installing SecantusDB into ${VENV_SECANTUS#"$ROOT"/} with $("$py" -V) (log: ${log#"$ROOT"/})"
                 do_install_venv "$VENV_SECANTUS" "$py" "$key" --pre -r "$CONF_DIR/secantus-requirements.txt" >"$log" 2>&1 &
                 ;;
             sqs)
                 py=$(find_python313)
-                key=$(localstack_key "$py")
+                key=$(venv_key "$py" localstack)
                 stamp_ok "$VENV_LOCALSTACK" "$key" && continue
                 info "installing LocalStack + awscli into ${VENV_LOCALSTACK#"$ROOT"/} with $("$py" -V) (log: ${log#"$ROOT"/})"
                 do_install_venv "$VENV_LOCALSTACK" "$py" "$key" -r "$CONF_DIR/localstack-requirements.txt" >"$log" 2>&1 &
@@ -276,10 +271,17 @@ install_services() {
                 ;;
             mailtrap)
                 py=$(find_python311 "the MailTrap-like test SMTP server")
-                key=$(mailtrap_key "$py")
+                key=$(venv_key "$py" mailtrap)
                 stamp_ok "$VENV_MAILTRAP" "$key" && continue
                 info "installing the MailTrap-like test SMTP server (aiosmtpd, for ${MAILTRAP_SCRIPT#"$ROOT"/}) into ${VENV_MAILTRAP#"$ROOT"/} with $("$py" -V) (log: ${log#"$ROOT"/})"
                 do_install_venv "$VENV_MAILTRAP" "$py" "$key" -r "$CONF_DIR/mailtrap-requirements.txt" >"$log" 2>&1 &
+                ;;
+            schemathesis)
+                py=$(find_python311 "schemathesis")
+                key=$(venv_key "$py" schemathesis)
+                stamp_ok "$VENV_SCHEMATHESIS" "$key" && continue
+                info "installing schemathesis into ${VENV_SCHEMATHESIS#"$ROOT"/} with $("$py" -V) (log: ${log#"$ROOT"/})"
+                do_install_venv "$VENV_SCHEMATHESIS" "$py" "$key" -r "$CONF_DIR/schemathesis-requirements.txt" >"$log" 2>&1 &
                 ;;
         esac
         job[$name]=$!

@@ -59,22 +59,28 @@ mod tests {
         assert_eq!(next_batch(&mut rx, 3).await, None);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_linger_takes_what_arrives_within_it_and_no_more() {
         let (tx, mut rx) = mpsc::channel(8);
+        let (go_on, later) = tokio::sync::oneshot::channel::<()>();
         let sender = tokio::spawn(async move {
-            for (n, after_ms) in [(0, 0), (1, 5), (2, 5), (3, 50)] {
-                tokio::time::sleep(Duration::from_millis(after_ms)).await;
-                tx.send(n).await.expect("room");
-            }
+            tx.send(0).await.expect("room");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(1).await.expect("room");
+            tx.send(2).await.expect("room");
+            // Only once the first batch has been taken.
+            later.await.expect("go on");
+            tx.send(3).await.expect("room");
         });
-        let linger = Duration::from_millis(20);
+        let linger = Duration::from_millis(500);
         let started = Instant::now();
         assert_eq!(
             next_batch_lingering(&mut rx, 8, linger).await,
-            Some(vec![0, 1, 2])
+            Some(vec![0, 1, 2]),
+            "what arrived within the linger, and it ended with nothing more coming"
         );
-        assert_eq!(started.elapsed(), linger, "it waited out the linger");
+        assert!(started.elapsed() >= linger, "it waited out the linger");
+        go_on.send(()).expect("sender waits");
         assert_eq!(
             next_batch_lingering(&mut rx, 8, linger).await,
             Some(vec![3])
@@ -83,15 +89,21 @@ mod tests {
         assert_eq!(next_batch_lingering(&mut rx, 8, linger).await, None);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_full_batch_does_not_wait_out_the_linger() {
         let (tx, mut rx) = mpsc::channel(8);
         for n in 0..3 {
             tx.send(n).await.expect("room");
         }
-        let started = Instant::now();
-        let batch = next_batch_lingering(&mut rx, 3, Duration::from_secs(10)).await;
+        // A linger far longer than the bound: only a batch that went at once
+        // comes back within it.
+        let batch = tokio::time::timeout(
+            Duration::from_secs(30),
+            next_batch_lingering(&mut rx, 3, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("a full batch goes at once");
         assert_eq!(batch, Some(vec![0, 1, 2]));
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        drop(tx);
     }
 }
