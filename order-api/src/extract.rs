@@ -27,7 +27,8 @@ where
     }
 }
 
-/// `Option<Json<T>>`: `None` when the request carries no body at all.
+/// `Option<Json<T>>`: `None` when the request carries no body at all, or
+/// the body `null`.
 impl<S, T> OptionalFromRequest<S> for Json<T>
 where
     S: Send + Sync,
@@ -44,9 +45,13 @@ where
         if empty {
             return Ok(None);
         }
-        <Json<T> as FromRequest<S>>::from_request(req, state)
-            .await
-            .map(Some)
+        // A JSON `null` is no body too, as the schema of an optional body says.
+        let axum::Json(value) =
+            <axum::Json<Option<T>> as FromRequest<S>>::from_request(req, state).await?;
+        if let Some(value) = &value {
+            value.validate()?;
+        }
+        Ok(value.map(Json))
     }
 }
 

@@ -6,7 +6,10 @@ use axum::{Json, Router, routing::get};
 use serde::Serialize;
 use utoipa::{
     Modify, OpenApi, ToSchema,
-    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    openapi::{
+        Content, Ref, RefOr, ResponseBuilder,
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    },
 };
 use utoipa_scalar::{Scalar, Servable};
 
@@ -52,6 +55,78 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The statuses any operation can get from the layers and extractors every
+/// request passes, listed on each operation that does not list them itself:
+/// a client reading one operation sees every status it can be sent.
+struct SharedResponses;
+
+impl Modify for SharedResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let has_body = operation.request_body.is_some();
+                let secured = operation.security.is_some();
+                let health = operation
+                    .tags
+                    .as_ref()
+                    .is_some_and(|tags| tags.iter().any(|t| t == "health"));
+                let responses = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error_response(description));
+                };
+                if has_body {
+                    add("400", "`malformed_json`: the body is not JSON");
+                    add(
+                        "413",
+                        "`payload_too_large`: the body is over 64 KiB (MAX_BODY_BYTES)",
+                    );
+                    add(
+                        "415",
+                        "`unsupported_media_type`: the body is not `Content-Type: application/json`",
+                    );
+                    add(
+                        "422",
+                        "`validation_failed`: a field is missing, unknown, of the wrong type or out of bounds; per field in `details`",
+                    );
+                }
+                if secured {
+                    add("401", "Missing or invalid token");
+                }
+                if !health {
+                    add(
+                        "503",
+                        "`unavailable`: the database is unreachable or too busy; nothing was changed; retry after `Retry-After`",
+                    );
+                }
+                add(
+                    "500",
+                    "`internal`: a fault on our side, logged under the body's `requestId`",
+                );
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorResponse"))),
+        )
+        .build()
+        .into()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -78,7 +153,7 @@ impl Modify for BearerAuth {
         orders::routes::events,
     ),
     components(schemas(ErrorResponse, ErrorDetail)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &SharedResponses),
     tags(
         (name = "health", description = "Liveness"),
         (name = "auth", description = "Accounts, access tokens and rotating refresh tokens"),

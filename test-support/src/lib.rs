@@ -46,6 +46,14 @@ pub fn inbox_api() -> String {
 
 /// A name no other test (or earlier run) uses: LocalStack and the database
 /// keep state between runs, so every test gets fresh ones.
+/// The workspace's root directory (where `.stack/` is).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support sits in the workspace root")
+        .to_path_buf()
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }

@@ -139,7 +139,7 @@ impl MailtrapLike {
     /// Starts a server on free ports and waits (20 s at most) until it
     /// listens. Panics if it is not installed: tests fail, never skip.
     pub async fn start(options: MailtrapOptions) -> MailtrapLike {
-        let root = workspace_root();
+        let root = crate::workspace_root();
         let python = root.join(PYTHON);
         let script = root.join(SCRIPT);
         assert!(
@@ -373,13 +373,6 @@ impl Drop for MailtrapLike {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("test-support sits in the workspace root")
-        .to_path_buf()
 }
 
 fn read_log(path: &Path) -> String {

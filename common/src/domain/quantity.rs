@@ -28,7 +28,7 @@ impl Quantity {
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = i64::deserialize(deserializer)?;
+        let raw = super::integer(deserializer)?;
         Quantity::parse(raw).map_err(serde::de::Error::custom)
     }
 }

@@ -45,10 +45,13 @@ pub struct RegisterRequest {
         length(min = 3, max = 32, message = "must be 3 to 32 characters"),
         custom(function = "valid_username")
     )]
+    #[schema(pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     username: String,
     #[validate(email(message = "must be a valid email address"))]
+    #[schema(format = Email)]
     email: String,
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    #[schema(min_length = 8, max_length = 128)]
     password: String,
 }
 
@@ -90,8 +93,10 @@ pub async fn register(
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[validate(length(min = 1, max = 320))]
+    #[schema(min_length = 1, max_length = 320)]
     email: String,
     #[validate(length(min = 1, max = 128))]
+    #[schema(min_length = 1, max_length = 128)]
     password: String,
 }
 
@@ -147,6 +152,7 @@ pub async fn login(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshRequest {
     #[validate(length(min = 1, max = 256))]
+    #[schema(min_length = 1, max_length = 256)]
     refresh_token: Option<String>,
 }
 

@@ -36,6 +36,7 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
     #[validate(length(min = 1, max = 50, message = "an order has 1 to 50 lines"))]
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemRequest>,
 }
 
@@ -52,8 +53,8 @@ pub struct ItemRequest {
 #[utoipa::path(post, path = "/api/orders", tag = "orders",
     security(("bearer" = [])),
     request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header,
-        description = "Retrying with the same key and body replays the first response (header `Idempotent-Replayed: true`)")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+        description = "1 to 255 visible ASCII characters. Retrying with the same key and body replays the first response (header `Idempotent-Replayed: true`)")),
     responses(
         (status = 201, description = "Placed: stock reserved, order and outbox row written in one transaction", body = OrderView),
         (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::openapi::ErrorResponse),
@@ -279,11 +280,14 @@ pub async fn events(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{16}$")]
     cursor: Option<String>,
     status: Option<OrderStatus>,
     /// Admins only: one customer's orders.
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     user_id: Option<String>,
 }
 

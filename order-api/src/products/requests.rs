@@ -28,11 +28,13 @@ fn valid_sku(sku: &str) -> Result<(), validator::ValidationError> {
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[validate(
         length(min = 1, max = 64, message = "must be 1 to 64 characters"),
         custom(function = "valid_sku")
     )]
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     /// Minor units (paise): an integer, never a float.
     #[validate(range(
@@ -40,10 +42,15 @@ pub struct NewProduct {
         max = "MAX_PRICE_MINOR",
         message = "must be 0 to 10^12 minor units"
     ))]
+    #[serde(deserialize_with = "common::domain::integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: i64,
     #[validate(range(min = 0, max = "MAX_STOCK", message = "must be 0 to 10^9"))]
+    #[serde(deserialize_with = "common::domain::integer")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 
@@ -71,12 +78,15 @@ impl NewProduct {
 /// product's identity and cannot change. `"description": null` clears it.
 #[derive(Debug, Default, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct ProductPatch {
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// Absent: unchanged; `null`: cleared; a string: replaced.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2000)]
     #[validate(length(max = 2000, message = "at most 2000 characters"))]
     pub description: Option<Option<String>>,
     #[validate(range(
@@ -84,9 +94,15 @@ pub struct ProductPatch {
         max = "MAX_PRICE_MINOR",
         message = "must be 0 to 10^12 minor units"
     ))]
+    #[serde(default, deserialize_with = "some_integer")]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price: Option<i64>,
     #[validate(range(min = 0, max = "MAX_STOCK", message = "must be 0 to 10^9"))]
+    #[serde(default, deserialize_with = "some_integer")]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub active: Option<bool>,
 }
 
@@ -108,6 +124,21 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+/// [`not_null`] for an integer, in either JSON form ([`common::domain::integer`]).
+fn some_integer<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    common::domain::integer(d).map(Some)
+}
+
+/// A field that may be left out but, given, is never `null`: as the
+/// schema says (`null` would read as "left out" and change nothing).
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

@@ -102,8 +102,10 @@ pub async fn update(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// `nextCursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{16}$")]
     cursor: Option<String>,
     /// Admins only: inactive products too.
     #[serde(default)]

@@ -450,3 +450,58 @@ async fn the_docs_page_is_served() {
     let html = response.text().await.expect("html");
     assert!(html.contains("<html") && html.contains("openapi"), "{html}");
 }
+
+/// schemathesis (installed, pinned, by `scripts/stack.sh up` into
+/// `.stack/venv-schemathesis`) generates requests from the served document,
+/// valid and invalid, and checks every answer against it (`--checks all`):
+/// no 5xx, every status listed, every bound the server enforces stated.
+/// Once as the admin and once as a customer, 25 examples per operation.
+/// SCHEMATHESIS_SEED replays another run (its seed is in the output).
+#[tokio::test]
+async fn schemathesis_finds_nothing_the_document_does_not_say() {
+    let root = test_support::workspace_root();
+    let schemathesis = root.join(".stack/venv-schemathesis/bin/schemathesis");
+    assert!(
+        schemathesis.is_file(),
+        "schemathesis is not installed: {} is missing; run `scripts/stack.sh up` (or `make stack-up`), which installs it",
+        schemathesis.display()
+    );
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let seed = std::env::var("SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
+    let scratch = std::env::temp_dir().join(test_support::unique("schemathesis"));
+    std::fs::create_dir_all(&scratch).expect("scratch directory");
+    for (who, token) in [("admin", &admin), ("customer", &customer)] {
+        let output = tokio::process::Command::new(&schemathesis)
+            .arg("--config-file")
+            .arg(root.join("order-api/tests/schemathesis.toml"))
+            .arg("--no-color")
+            .args(["run", &app.url("/api/openapi.json")])
+            .args(["--checks", "all", "--max-examples", "25", "--seed", &seed])
+            .args(["--generation-database", "none", "--workers", "1"])
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {token}"))
+            .current_dir(&scratch)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("schemathesis runs");
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "schemathesis as the {who} found what the document does not say (seed {seed}):\n{report}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // "967 generated, ..." and the closing "=== ... in 21.3s ===".
+        let summary: Vec<&str> = report
+            .lines()
+            .filter(|line| {
+                line.contains(" generated") || line.starts_with("=====") && line.contains(" in ")
+            })
+            .map(|line| line.trim_matches(|c: char| c == '=' || c.is_whitespace()))
+            .collect();
+        println!("schemathesis as the {who}: {}", summary.join("; "));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
