@@ -84,6 +84,7 @@ impl Application {
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,
                 handoff: Some(handoff),
+                bulk_write_refused: Default::default(),
             },
         );
         let state = AppState {

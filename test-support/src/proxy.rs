@@ -1,7 +1,8 @@
 //! TCP proxies between a service and the real server behind it: one a test
 //! can cut (a real network break, without stopping the server for others),
 //! and one in front of MongoDB that holds back a chosen command (a commit
-//! that lands late, a statement slower than a deadline).
+//! that lands late, a statement slower than a deadline) or renames it (a
+//! server that does not know it).
 
 use std::net::SocketAddr;
 
@@ -69,14 +70,24 @@ impl Drop for CuttableProxy {
 /// A proxy in front of MongoDB that holds back one command: each OP_MSG
 /// whose command is `command` (e.g. `commitTransaction`) waits `delay`
 /// before it goes on to the server, so a test can make a commit land after
-/// a deadline. Everything else, and every reply, passes straight through.
+/// a deadline; or, renamed, reaches the server as a command it does not
+/// know (a server too old for it). Everything else, and every reply, passes
+/// straight through.
 /// Clients must connect with `directConnection=true`, or the driver finds
 /// the real member's address and goes around it.
 pub struct DelayingProxy {
     pub addr: SocketAddr,
-    delay: std::sync::Arc<std::sync::Mutex<Option<(String, std::time::Duration)>>>,
+    delay: Rule,
     held: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What happens to the chosen command.
+#[derive(Clone)]
+enum Action {
+    Hold(std::time::Duration),
+    /// Sent under this name instead (as long as the real one).
+    Rename(String),
 }
 
 /// OP_MSG, the only opcode the driver sends to a modern server.
@@ -112,10 +123,22 @@ impl DelayingProxy {
 
     /// From now on every `command` waits `delay` on its way to the server.
     pub fn hold(&self, command: &str, delay: std::time::Duration) {
-        *self.delay.lock().expect("proxy rule") = Some((command.to_string(), delay));
+        *self.delay.lock().expect("proxy rule") = Some((command.to_string(), Action::Hold(delay)));
     }
 
-    /// How many commands were held back so far.
+    /// From now on every `command` reaches the server named `to` (as long
+    /// as `command`), which it answers as a command it does not know.
+    pub fn rename(&self, command: &str, to: &str) {
+        assert_eq!(
+            command.len(),
+            to.len(),
+            "a rename keeps the message's length"
+        );
+        *self.delay.lock().expect("proxy rule") =
+            Some((command.to_string(), Action::Rename(to.to_string())));
+    }
+
+    /// How many commands were held back or renamed so far.
     pub fn held(&self) -> u64 {
         self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -127,7 +150,7 @@ impl Drop for DelayingProxy {
     }
 }
 
-type Rule = std::sync::Arc<std::sync::Mutex<Option<(String, std::time::Duration)>>>;
+type Rule = std::sync::Arc<std::sync::Mutex<Option<(String, Action)>>>;
 
 /// Client to server message by message (each read whole by its length
 /// prefix, held back if the rule names its command); server to client as a
@@ -152,15 +175,23 @@ async fn relay_holding(
         let mut message = vec![0_u8; length.max(4)];
         message[..4].copy_from_slice(&header);
         from_client.read_exact(&mut message[4..]).await?;
-        let wait = {
+        let action = {
             let rule = rule.lock().expect("proxy rule");
             rule.as_ref()
                 .filter(|(command, _)| command_of(&message).as_deref() == Some(command.as_str()))
-                .map(|(_, delay)| *delay)
+                .map(|(_, action)| action.clone())
         };
-        if let Some(delay) = wait {
+        if let Some(action) = action {
             held.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::time::sleep(delay).await;
+            match action {
+                Action::Hold(delay) => tokio::time::sleep(delay).await,
+                // The body's first element: type byte at 25, its key at 26.
+                Action::Rename(to) => {
+                    if let Some(key) = message.get_mut(26..26 + to.len()) {
+                        key.copy_from_slice(to.as_bytes());
+                    }
+                }
+            }
         }
         to_server.write_all(&message).await?;
     }

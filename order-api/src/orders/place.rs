@@ -10,7 +10,10 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -82,6 +85,10 @@ pub struct ShopSettings {
     /// Where committed orders' outbox rows go: this process's relay. `None`
     /// writes them unleased, for any relay to claim.
     pub handoff: Option<Handoff>,
+    /// Set once the server refuses bulkWrite (MongoDB, or its
+    /// featureCompatibilityVersion, below 8.0): from then on a batch's
+    /// writes are sent one statement each, in the same transaction.
+    pub bulk_write_refused: Arc<AtomicBool>,
 }
 
 /// Why an order was refused. Carried out of the transaction body as the
@@ -135,11 +142,6 @@ struct OneOrderFailed {
     error: MongoError,
 }
 
-/// Set once the server refuses bulkWrite (MongoDB, or its
-/// featureCompatibilityVersion, below 8.0): from then on a batch's writes
-/// are sent one statement each, in the same transaction.
-static BULK_WRITE_REFUSED: AtomicBool = AtomicBool::new(false);
-
 /// Places `requests` as ONE transaction and answers each, in order; three
 /// round trips (read the products, one bulk write, commit) for any number
 /// of orders. The step the batcher runs; tests call it directly.
@@ -173,7 +175,7 @@ pub async fn place_together(
             let i = pending.remove(failed.index);
             answers[i] = Some(Err(PlaceError::Database(failed.error.clone())));
         } else if common::mongo::is_bulk_write_refused(&error)
-            && !BULK_WRITE_REFUSED.swap(true, Ordering::Relaxed)
+            && !settings.bulk_write_refused.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(error = %error, "the server refuses bulkWrite (MongoDB or its featureCompatibilityVersion below 8.0); order batches are written one statement at a time");
             counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "bulk_write_refused")
@@ -340,7 +342,8 @@ async fn write_batch(
             owners.push(Some(*i));
         }
     }
-    let matched = write_all(db, session, writes)
+    let one_by_one = settings.bulk_write_refused.load(Ordering::Relaxed);
+    let matched = write_all(db, session, writes, one_by_one)
         .await
         .map_err(|(write, error)| match write.and_then(|w| owners[w]) {
             Some(index) if !error.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
@@ -360,15 +363,16 @@ async fn write_batch(
     Ok((outcomes, rows))
 }
 
-/// Sends `writes` in one bulkWrite, or, where the server refuses that, one
-/// statement each. Returns each update's matched count by its index; on
-/// failure, the index of the write that failed when it is known.
+/// Sends `writes` in one bulkWrite, or `one_by_one`, one statement each.
+/// Returns each update's matched count by its index; on failure, the index
+/// of the write that failed when it is known.
 async fn write_all(
     db: &Database,
     session: &mut ClientSession,
     writes: Vec<WriteModel>,
+    one_by_one: bool,
 ) -> Result<HashMap<usize, u64>, (Option<usize>, MongoError)> {
-    if !BULK_WRITE_REFUSED.load(Ordering::Relaxed) {
+    if !one_by_one {
         return match db
             .client()
             .bulk_write(writes)

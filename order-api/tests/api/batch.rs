@@ -31,6 +31,7 @@ fn settings() -> ShopSettings {
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
         handoff: None,
+        bulk_write_refused: Default::default(),
     }
 }
 

@@ -315,3 +315,40 @@ async fn a_write_that_meets_an_orphaned_transaction_is_refused_with_503_not_held
         "once the orphan is gone the same request is placed: the 503 wrote nothing"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_refuses_bulk_write_still_places_orders_one_statement_at_a_time() {
+    // What MongoDB below 8.0 (or a volume kept at FCV 7.0) answers: the
+    // proxy renames bulkWrite, and the server knows no such command.
+    let mongo: std::net::SocketAddr = "127.0.0.1:27017".parse().expect("addr");
+    let proxy = DelayingProxy::start(mongo).await;
+    let uri = format!("mongodb://{}/?directConnection=true", proxy.addr);
+    let app = helpers::spawn_app_with(|config| config.mongo.uri = SecretString::from(uri)).await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let product = app.product(&admin, 500, 5).await;
+    proxy.rename("bulkWrite", "bulkWritx");
+
+    let first = app.order(&customer, &product, 2).await;
+    let second = app.order(&customer, &product, 1).await;
+
+    assert_eq!(
+        proxy.held(),
+        1,
+        "bulkWrite was tried once, refused, and not sent again"
+    );
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(app.stock_of(&product).await, 2);
+    assert_eq!(app.count("orders").await, 2);
+    assert_eq!(app.count("outbox").await, 2);
+    let refused = reqwest::get(app.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        refused.contains(r#"order_batch_fallbacks_total{reason="bulk_write_refused"} 1"#),
+        "{refused}"
+    );
+}
