@@ -8,7 +8,7 @@ use serde_json::{Value, json};
         (status = 503, description = "Something is down; `checks` says what", body = serde_json::Value),
     ))]
 pub async fn ready(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    axum::extract::State(state): axum::extract::State<crate::http::state::AppState>,
 ) -> (axum::http::StatusCode, Json<Value>) {
     let report = state.readiness.check().await;
     let status = if report.is_ready() {

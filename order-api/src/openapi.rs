@@ -3,9 +3,8 @@
 //! interactive page at `/api/docs`.
 
 use axum::{Json, Router, routing::get};
-use serde::Serialize;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    Modify, OpenApi,
     openapi::{
         Content, Ref, RefOr, ResponseBuilder,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -13,30 +12,14 @@ use utoipa::{
 };
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::{auth, health, metrics, orders, products, state::AppState};
-
-/// The one error shape every 4xx/5xx response has.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorResponse {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ErrorDetail {
-    /// Stable, machine-readable: `insufficient_stock`, `validation_failed`, ...
-    pub code: String,
-    /// For humans.
-    pub message: String,
-    /// Per-field messages (422) or the facts behind the refusal (409).
-    #[schema(nullable = false)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
-    /// On 5xx: the id also logged with the cause, and sent as `x-request-id`.
-    #[schema(nullable = false)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-}
+use crate::{
+    auth, health,
+    http::{
+        error::{ErrorDetail, ErrorResponse},
+        state::AppState,
+    },
+    metrics, orders, products,
+};
 
 struct BearerAuth;
 

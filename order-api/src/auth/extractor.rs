@@ -2,7 +2,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use bson::oid::ObjectId;
 
 use super::Role;
-use crate::{error::ApiError, state::AppState};
+use crate::{http::error::ApiError, http::state::AppState};
 
 /// The caller, proven by a valid `Authorization: Bearer <access token>`.
 #[derive(Debug, Clone)]

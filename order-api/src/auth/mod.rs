@@ -21,7 +21,7 @@ pub use rate_limit::LoginLimiter;
 pub use tokens::{AccessClaims, TokenIssuer};
 pub use users::{Role, User};
 
-use crate::{config::AuthConfig, state::AppState};
+use crate::{config::AuthConfig, http::state::AppState};
 
 /// Everything needed to turn credentials into tokens and tokens into users.
 pub struct Authenticator {

@@ -18,9 +18,9 @@ use super::{
     users::{self, UserView},
 };
 use crate::{
-    error::{ApiError, ApiResult},
-    extract::Json,
-    state::AppState,
+    http::error::{ApiError, ApiResult},
+    http::extract::Json,
+    http::state::AppState,
 };
 
 pub const REFRESH_COOKIE: &str = "refresh_token";
@@ -59,8 +59,8 @@ pub struct RegisterRequest {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered", body = crate::auth::users::UserView),
-        (status = 409, description = "`account_exists`", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Invalid fields, per field in `details`", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "`account_exists`", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "Invalid fields, per field in `details`", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -116,9 +116,9 @@ pub struct TokenResponse {
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Tokens; the refresh token also as an HttpOnly SameSite=Strict cookie", body = TokenResponse),
-        (status = 401, description = "Wrong email or password (the same answer either way)", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Invalid fields", body = crate::openapi::ErrorResponse),
-        (status = 429, description = "Too many attempts for this address or account; see `Retry-After`", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Wrong email or password (the same answer either way)", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "Invalid fields", body = crate::http::error::ErrorResponse),
+        (status = 429, description = "Too many attempts for this address or account; see `Retry-After`", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -161,7 +161,7 @@ pub struct RefreshRequest {
     request_body(content = Option<RefreshRequest>, description = "Optional: the refresh token may come from the cookie instead"),
     responses(
         (status = 200, description = "A new pair; the presented refresh token is spent", body = TokenResponse),
-        (status = 401, description = "Invalid, expired or reused refresh token (reuse revokes its whole family)", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Invalid, expired or reused refresh token (reuse revokes its whole family)", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -228,7 +228,7 @@ pub async fn logout(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The caller", body = crate::auth::users::UserView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn me(
     State(state): State<AppState>,

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use common::domain::Order;
 
 use super::view::OrderView;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -20,7 +20,7 @@ use axum::{
     routing::{get, post},
 };
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub use view::OrderView;
 

@@ -22,11 +22,11 @@ use super::{
 };
 use crate::{
     auth::{AuthUser, users},
-    error::{ApiError, ApiResult},
-    extract::{IdPath, Json, Query, object_id_hex},
+    http::error::{ApiError, ApiResult},
+    http::extract::{IdPath, Json, Query, object_id_hex},
+    http::pagination::{self, Page},
+    http::state::AppState,
     metrics,
-    pagination::{self, Page},
-    state::AppState,
 };
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -57,12 +57,12 @@ pub struct ItemRequest {
         description = "1 to 255 visible ASCII characters. Retrying with the same key and body replays the first response (header `Idempotent-Replayed: true`)")),
     responses(
         (status = 201, description = "Placed: stock reserved, order and outbox row written in one transaction", body = OrderView),
-        (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "`insufficient_stock`: nothing was written", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Invalid lines, unknown/inactive/duplicate products, or a reused Idempotency-Key", body = crate::openapi::ErrorResponse),
-        (status = 503, description = "Database unavailable or too busy: the order was NOT placed; retry", body = crate::openapi::ErrorResponse),
-        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; retry with the same Idempotency-Key, or check GET /api/orders first", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = crate::http::error::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 409, description = "`insufficient_stock`: nothing was written", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "Invalid lines, unknown/inactive/duplicate products, or a reused Idempotency-Key", body = crate::http::error::ErrorResponse),
+        (status = 503, description = "Database unavailable or too busy: the order was NOT placed; retry", body = crate::http::error::ErrorResponse),
+        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; retry with the same Idempotency-Key, or check GET /api/orders first", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -242,8 +242,8 @@ fn visibility(user: &AuthUser) -> Option<ObjectId> {
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order with its status and email state", body = OrderView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn get_one(
     State(state): State<AppState>,
@@ -261,8 +261,8 @@ pub async fn get_one(
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 200, description = "The order's timeline, oldest first", body = TimelineView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn events(
     State(state): State<AppState>,
@@ -296,10 +296,10 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "Newest first; customers see their own, admins everyone's", body = Page<OrderView>),
-        (status = 400, description = "Invalid query or cursor", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 403, description = "`userId` given by a customer", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "`limit` out of range", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid query or cursor", body = crate::http::error::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 403, description = "`userId` given by a customer", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "`limit` out of range", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -340,11 +340,11 @@ pub async fn list(
     params(("id" = String, Path, description = "Order id")),
     responses(
         (status = 200, description = "Cancelled: stock restored and `order.cancelled` enqueued in one transaction", body = OrderView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such order, or not yours", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "`already_cancelled`", body = crate::openapi::ErrorResponse),
-        (status = 503, description = "Database unavailable or too busy: the order was NOT cancelled; retry", body = crate::openapi::ErrorResponse),
-        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; read the order before retrying", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "No such order, or not yours", body = crate::http::error::ErrorResponse),
+        (status = 409, description = "`already_cancelled`", body = crate::http::error::ErrorResponse),
+        (status = 503, description = "Database unavailable or too busy: the order was NOT cancelled; retry", body = crate::http::error::ErrorResponse),
+        (status = 504, description = "`outcome_unknown`: the commit was sent and the database never confirmed it; read the order before retrying", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,

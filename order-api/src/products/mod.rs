@@ -8,7 +8,7 @@ pub mod store;
 
 use axum::{Router, routing::get};
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub use store::ProductView;
 

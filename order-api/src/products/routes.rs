@@ -8,10 +8,10 @@ use super::{
 };
 use crate::{
     auth::AuthUser,
-    error::{ApiError, ApiResult},
-    extract::{IdPath, Json, Query},
-    pagination::{self, Page},
-    state::AppState,
+    http::error::{ApiError, ApiResult},
+    http::extract::{IdPath, Json, Query},
+    http::pagination::{self, Page},
+    http::state::AppState,
 };
 
 #[utoipa::path(post, path = "/api/products", tag = "products",
@@ -19,10 +19,10 @@ use crate::{
     request_body = NewProduct,
     responses(
         (status = 201, description = "Created", body = ProductView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 403, description = "Not an admin", body = crate::openapi::ErrorResponse),
-        (status = 409, description = "`sku_exists`", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Invalid fields", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 403, description = "Not an admin", body = crate::http::error::ErrorResponse),
+        (status = 409, description = "`sku_exists`", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "Invalid fields", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -56,10 +56,10 @@ pub async fn create(
     request_body = ProductPatch,
     responses(
         (status = 200, description = "Updated; placed orders keep the price they were placed at", body = ProductView),
-        (status = 401, description = "Missing or invalid token", body = crate::openapi::ErrorResponse),
-        (status = 403, description = "Not an admin", body = crate::openapi::ErrorResponse),
-        (status = 404, description = "No such product", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "Empty patch, unknown or invalid fields", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid token", body = crate::http::error::ErrorResponse),
+        (status = 403, description = "Not an admin", body = crate::http::error::ErrorResponse),
+        (status = 404, description = "No such product", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "Empty patch, unknown or invalid fields", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -118,10 +118,10 @@ pub struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of the catalogue in id order", body = Page<ProductView>),
-        (status = 400, description = "Invalid query or cursor", body = crate::openapi::ErrorResponse),
-        (status = 401, description = "`includeInactive` without a token", body = crate::openapi::ErrorResponse),
-        (status = 403, description = "`includeInactive` by a customer", body = crate::openapi::ErrorResponse),
-        (status = 422, description = "`limit` out of range", body = crate::openapi::ErrorResponse),
+        (status = 400, description = "Invalid query or cursor", body = crate::http::error::ErrorResponse),
+        (status = 401, description = "`includeInactive` without a token", body = crate::http::error::ErrorResponse),
+        (status = 403, description = "`includeInactive` by a customer", body = crate::http::error::ErrorResponse),
+        (status = 422, description = "`limit` out of range", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -150,7 +150,7 @@ pub async fn list(
     params(("id" = String, Path, description = "Product id")),
     responses(
         (status = 200, description = "The product", body = ProductView),
-        (status = 404, description = "No such product", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such product", body = crate::http::error::ErrorResponse),
     ))]
 pub async fn get_one(
     State(state): State<AppState>,

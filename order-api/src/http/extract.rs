@@ -6,7 +6,7 @@ use bson::oid::ObjectId;
 use serde::de::DeserializeOwned;
 use validator::Validate;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// A JSON body, deserialized and then validated. Malformed JSON is 400, a
 /// wrong shape or failed validation 422, a missing content type 415, an

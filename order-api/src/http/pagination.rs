@@ -7,7 +7,7 @@ use bson::oid::ObjectId;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;

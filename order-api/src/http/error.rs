@@ -18,7 +18,9 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::startup::REQUEST_ID;
+use serde::Serialize;
+use tower_http::request_id::RequestId;
+use utoipa::ToSchema;
 
 /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the error
 /// path should not make every `Ok` bigger.
@@ -166,11 +168,7 @@ impl IntoResponse for ApiError {
 /// client quoting it leads straight to the cause. Must run inside the layer
 /// that assigns the request id.
 pub async fn request_id_in_server_errors(request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = request_id(&request).map(str::to_owned);
     let mut response = next.run(request).await;
     let (Some(request_id), Some(ServerErrorBody(mut body))) = (
         request_id,
@@ -183,6 +181,15 @@ pub async fn request_id_in_server_errors(request: Request, next: Next) -> Respon
     response.headers_mut().remove(header::CONTENT_LENGTH);
     *response.body_mut() = Body::from(body.to_string());
     response
+}
+
+/// The id tower-http's `SetRequestIdLayer` gave the request (the client's
+/// `x-request-id`, or a new UUID).
+pub fn request_id(request: &Request) -> Option<&str> {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
 }
 
 /// For tower-http's `CatchPanicLayer`: a panicking handler answers the same
@@ -275,3 +282,26 @@ impl From<validator::ValidationErrors> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The one error shape every 4xx/5xx response has.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorResponse {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `insufficient_stock`, `validation_failed`, ...
+    pub code: String,
+    /// For humans.
+    pub message: String,
+    /// Per-field messages (422) or the facts behind the refusal (409).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// On 5xx: the id also logged with the cause, and sent as `x-request-id`.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
