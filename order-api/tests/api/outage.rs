@@ -241,14 +241,14 @@ async fn orders_taken_while_sqs_is_down_are_published_when_it_returns() {
         .expect("connect");
     let client = test_support::client::ApiClient::new(&api.address());
     let admin = client.login(apps::ADMIN_EMAIL, apps::ADMIN_PASSWORD).await;
-    let product = client.new_product(&admin, 100, 50).await;
-    let customer = client.new_customer().await;
+    let product = client.product(&admin, 100, 50).await;
+    let (_, customer) = client.customer().await;
 
     // Long enough for several failed attempts: the relay's pause grows past
     // the 1 s sweep that keeps waking it.
     proxy.cut();
     for _ in 0..6 {
-        client.place_order(&customer, &product, 1).await;
+        client.order(&customer, &product, 1).await;
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     proxy.restore().await;

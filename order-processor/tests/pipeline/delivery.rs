@@ -32,7 +32,7 @@ async fn an_unreachable_mail_server_is_retried_until_the_email_goes_out() {
         "a failed attempt to be recorded",
         || async {
             let (_, order) = pipeline
-                .get(&format!("/api/orders/{order_id}"), &customer)
+                .get_json(&format!("/api/orders/{order_id}"), &customer)
                 .await;
             order["email"]["lastError"].is_string().then_some(order)
         },
@@ -144,7 +144,7 @@ async fn redriving_the_dead_letter_queue_processes_what_was_parked() {
     // Park a real cancellation event in the DLQ, as if it had failed five
     // times during an outage, and cancel the order without announcing it.
     let (status, _) = pipeline
-        .post(
+        .post_json(
             &format!("/api/orders/{order_id}/cancel"),
             Some(&customer),
             &serde_json::json!({}),
@@ -171,7 +171,7 @@ async fn redriving_the_dead_letter_queue_processes_what_was_parked() {
         "the cancellation email",
         || async {
             let (_, o) = pipeline
-                .get(&format!("/api/orders/{order_id}"), &customer)
+                .get_json(&format!("/api/orders/{order_id}"), &customer)
                 .await;
             (o["cancellationEmail"]["status"] == "SENT").then_some(())
         },

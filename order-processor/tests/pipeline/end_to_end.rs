@@ -150,7 +150,7 @@ async fn cancelling_a_processed_order_sends_one_cancellation_email() {
     pipeline.wait_processed(&customer, order_id).await;
 
     let (status, cancelled) = pipeline
-        .post(
+        .post_json(
             &format!("/api/orders/{order_id}/cancel"),
             Some(&customer),
             &serde_json::json!({}),
@@ -162,7 +162,7 @@ async fn cancelling_a_processed_order_sends_one_cancellation_email() {
         "the cancellation email to be SENT",
         || async {
             let (_, order) = pipeline
-                .get(&format!("/api/orders/{order_id}"), &customer)
+                .get_json(&format!("/api/orders/{order_id}"), &customer)
                 .await;
             (order["cancellationEmail"]["status"] == "SENT").then_some(order)
         },
@@ -223,7 +223,7 @@ async fn a_cancel_racing_the_processor_wins_cleanly() {
         let order = pipeline.order(&customer, &product, 2).await;
         let id = order["id"].as_str().expect("id").to_string();
         let (status, body) = pipeline
-            .post(
+            .post_json(
                 &format!("/api/orders/{id}/cancel"),
                 Some(&customer),
                 &serde_json::json!({}),
@@ -237,7 +237,9 @@ async fn a_cancel_racing_the_processor_wins_cleanly() {
             Duration::from_secs(20),
             "the cancellation email to be SENT",
             || async {
-                let (_, order) = pipeline.get(&format!("/api/orders/{id}"), &customer).await;
+                let (_, order) = pipeline
+                    .get_json(&format!("/api/orders/{id}"), &customer)
+                    .await;
                 (order["cancellationEmail"]["status"] == "SENT").then_some(())
             },
         )
@@ -270,7 +272,7 @@ async fn a_cancel_racing_the_processor_wins_cleanly() {
         );
     }
     let (_, product_now) = pipeline
-        .get(&format!("/api/products/{product}"), &customer)
+        .get_json(&format!("/api/products/{product}"), &customer)
         .await;
     assert_eq!(product_now["stock"], 20, "all stock back");
     let cancellations = test_support::emails_to(&email)

@@ -4,18 +4,15 @@ use mongodb::{
     Database,
     bson::{Document, doc},
 };
-use reqwest::StatusCode;
-use serde_json::{Value, json};
 use test_support::{
     TestQueues,
-    apps::{self, ADMIN_EMAIL, ADMIN_PASSWORD, Running},
+    apps::{self, Running},
+    client::ApiClient,
     unique,
 };
 
-pub const PASSWORD: &str = "s3cure-passw0rd";
-
 pub struct Pipeline {
-    pub http: reqwest::Client,
+    client: ApiClient,
     pub db: Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: TestQueues,
@@ -39,7 +36,7 @@ pub async fn spawn_pipeline(visibility_secs: u32) -> Pipeline {
     let api = apps::start_api(apps::api_config(&database, &queue)).await;
     let processor = apps::start_processor(apps::processor_config(&database, &queue)).await;
     Pipeline {
-        http: reqwest::Client::new(),
+        client: ApiClient::new(&api.address()),
         db,
         sqs,
         queues,
@@ -60,6 +57,15 @@ pub async fn spawn_pipeline_without_processor(visibility_secs: u32) -> Pipeline 
     pipeline
 }
 
+/// The client's calls and the shop's steps (test_support's one client).
+impl std::ops::Deref for Pipeline {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
 impl Pipeline {
     /// Waits (up to 10 s) until the relay has published `events` messages
     /// to the main queue.
@@ -70,106 +76,6 @@ impl Pipeline {
             || async { (self.queue_depth().await == events).then_some(()) },
         )
         .await;
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api.address())
-    }
-
-    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> (StatusCode, Value) {
-        let mut request = self.http.post(self.url(path)).json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("request sent");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request sent");
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn login(&self, email: &str, password: &str) -> String {
-        let (status, body) = self
-            .post(
-                "/api/auth/login",
-                None,
-                &json!({ "email": email, "password": password }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "login as {email}: {body}");
-        body["accessToken"]
-            .as_str()
-            .expect("accessToken")
-            .to_string()
-    }
-
-    pub async fn admin_token(&self) -> String {
-        self.login(ADMIN_EMAIL, ADMIN_PASSWORD).await
-    }
-
-    /// Registers and logs in a customer with a unique email.
-    pub async fn customer(&self) -> (String, String) {
-        let name = unique("buyer");
-        let email = format!("{name}@shop.test");
-        let (status, body) = self
-            .post(
-                "/api/auth/register",
-                None,
-                &json!({ "username": &name[..20], "email": email, "password": PASSWORD }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "register: {body}");
-        let token = self.login(&email, PASSWORD).await;
-        (email, token)
-    }
-
-    pub async fn product(&self, admin: &str, price: i64, stock: i64) -> String {
-        let sku = unique("SKU");
-        let (status, body) = self
-            .post(
-                "/api/products",
-                Some(admin),
-                &json!({ "name": format!("Widget {sku}"), "sku": sku, "price": price, "stock": stock }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "create product: {body}");
-        body["id"].as_str().expect("id").to_string()
-    }
-
-    pub async fn order(&self, token: &str, product: &str, quantity: u32) -> Value {
-        let (status, body) = self
-            .post(
-                "/api/orders",
-                Some(token),
-                &json!({ "items": [{ "productId": product, "quantity": quantity }] }),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "place order: {body}");
-        body
-    }
-
-    /// Waits until the order is PROCESSED with its email settled.
-    pub async fn wait_processed(&self, token: &str, order_id: &str) -> Value {
-        test_support::eventually(
-            Duration::from_secs(20),
-            "the order to be PROCESSED with its email SENT",
-            || async {
-                let (_, order) = self.get(&format!("/api/orders/{order_id}"), token).await;
-                (order["status"] == "PROCESSED" && order["email"]["status"] == "SENT")
-                    .then_some(order)
-            },
-        )
-        .await
     }
 
     /// Waits (up to 20 s) until the order's `field` email (`email`,

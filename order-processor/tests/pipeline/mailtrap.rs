@@ -44,7 +44,7 @@ async fn place(pipeline: &Pipeline, customer: &str, product: &str, count: usize)
 async fn statuses(pipeline: &Pipeline, token: &str, ids: &[String]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for id in ids {
-        let (_, order) = pipeline.get(&format!("/api/orders/{id}"), token).await;
+        let (_, order) = pipeline.get_json(&format!("/api/orders/{id}"), token).await;
         let status = order["email"]["status"].as_str().unwrap_or("?").to_string();
         *counts.entry(status).or_default() += 1;
     }
@@ -178,7 +178,7 @@ async fn a_mail_server_gone_for_three_minutes_loses_nothing_and_needs_no_redrive
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["email"]["state"], "open", "{ready}");
     let (_, waiting) = pipeline
-        .get(&format!("/api/orders/{}", ids[0]), &customer)
+        .get_json(&format!("/api/orders/{}", ids[0]), &customer)
         .await;
     assert_eq!(waiting["status"], "PROCESSED", "{waiting}");
     assert_eq!(waiting["email"]["status"], "PENDING", "{waiting}");
@@ -251,7 +251,9 @@ async fn a_provider_refusing_every_login_pauses_sending_and_fails_no_email() {
     let counts = statuses(&pipeline, &customer, &ids).await;
     assert_eq!(counts.get("FAILED"), None, "{counts:?}");
     for id in &ids {
-        let (_, order) = pipeline.get(&format!("/api/orders/{id}"), &customer).await;
+        let (_, order) = pipeline
+            .get_json(&format!("/api/orders/{id}"), &customer)
+            .await;
         assert_eq!(order["status"], "PROCESSED", "{order}");
     }
     assert!(server.messages().await.is_empty());
@@ -358,7 +360,7 @@ async fn starttls_with_credentials_trusts_the_configured_ca_and_nothing_else() {
         "the untrusted attempt to be recorded",
         || async {
             let (_, order) = pipeline
-                .get(&format!("/api/orders/{}", ids[0]), &customer)
+                .get_json(&format!("/api/orders/{}", ids[0]), &customer)
                 .await;
             order["email"]["lastError"].is_string().then_some(order)
         },

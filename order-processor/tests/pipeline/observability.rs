@@ -169,7 +169,7 @@ async fn the_timeline_shows_when_the_event_was_published_and_processed() {
         "the timeline to show the publication",
         || async {
             let (_, timeline) = pipeline
-                .get(&format!("/api/orders/{order_id}/events"), &customer)
+                .get_json(&format!("/api/orders/{order_id}/events"), &customer)
                 .await;
             let events = timeline["events"].as_array()?.clone();
             events
@@ -401,14 +401,15 @@ async fn one_trace_id_follows_an_order_from_the_api_log_to_the_processor_log() {
             test_support::apps::ADMIN_PASSWORD,
         )
         .await;
-    let customer = client.new_customer().await;
-    let product = client.new_product(&admin, 1_500, 3).await;
-    let order_id = client.place_order(&customer, &product, 1).await;
-    client.wait_processed(&customer, &order_id).await;
+    let (_, customer) = client.customer().await;
+    let product = client.product(&admin, 1_500, 3).await;
+    let order = client.order(&customer, &product, 1).await;
+    let order_id = order["id"].as_str().expect("id");
+    client.wait_processed(&customer, order_id).await;
 
     let (_, processor_logs) = terminate(processor, Duration::from_secs(20)).await;
     let api_logs = capture_logs();
-    let api_traces = trace_ids_for(&api_logs, &order_id);
+    let api_traces = trace_ids_for(&api_logs, order_id);
     assert_eq!(
         api_traces.len(),
         1,
@@ -416,7 +417,7 @@ async fn one_trace_id_follows_an_order_from_the_api_log_to_the_processor_log() {
     );
     let trace_id = api_traces.first().expect("one");
     assert_eq!(trace_id.len(), 32, "{trace_id}");
-    let processor_traces = trace_ids_for(&processor_logs, &order_id);
+    let processor_traces = trace_ids_for(&processor_logs, order_id);
     assert_eq!(
         processor_traces.first(),
         Some(trace_id),
