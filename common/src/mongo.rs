@@ -339,6 +339,35 @@ where
     transaction_until(db, operation, Some(deadline), context, body).await
 }
 
+/// Inserts `document` as a [`bounded_write`] (a taken unique key is the
+/// driver's duplicate-key error).
+pub async fn insert_bounded<T>(
+    db: &Database,
+    operation: &'static str,
+    collection: &Collection<T>,
+    document: &T,
+) -> mongodb::error::Result<()>
+where
+    T: serde::Serialize + Send + Sync,
+{
+    use futures::FutureExt;
+    bounded_write(
+        db,
+        operation,
+        (collection, document),
+        |session, (into, document)| {
+            async move {
+                into.insert_one(*document)
+                    .session(session)
+                    .await
+                    .map(|_| ())
+            }
+            .boxed()
+        },
+    )
+    .await
+}
+
 /// [`transaction_until`] without a deadline.
 pub async fn transaction<C, R, F>(
     db: &Database,

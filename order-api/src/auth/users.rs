@@ -1,7 +1,6 @@
 //! The `users` collection.
 
 use bson::{DateTime, doc, oid::ObjectId};
-use futures::FutureExt;
 use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -84,15 +83,7 @@ pub async fn find_by_id(db: &Database, id: ObjectId) -> mongodb::error::Result<O
 
 /// Inserts a user; a duplicate email or username is a duplicate-key error.
 pub async fn insert(db: &Database, user: &User) -> mongodb::error::Result<()> {
-    common::mongo::bounded_write(
-        db,
-        "insert_user",
-        (collection(db), user),
-        |session, (users, user)| {
-            async move { users.insert_one(*user).session(session).await.map(|_| ()) }.boxed()
-        },
-    )
-    .await
+    common::mongo::insert_bounded(db, "insert_user", &collection(db), user).await
 }
 
 /// Creates the admin account from ADMIN_EMAIL/ADMIN_PASSWORD unless an

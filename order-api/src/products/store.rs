@@ -32,22 +32,7 @@ pub async fn find_by_sku(db: &Database, sku: &str) -> mongodb::error::Result<Opt
 
 /// Adds a product; a taken sku is a duplicate-key error.
 pub async fn insert(db: &Database, product: &Product) -> mongodb::error::Result<()> {
-    common::mongo::bounded_write(
-        db,
-        "insert_product",
-        (collection(db), product),
-        |session, (products, product)| {
-            async move {
-                products
-                    .insert_one(*product)
-                    .session(session)
-                    .await
-                    .map(|_| ())
-            }
-            .boxed()
-        },
-    )
-    .await
+    common::mongo::insert_bounded(db, "insert_product", &collection(db), product).await
 }
 
 /// Applies `set` to one product and returns it as it is afterwards; `None`
