@@ -58,15 +58,14 @@ impl Application {
             queue_url.clone(),
         ));
         let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
-        let outbox_wake = Arc::new(Notify::new());
-        let (handoff, handed) = relay.handoff(outbox_wake.clone());
+        let (handoff, handed) = relay.handoff();
         let orders = orders::batch::OrderBatcher::start(
             db.clone(),
             orders::place::ShopSettings {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,
-                handoff: Some(handoff),
+                handoff: handoff.clone(),
                 bulk_write_refused: Default::default(),
             },
         );
@@ -74,7 +73,7 @@ impl Application {
             db,
             config: Arc::new(config),
             auth,
-            outbox_wake,
+            outbox: handoff,
             readiness,
             orders,
         };
@@ -98,14 +97,14 @@ impl Application {
     /// Serves requests and runs the relay until `shutdown` is cancelled,
     /// then drains in-flight requests and stops the relay.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let wake = self.state.outbox_wake.clone();
+        let tick = Arc::new(Notify::new());
         let sweep =
-            outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, wake.clone())
+            outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, tick.clone())
                 .await?;
         let relay = tokio::spawn(outbox::relay::run(
             self.relay,
             self.handed,
-            wake,
+            tick,
             shutdown.clone(),
         ));
         let expiry = common::expiry::start_sweep(

@@ -1,5 +1,6 @@
 //! Cancelling an order: in ONE transaction the order becomes CANCELLED, every
-//! line's stock is put back, and an `order.cancelled` outbox row is written
+//! line's stock is put back, and an `order.cancelled` outbox row is written,
+//! handed to this process's relay once committed (as a placed order's is).
 //! The cancellation email is written due in the same transaction: the
 //! processor's sender takes it from there (the event only wakes it), so the
 //! customer hears of the cancellation even while SQS is unreachable.
@@ -19,7 +20,10 @@ use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
 
 use super::store as orders;
-use crate::{outbox, products::store as products};
+use crate::{
+    outbox::{self, Handoff, store::Lease},
+    products::store as products,
+};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CancelRefused {
@@ -43,16 +47,20 @@ pub enum CancelError {
 /// `None` is an admin, who may cancel any order.
 pub async fn cancel_order(
     db: &Database,
+    handoff: &Handoff,
     order_id: ObjectId,
     owner: Option<ObjectId>,
     deadline: Duration,
 ) -> Result<Order, CancelError> {
-    common::mongo::transaction_until(
+    let lease = handoff.lease();
+    let (order, rows) = common::mongo::transaction_until(
         db,
         "cancel_order",
         Some(tokio::time::Instant::now() + deadline),
-        (db, order_id, owner),
-        |session, (db, order_id, owner)| write_cancellation(db, session, *order_id, *owner).boxed(),
+        (db, order_id, owner, &lease),
+        |session, (db, order_id, owner, lease)| {
+            write_cancellation(db, session, *order_id, *owner, lease).boxed()
+        },
     )
     .await
     .map_err(|e| {
@@ -66,7 +74,9 @@ pub async fn cancel_order(
         } else {
             CancelError::Database(e)
         }
-    })
+    })?;
+    handoff.give(db, rows).await;
+    Ok(order)
 }
 
 async fn write_cancellation(
@@ -74,7 +84,8 @@ async fn write_cancellation(
     session: &mut ClientSession,
     order_id: ObjectId,
     owner: Option<ObjectId>,
-) -> mongodb::error::Result<Order> {
+    lease: &Lease,
+) -> mongodb::error::Result<(Order, Vec<outbox::store::OutboxMessage>)> {
     let now = DateTime::now();
     let mut filter = doc! { "_id": order_id };
     if let Some(owner) = owner {
@@ -125,14 +136,12 @@ async fn write_cancellation(
     }
     // Still in the request's task: its span is the request's.
     let traceparent = common::telemetry::traceparent(&tracing::Span::current());
-    outbox::store::enqueue(
-        db,
-        session,
-        order.id,
+    let rows = outbox::store::rows_for(
+        [(order.id, traceparent)],
         OrderEventType::OrderCancelled,
         now,
-        traceparent,
-    )
-    .await?;
-    Ok(order)
+        Some(lease),
+    );
+    outbox::store::insert(db, session, &rows).await?;
+    Ok((order, rows))
 }

@@ -82,9 +82,8 @@ pub struct ShopSettings {
     /// contended product. A commit once sent is waited for, so the answer
     /// is always true.
     pub deadline: Duration,
-    /// Where committed orders' outbox rows go: this process's relay. `None`
-    /// writes them unleased, for any relay to claim.
-    pub handoff: Option<Handoff>,
+    /// Where committed orders' outbox rows go: this process's relay.
+    pub handoff: Handoff,
     /// Set once the server refuses bulkWrite (MongoDB, or its
     /// featureCompatibilityVersion, below 8.0): from then on a batch's
     /// writes are sent one statement each, in the same transaction.
@@ -212,34 +211,30 @@ async fn place_batch(
     batch: &[&OrderRequest],
     deadline: Instant,
 ) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
-    let lease = settings.handoff.as_ref().map(Handoff::lease);
+    let lease = settings.handoff.lease();
     let (outcomes, rows) = common::mongo::transaction_until(
         db,
         "place_order_batch",
         Some(deadline),
-        (db, settings, batch, lease.as_ref()),
+        (db, settings, batch, &lease),
         |session, (db, settings, batch, lease)| {
-            write_batch(db, session, settings, batch, *lease).boxed()
+            write_batch(db, session, settings, batch, lease).boxed()
         },
     )
     .await?;
-    if let Some(handoff) = &settings.handoff
-        && !rows.is_empty()
-    {
-        handoff.give(db, rows).await;
-    }
+    settings.handoff.give(db, rows).await;
     Ok(outcomes)
 }
 
 /// The batch's transaction body; runs again from the start on a transient
 /// error. Returns each order's outcome, in arrival order, and the outbox
-/// rows it wrote (under `lease`, when given).
+/// rows it wrote under `lease`.
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     settings: &ShopSettings,
     batch: &[&OrderRequest],
-    lease: Option<&Lease>,
+    lease: &Lease,
 ) -> mongodb::error::Result<(Vec<Result<Order, PlaceOrderError>>, Vec<OutboxMessage>)> {
     let now = DateTime::now();
     let mut wanted: Vec<ObjectId> = batch
@@ -302,7 +297,7 @@ async fn write_batch(
             .map(|(i, order)| (order.id, batch[*i].traceparent.clone())),
         OrderEventType::OrderCreated,
         now,
-        lease,
+        Some(lease),
     );
 
     // Every write of the batch in ONE bulkWrite command, in this order:

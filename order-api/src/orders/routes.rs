@@ -353,6 +353,7 @@ pub async fn cancel(
 ) -> ApiResult<JsonResponse<OrderView>> {
     let order = cancel::cancel_order(
         &state.db,
+        &state.outbox,
         id,
         visibility(&user),
         state.config.shop.order_deadline,
@@ -370,6 +371,5 @@ pub async fn cancel(
     })?;
     tracing::info!(order_id = %order.id, "order cancelled; stock restored");
     counter!(metrics::ORDERS_CANCELLED).increment(1);
-    state.outbox_wake.notify_one();
     Ok(JsonResponse(OrderView::from(order)))
 }

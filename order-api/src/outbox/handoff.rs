@@ -1,9 +1,10 @@
 //! Rows that go from the transaction that wrote them straight to this
-//! process's relay, with no claim to read them back.
+//! process's relay, with no claim to read them back: the one road every
+//! committed row takes (an order's, a cancellation's).
 //!
-//! An order's transaction writes its outbox row already leased to a claim of
-//! this process's relay, exactly as the relay's own claim would have stamped
-//! it, and once committed the row is handed to the relay in memory. The
+//! A transaction writes its outbox rows already leased to a claim of this
+//! process's relay, exactly as the relay's own claim would have stamped
+//! them, and once committed the rows are handed to the relay in memory. The
 //! relay publishes it and marks it published as it does rows it claimed.
 //! Publishing an order then costs no claim round trips (three before: find
 //! the oldest pending rows, stamp them, read them back; and SecantusDB reads
@@ -12,15 +13,15 @@
 //!
 //! Nothing is lost on the way: until the lease runs out, no other relay
 //! takes the row; if this process dies first, the lease runs out and any
-//! relay's claim takes the row, as it takes a dead relay's claimed rows. If
-//! the relay's queue is full, the writer lets go of the lease at once and
-//! wakes the relay's claim path instead.
+//! relay's recovery sweep takes the row, as it takes a dead relay's claimed
+//! rows. If the relay's queue is full (or it has stopped), the writer lets
+//! go of the lease at once and the next sweep takes the rows.
 
 use std::{sync::Arc, time::Duration};
 
 use bson::DateTime;
 use mongodb::Database;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::store::{self, Lease, OutboxMessage};
 
@@ -33,7 +34,6 @@ pub struct Handoff {
     instance: Arc<str>,
     lease: Duration,
     queue: mpsc::Sender<Vec<OutboxMessage>>,
-    wake: Arc<Notify>,
 }
 
 impl Handoff {
@@ -42,7 +42,6 @@ impl Handoff {
     pub fn new(
         instance: &str,
         lease: Duration,
-        wake: Arc<Notify>,
         depth: usize,
     ) -> (Handoff, mpsc::Receiver<Vec<OutboxMessage>>) {
         let (queue, handed) = mpsc::channel(depth.max(1));
@@ -50,7 +49,6 @@ impl Handoff {
             instance: instance.into(),
             lease,
             queue,
-            wake,
         };
         (handoff, handed)
     }
@@ -64,8 +62,8 @@ impl Handoff {
     }
 
     /// Hands committed `rows` (all written under one [`Self::lease`]) to the
-    /// relay. If it cannot take them now, the lease is let go and the relay
-    /// woken to claim them like any other pending row.
+    /// relay. If it cannot take them now, the lease is let go and the next
+    /// recovery sweep takes them.
     pub async fn give(&self, db: &Database, rows: Vec<OutboxMessage>) {
         let Some(owner) = rows.first().and_then(|row| row.lease_owner.clone()) else {
             return;
@@ -74,12 +72,11 @@ impl Handoff {
             return;
         }
         match store::release_lease(db, &owner).await {
-            Ok(_) => tracing::info!("relay queue full; its rows are left for a claim"),
+            Ok(_) => tracing::info!("relay queue full or stopped; its rows are left for the sweep"),
             // The lease runs out on its own; the sweep then finds them.
             Err(e) => {
-                tracing::warn!(error = %e, "relay queue full and the lease could not be let go; the rows wait for it to run out")
+                tracing::warn!(error = %e, "relay queue full or stopped and the lease could not be let go; the rows wait for it to run out")
             }
         }
-        self.wake.notify_one();
     }
 }

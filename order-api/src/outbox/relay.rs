@@ -4,12 +4,12 @@
 //! (an owner token and an expiry), marked published only while still owned,
 //! and rows whose holder died are picked up by others when the lease runs out.
 //!
-//! An order's row comes to it straight from the transaction that wrote it,
-//! already leased to this relay (see `handoff`). Every other pending row is
-//! claimed: the relay looks when woken by a commit of this process (a
-//! cancellation's row) and on a tokio-cron-scheduler sweep, the safety net
-//! for everything else (rows whose holder died, whose publication failed,
-//! or that another program wrote).
+//! One road: every row a commit of this process writes (an order's, a
+//! cancellation's) comes to it straight from that transaction, already
+//! leased to this relay (see `handoff`), and is published by [`Relay::publish`].
+//! Claiming is only recovery: on a tokio-cron-scheduler sweep,
+//! [`Relay::recover`] takes rows nobody holds (their holder died, their
+//! send failed, the hand-off was full, or another program wrote them).
 //!
 //! Every instance publishes what it writes, so no instance needs to hear of
 //! another's commits. (It used to follow the outbox's change stream for
@@ -25,10 +25,7 @@ use bson::DateTime;
 use common::schedule::JobScheduler;
 use futures::StreamExt;
 use mongodb::Database;
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -99,19 +96,15 @@ impl Relay {
 
     /// The writers' end of a hand-off to this relay (see `handoff`), and
     /// the end [`run`] takes.
-    pub fn handoff(&self, wake: Arc<Notify>) -> (Handoff, mpsc::Receiver<Vec<OutboxMessage>>) {
-        Handoff::new(
-            &self.instance,
-            self.lease,
-            wake,
-            super::handoff::QUEUE_DEPTH,
-        )
+    pub fn handoff(&self) -> (Handoff, mpsc::Receiver<Vec<OutboxMessage>>) {
+        Handoff::new(&self.instance, self.lease, super::handoff::QUEUE_DEPTH)
     }
 
-    /// Claims and publishes the oldest pending rows (a few SQS batches'
-    /// worth at most). Rows SQS accepted are marked published with their
-    /// message id; the others are released with the error recorded.
-    pub async fn try_publish_batch(&self) -> anyhow::Result<PublishOutcome> {
+    /// Recovery: claims and publishes the oldest rows nobody holds (a few
+    /// SQS batches' worth at most). Rows SQS accepted are marked published
+    /// with their message id; the others are released with the error
+    /// recorded.
+    pub async fn recover(&self) -> anyhow::Result<PublishOutcome> {
         let token = claim_token(&self.instance);
         let limit = self.batch_size * CLAIM_BATCHES;
         let rows = store::claim(&self.db, &token, self.lease, limit)
@@ -314,97 +307,57 @@ struct Sent {
     refused: Vec<(usize, String)>,
 }
 
-/// Runs the relay until `shutdown`: publish rows handed over by writers as
-/// they come, claim pending rows when woken (and again while a claim comes
-/// back full), and back off exponentially (capped) while publishing fails.
-/// A step in progress is always finished; rows still waiting in the
-/// hand-off and leases still held are let go at the end.
+/// Runs the relay until `shutdown`. It waits for one of three things:
+/// shutdown, rows a commit of this process handed over (published as they
+/// come, with whatever else is already waiting), or a sweep tick (a
+/// recovery claim, repeated at once while it comes back full). Rows left
+/// pending before this start are recovered first. While publishing fails
+/// it pauses, exponentially longer (capped): failed rows were let go, and
+/// a later sweep takes them. A step in progress is always finished; rows
+/// still waiting in the hand-off and leases still held are let go at the
+/// end.
 pub async fn run(
     relay: Relay,
     mut handed: mpsc::Receiver<Vec<OutboxMessage>>,
-    wake: Arc<Notify>,
+    sweep: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
-    // Rows left pending before this start are claimed at once.
-    let mut claim_due = true;
-    // While publishing fails: no step before this. A deadline, not a sleep
-    // restarted on every wake, or frequent wakes (the sweep) would keep
-    // the relay waiting for ever.
-    let mut paused_until: Option<Instant> = None;
-    let mut rows: Vec<OutboxMessage> = Vec::new();
-    // Whether any writer can still hand rows over.
-    let mut writers = true;
+    let mut recover_now = true;
     loop {
-        if paused_until.is_some_and(|until| Instant::now() >= until) {
-            paused_until = None;
-        }
-        let step = if paused_until.is_some() {
-            None
+        let step = if recover_now {
+            relay.recover().await
         } else {
-            while rows.len() < HANDED_PER_STEP {
-                match handed.try_recv() {
-                    Ok(batch) => rows.extend(batch),
-                    Err(_) => break,
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(mut rows) = handed.recv() => {
+                    while rows.len() < HANDED_PER_STEP
+                        && let Ok(more) = handed.try_recv()
+                    {
+                        rows.extend(more);
+                    }
+                    relay.publish(&rows).await
                 }
-            }
-            if !rows.is_empty() {
-                let published = relay.publish(&rows).await;
-                rows.clear();
-                Some(published)
-            } else if claim_due {
-                let claimed = relay.try_publish_batch().await;
-                claim_due = claimed.as_ref().is_ok_and(|o| o.more_pending);
-                Some(claimed)
-            } else {
-                None
+                () = sweep.notified() => relay.recover().await,
             }
         };
-        let failed = match &step {
-            Some(Ok(outcome)) if outcome.failed == 0 => {
-                delays = backoff();
-                false
-            }
-            Some(Ok(outcome)) => {
-                tracing::warn!(
-                    failed = outcome.failed,
-                    "some outbox rows were refused; backing off"
-                );
-                true
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %format!("{e:#}"), "outbox relay step failed; backing off");
-                true
-            }
-            None => false,
+        recover_now = step.as_ref().is_ok_and(|outcome| outcome.more_pending);
+        let failure = match step {
+            Ok(outcome) if outcome.failed == 0 => None,
+            Ok(outcome) => Some(format!("{} rows refused", outcome.failed)),
+            Err(e) => Some(format!("{e:#}")),
         };
-        if failed {
-            // Failed rows were let go: a claim picks them up after the pause.
-            claim_due = true;
-            paused_until = delays.next().map(|delay| Instant::now() + delay);
-        }
-        if shutdown.is_cancelled() {
-            break;
-        }
-        if step.is_some() && paused_until.is_none() {
+        let Some(failure) = failure else {
+            delays = backoff();
             continue;
-        }
-        // Nothing to do now: wait for rows, a wake, or the end of a pause.
-        let pause_over = async {
-            match paused_until {
-                Some(until) => tokio::time::sleep_until(until).await,
-                None => std::future::pending().await,
-            }
         };
+        let pause = delays.next().unwrap_or(Duration::from_secs(30));
+        tracing::warn!(error = %failure, ?pause, "outbox relay step failed; pausing, and the sweep takes the rows let go");
         tokio::select! {
             () = shutdown.cancelled() => break,
-            batch = handed.recv(), if paused_until.is_none() && writers => match batch {
-                Some(batch) => rows = batch,
-                None => writers = false,
-            },
-            () = wake.notified() => claim_due = true,
-            () = pause_over => paused_until = None,
+            () = tokio::time::sleep(pause) => {}
         }
     }
     handed.close();
@@ -412,12 +365,12 @@ pub async fn run(
     tracing::info!("outbox relay stopped");
 }
 
-/// Starts the safety-net sweep: on `schedule` (cron with seconds) it wakes
-/// the relay, which then publishes anything still pending.
-pub async fn start_sweep(schedule: &str, wake: Arc<Notify>) -> anyhow::Result<JobScheduler> {
+/// Starts the recovery sweep: on `schedule` (cron with seconds) it ticks
+/// `sweep`, which the relay's loop selects on.
+pub async fn start_sweep(schedule: &str, sweep: Arc<Notify>) -> anyhow::Result<JobScheduler> {
     common::schedule::every("OUTBOX_SWEEP_SCHEDULE", schedule, move || {
-        let wake = wake.clone();
-        async move { wake.notify_one() }
+        let sweep = sweep.clone();
+        async move { sweep.notify_one() }
     })
     .await
 }

@@ -80,44 +80,23 @@ pub struct Lease {
     pub until: DateTime,
 }
 
-/// Writes the event announcing `event_type` for `order_id`, inside the
-/// caller's transaction: the event exists exactly when the change does.
-pub async fn enqueue(
+/// Writes `rows` (made by [`rows_for`]) inside the caller's transaction:
+/// the events exist exactly when the changes they announce do.
+pub async fn insert(
     db: &Database,
     session: &mut ClientSession,
-    order_id: ObjectId,
-    event_type: OrderEventType,
-    occurred_at: DateTime,
-    traceparent: Option<String>,
+    rows: &[OutboxMessage],
 ) -> mongodb::error::Result<()> {
-    collection(db)
-        .insert_one(row(order_id, event_type, occurred_at, traceparent, None))
-        .session(session)
-        .await?;
+    if !rows.is_empty() {
+        collection(db).insert_many(rows).session(session).await?;
+    }
     Ok(())
 }
 
-/// [`enqueue`] for several orders at once (each with the trace context of
-/// the request that placed it): one insert for a whole batch. With a
-/// `lease`, the rows are written already held by that relay claim (see
-/// `outbox::handoff`). Returns the rows as written.
-pub async fn enqueue_many(
-    db: &Database,
-    session: &mut ClientSession,
-    orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
-    event_type: OrderEventType,
-    occurred_at: DateTime,
-    lease: Option<&Lease>,
-) -> mongodb::error::Result<Vec<OutboxMessage>> {
-    let rows = rows_for(orders, event_type, occurred_at, lease);
-    if !rows.is_empty() {
-        collection(db).insert_many(&rows).session(session).await?;
-    }
-    Ok(rows)
-}
-
-/// The rows `enqueue_many` writes, for a caller that writes them itself
-/// (as part of a bulk write).
+/// The rows announcing `event_type` for each of `orders` (with the trace
+/// context of the request that changed it), written by [`insert`] or as
+/// part of a caller's bulk write. With a `lease`, the rows are written
+/// already held by that relay claim (see `outbox::handoff`).
 pub fn rows_for(
     orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
     event_type: OrderEventType,

@@ -2,7 +2,7 @@
 //! The batch step is called directly so that a batch is certain; the HTTP
 //! tests at the end race real requests through the batcher.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
 use common::domain::{Quantity, TaxRate};
@@ -16,12 +16,12 @@ use order_api::{
     },
     outbox::{
         Handoff, Relay,
-        store::{self, OutboxMessage, OutboxStatus},
+        store::{self, OutboxMessage},
     },
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
@@ -30,7 +30,8 @@ fn settings() -> ShopSettings {
         currency: "INR".into(),
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
-        handoff: None,
+        // No relay takes them: the rows are let go for a sweep.
+        handoff: Handoff::new("no-relay", Duration::from_secs(30), 1).0,
         bulk_write_refused: Default::default(),
     }
 }
@@ -290,16 +291,13 @@ fn handing_off(
 ) -> (
     ShopSettings,
     tokio::sync::mpsc::Receiver<Vec<OutboxMessage>>,
-    Arc<Notify>,
 ) {
-    let wake = Arc::new(Notify::new());
-    let (handoff, handed) =
-        Handoff::new("test-relay", Duration::from_secs(30), wake.clone(), depth);
+    let (handoff, handed) = Handoff::new("test-relay", Duration::from_secs(30), depth);
     let settings = ShopSettings {
-        handoff: Some(handoff),
+        handoff,
         ..settings()
     };
-    (settings, handed, wake)
+    (settings, handed)
 }
 
 #[tokio::test]
@@ -307,7 +305,7 @@ async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 2).await;
-    let (settings, mut handed, _wake) = handing_off(4);
+    let (settings, mut handed) = handing_off(4);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let requests = [
@@ -349,7 +347,7 @@ async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
         app.queues.queue_url.clone(),
         &test_support::apps::api_config("unused", "unused").outbox,
     );
-    assert_eq!(other.try_publish_batch().await.expect("step").published, 0);
+    assert_eq!(other.recover().await.expect("step").published, 0);
     // The relay that holds them publishes them without claiming.
     let outcome = other.publish(&rows).await.expect("publishes");
     assert_eq!(outcome.published, 2, "{outcome:?}");
@@ -361,11 +359,11 @@ async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
 }
 
 #[tokio::test]
-async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_a_claim() {
+async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_the_sweep() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 10).await;
-    let (settings, mut handed, wake) = handing_off(1);
+    let (settings, mut handed) = handing_off(1);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let first =
@@ -385,15 +383,49 @@ async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_a_claim() {
         .expect("row");
     assert_eq!(row.lease_owner, None);
     assert_eq!(row.lease_until, None);
-    tokio::time::timeout(Duration::from_secs(1), wake.notified())
-        .await
-        .expect("the relay was woken to claim it");
 }
 
 #[tokio::test]
-async fn an_order_placed_over_http_reaches_the_queue_with_no_claim_or_wake() {
-    // The sweep effectively off and the route wakes nobody: only the
-    // hand-off can publish the order.
+async fn a_cancellation_hands_its_row_to_the_relay_as_an_order_does() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 10).await;
+    let (settings, mut handed) = handing_off(4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let placed =
+        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
+    let order = placed[0].as_ref().expect("placed").id;
+    assert_eq!(handed.try_recv().expect("the order's row").len(), 1);
+
+    let cancelled = order_api::orders::cancel::cancel_order(
+        &app.db,
+        &settings.handoff,
+        order,
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("cancelled");
+    assert_eq!(cancelled.id, order);
+    let rows = handed
+        .try_recv()
+        .expect("the cancellation's row was handed over");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].order_id, order);
+    assert_eq!(rows[0].event_type, "order.cancelled");
+    let owner = rows[0].lease_owner.clone().expect("handed rows are leased");
+    assert!(owner.starts_with("test-relay:"), "{owner}");
+    let stored = store::collection(&app.db)
+        .find_one(doc! { "_id": rows[0].id })
+        .await
+        .expect("query")
+        .expect("committed");
+    assert_eq!(stored.lease_owner.as_deref(), Some(owner.as_str()));
+}
+
+#[tokio::test]
+async fn an_order_and_its_cancellation_over_http_reach_the_queue_with_no_sweep() {
+    // The sweep effectively off: only the hand-off can publish them.
     let app = spawn_app_with(|config| config.outbox.sweep_schedule = "0 0 0 1 1 *".into()).await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 10).await;
@@ -401,17 +433,27 @@ async fn an_order_placed_over_http_reaches_the_queue_with_no_claim_or_wake() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let order = app.order(&token, &product, 1).await;
     let order_id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("order id");
+    let cancel = app
+        .post(
+            &format!("/api/orders/{order_id}/cancel"),
+            Some(&token),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status(), StatusCode::OK);
 
     test_support::eventually(
         Duration::from_secs(5),
-        "the order's row to be published",
+        "the order's and the cancellation's rows to be published",
         || async {
-            let row = store::collection(&app.db)
-                .find_one(doc! { "order_id": order_id })
+            let rows: Vec<OutboxMessage> = store::collection(&app.db)
+                .find(doc! { "order_id": order_id, "status": "PUBLISHED" })
                 .await
-                .ok()
-                .flatten()?;
-            (row.status == OutboxStatus::Published).then_some(())
+                .ok()?
+                .try_collect()
+                .await
+                .ok()?;
+            (rows.len() == 2).then_some(())
         },
     )
     .await;

@@ -316,25 +316,19 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     let sqs = test_support::sqs_client().await;
     let queues = test_support::create_queues(&sqs, &test_support::unique("relay"), 30).await;
     let outbox = order_api::outbox::store::collection(&db);
-    let mut session = db.client().start_session().await.expect("session");
-    session.start_transaction().await.expect("begin");
-    order_api::outbox::store::enqueue(
-        &db,
-        &mut session,
-        mongodb::bson::oid::ObjectId::new(),
+    let rows = order_api::outbox::store::rows_for(
+        [(mongodb::bson::oid::ObjectId::new(), None)],
         common::event::OrderEventType::OrderCreated,
         mongodb::bson::DateTime::now(),
         None,
-    )
-    .await
-    .expect("enqueue");
-    session.commit_transaction().await.expect("commit");
+    );
+    outbox.insert_many(&rows).await.expect("enqueue");
 
     // A queue that does not exist: the send fails.
     let gone = format!("{}-gone", queues.queue_url);
     let config = test_support::apps::api_config(&database, "unused").outbox;
     let broken = order_api::outbox::Relay::new(db.clone(), sqs.clone(), gone, &config);
-    let result = broken.try_publish_batch().await;
+    let result = broken.recover().await;
     assert!(result.is_err(), "{result:?}");
     let row = outbox
         .find_one(mongodb::bson::doc! {})
@@ -353,7 +347,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     // The next attempt, with SQS reachable, publishes it.
     let relay =
         order_api::outbox::Relay::new(db.clone(), sqs.clone(), queues.queue_url.clone(), &config);
-    let outcome = relay.try_publish_batch().await.expect("publishes");
+    let outcome = relay.recover().await.expect("publishes");
     assert_eq!(outcome.published, 1);
     let row = outbox
         .find_one(mongodb::bson::doc! {})

@@ -42,27 +42,16 @@ async fn bench() -> Bench {
     }
 }
 
-/// Writes `n` order.created rows, as committed orders would.
+/// Writes `n` order.created rows nobody holds, as committed orders whose
+/// relay died would leave them.
 async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
-    let mut orders = Vec::new();
-    for _ in 0..n {
-        let order = ObjectId::new();
-        let mut session = db.client().start_session().await.expect("session");
-        session.start_transaction().await.expect("begin");
-        store::enqueue(
-            db,
-            &mut session,
-            order,
-            OrderEventType::OrderCreated,
-            DateTime::now(),
-            None,
-        )
+    let orders = (0..n).map(|_| (ObjectId::new(), None));
+    let rows = store::rows_for(orders, OrderEventType::OrderCreated, DateTime::now(), None);
+    store::collection(db)
+        .insert_many(&rows)
         .await
         .expect("enqueue");
-        session.commit_transaction().await.expect("commit");
-        orders.push(order);
-    }
-    orders
+    rows.iter().map(|row| row.order_id).collect()
 }
 
 async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
@@ -104,7 +93,7 @@ async fn two_relays_racing_publish_every_row_exactly_once() {
     let run = |relay: Relay| async move {
         let mut published = 0;
         for _ in 0..20 {
-            let outcome = relay.try_publish_batch().await.expect("publishes");
+            let outcome = relay.recover().await.expect("publishes");
             published += outcome.published;
             if outcome.published == 0 && !outcome.more_pending {
                 break;
@@ -148,13 +137,13 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
         &bench.config,
     );
     assert_eq!(
-        relay.try_publish_batch().await.expect("step").published,
+        relay.recover().await.expect("step").published,
         0,
         "leased rows are left alone"
     );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(
-        relay.try_publish_batch().await.expect("step").published,
+        relay.recover().await.expect("step").published,
         3,
         "expired leases are taken over"
     );
@@ -187,7 +176,7 @@ async fn published_rows_carry_their_expiry() {
         bench.queue_url.clone(),
         &bench.config,
     );
-    relay.try_publish_batch().await.expect("publishes");
+    relay.recover().await.expect("publishes");
     let row = store::collection(&bench.db)
         .find_one(doc! {})
         .await
@@ -219,7 +208,7 @@ async fn each_published_row_records_the_sqs_id_of_its_own_message() {
         bench.queue_url.clone(),
         &bench.config,
     );
-    assert_eq!(relay.try_publish_batch().await.expect("step").published, 7);
+    assert_eq!(relay.recover().await.expect("step").published, 7);
 
     let sent: HashSet<(String, String)> = drain(&bench.sqs, &bench.queue_url)
         .await
@@ -267,28 +256,14 @@ async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
         fifo_url.clone(),
         &bench.config,
     );
-    assert_eq!(
-        relay
-            .try_publish_batch()
-            .await
-            .expect("publishes")
-            .published,
-        2
-    );
+    assert_eq!(relay.recover().await.expect("publishes").published, 2);
 
     // Sent again (say a relay lost its lease after sending): deduplicated.
     store::collection(&bench.db)
         .update_many(doc! {}, doc! { "$set": { "status": "PENDING" } })
         .await
         .expect("reset");
-    assert_eq!(
-        relay
-            .try_publish_batch()
-            .await
-            .expect("publishes")
-            .published,
-        2
-    );
+    assert_eq!(relay.recover().await.expect("publishes").published, 2);
 
     let messages = drain(&bench.sqs, &fifo_url).await;
     assert_eq!(messages.len(), 2, "the resend was deduplicated");
