@@ -9,6 +9,7 @@ pub mod event;
 pub mod expiry;
 pub mod metrics;
 pub mod mongo;
+pub mod orders;
 pub mod readiness;
 pub mod schedule;
 pub mod shutdown;

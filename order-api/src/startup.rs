@@ -146,7 +146,7 @@ async fn create_indexes(db: &mongodb::Database) -> mongodb::error::Result<()> {
     auth::users::create_indexes(db).await?;
     auth::tokens::create_indexes(db).await?;
     products::store::create_indexes(db).await?;
-    orders::store::create_indexes(db).await?;
+    common::orders::create_indexes(db).await?;
     orders::idempotency::create_indexes(db).await?;
     outbox::store::create_indexes(db).await?;
     Ok(())

@@ -147,7 +147,7 @@ pub fn describe() {
 pub async fn render(db: &mongodb::Database, sqs: &aws_sdk_sqs::Client, queues: &Queues) -> String {
     match tokio::time::timeout(
         QUEUE_TIMEOUT,
-        crate::email::store::backlog(db, bson::DateTime::now()),
+        common::orders::email::backlog(db, bson::DateTime::now()),
     )
     .await
     {

@@ -12,7 +12,7 @@ use crate::{
     consumer::Consumer,
     dlq::Queues,
     email::{
-        self, EmailSender, Mailer, SenderSettings, Shop, Templates,
+        EmailSender, Mailer, SenderSettings, Shop, Templates,
         gate::{Gate, GateSettings},
     },
     health, inbox,
@@ -49,9 +49,9 @@ impl Application {
         inbox::create_indexes(&db)
             .await
             .context("creating the inbox indexes")?;
-        email::store::create_indexes(&db)
+        common::orders::create_indexes(&db)
             .await
-            .context("creating the email indexes")?;
+            .context("creating the orders indexes")?;
         let sqs = common::sqs::client(&config.sqs).await;
         let queues = common::startup::wait_for("SQS", within, || async {
             Ok(Queues {

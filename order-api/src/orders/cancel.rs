@@ -1,37 +1,23 @@
-//! Cancelling an order: in ONE transaction the order becomes CANCELLED, every
-//! line's stock is put back, and an `order.cancelled` outbox row is written,
+//! Cancelling an order: in ONE transaction the order becomes CANCELLED
+//! (`common::orders::cancellation`), every line's stock is put back, and an
+//! `order.cancelled` outbox row is written,
 //! handed to this process's relay once committed (as a placed order's is).
 //! The cancellation email is written due in the same transaction: the
 //! processor's sender takes it from there (the event only wakes it), so the
 //! customer hears of the cancellation even while SQS is unreachable.
-//!
-//! The status update names the statuses it may cancel from, so a cancel and
-//! the processor racing on the same order settle cleanly: whichever update
-//! lands second finds the status it expected gone.
 
 use std::time::Duration;
 
 use bson::{DateTime, doc, oid::ObjectId};
-use common::{
-    domain::{EmailDelivery, Order, OrderStatus, TimelineEntry, TimelineEvent},
-    event::OrderEventType,
-};
+pub use common::orders::cancellation::CancelRefused;
+use common::{domain::Order, event::OrderEventType, orders};
 use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
 
-use super::store as orders;
 use crate::{
     outbox::{self, Handoff, store::Lease},
     products::store as products,
 };
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CancelRefused {
-    #[error("order not found")]
-    NotFound,
-    #[error("the order is already cancelled")]
-    AlreadyCancelled,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -87,41 +73,7 @@ async fn write_cancellation(
     lease: &Lease,
 ) -> mongodb::error::Result<(Order, Vec<outbox::store::OutboxMessage>)> {
     let now = DateTime::now();
-    let mut filter = doc! { "_id": order_id };
-    if let Some(owner) = owner {
-        filter.insert("user_id", owner);
-    }
-    let cancellable: Vec<&str> = OrderStatus::predecessors_of(OrderStatus::Cancelled)
-        .into_iter()
-        .map(OrderStatus::as_str)
-        .collect();
-    let mut conditional = filter.clone();
-    conditional.insert("status", doc! { "$in": cancellable });
-    let entry = TimelineEntry::new(TimelineEvent::Cancelled, OrderStatus::Cancelled, now);
-    let cancelled = common::mongo::update_then_read(
-        &orders::collection(db),
-        Some(&mut *session),
-        conditional,
-        doc! {
-            "$set": {
-                "status": OrderStatus::Cancelled.as_str(),
-                "updated_at": now,
-                "cancellation_email": bson::to_bson(&EmailDelivery::due(now)).map_err(MongoError::custom)?,
-            },
-            "$push": { "timeline": bson::to_bson(&entry).map_err(MongoError::custom)? },
-        },
-    )
-    .await?;
-    let Some(order) = cancelled else {
-        let existing = orders::collection(db)
-            .find_one(filter)
-            .session(&mut *session)
-            .await?;
-        return Err(MongoError::custom(match existing {
-            None => CancelRefused::NotFound,
-            Some(_) => CancelRefused::AlreadyCancelled,
-        }));
-    };
+    let order = orders::cancellation::cancel(db, session, order_id, owner, now).await?;
     for line in &order.lines {
         products::collection(db)
             .update_one(

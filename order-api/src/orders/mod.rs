@@ -9,7 +9,6 @@ pub mod cancel;
 pub mod idempotency;
 pub mod place;
 pub(crate) mod routes;
-pub mod store;
 mod view;
 
 use axum::{

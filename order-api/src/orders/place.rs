@@ -34,10 +34,7 @@ use mongodb::{
 };
 use tokio::time::Instant;
 
-use super::{
-    idempotency::{self, KeyedRequest},
-    store as orders,
-};
+use super::idempotency::{self, KeyedRequest};
 use crate::{
     outbox::{
         self, Handoff,
@@ -320,7 +317,7 @@ async fn write_batch(
         );
         owners.push(None);
     }
-    let orders = orders::collection(db);
+    let orders = common::orders::collection(db);
     for (i, order) in &placed {
         writes.push(orders.insert_one_model(*order)?.into());
         owners.push(Some(*i));

@@ -9,6 +9,7 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use common::domain::{OrderStatus, Quantity};
+use common::orders::{self as store, ListFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use validator::Validate;
@@ -17,7 +18,6 @@ use super::{
     cancel::{self, CancelError, CancelRefused},
     idempotency::{self, KeyedRequest, Prior},
     place::{Customer, LineRequest, OrderRequest, PlaceError, PlaceOrderError},
-    store::{self, ListFilter},
     view::{OrderView, TimelineView},
 };
 use crate::{

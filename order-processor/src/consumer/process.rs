@@ -11,7 +11,9 @@ use common::{
 use futures::FutureExt;
 
 use super::Consumer;
-use crate::{email::store::Claimed, fulfilment, inbox};
+use common::orders::{self, email::Claimed, processing};
+
+use crate::inbox;
 
 /// What handling one event did. Every outcome acknowledges the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,18 +183,18 @@ impl Consumer {
                         return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
                     }
                     if *event_type == OrderEventType::OrderCancelled {
-                        let Some(order) = fulfilment::load_in(db, session, *id).await? else {
-                            return Err(mongodb::error::Error::custom(fulfilment::UnknownOrder));
+                        let Some(order) = orders::load_in(db, session, *id).await? else {
+                            return Err(mongodb::error::Error::custom(processing::UnknownOrder));
                         };
                         if let Some(at) = *published_at {
-                            fulfilment::note_published(db, session, *id, *event_type, at).await?;
+                            processing::note_published(db, session, *id, *event_type, at).await?;
                         }
                         return Ok(Applied::First {
                             claimed: None,
                             status: order.status,
                         });
                     }
-                    if let Some(claimed) = fulfilment::process_and_claim(
+                    if let Some(claimed) = processing::process_and_claim(
                         db,
                         session,
                         *id,
@@ -208,9 +210,9 @@ impl Consumer {
                         });
                     }
                     if let Some(at) = *published_at {
-                        fulfilment::note_published(db, session, *id, *event_type, at).await?;
+                        processing::note_published(db, session, *id, *event_type, at).await?;
                     }
-                    let status = fulfilment::process(db, session, *id).await?;
+                    let status = processing::process(db, session, *id).await?;
                     Ok(Applied::First {
                         claimed: None,
                         status,
@@ -223,7 +225,7 @@ impl Consumer {
         match applied {
             Ok(applied) => Ok(applied),
             Err(e) if e.get_custom::<inbox::AlreadyHandled>().is_some() => Ok(Applied::Redelivery),
-            Err(e) if e.get_custom::<fulfilment::UnknownOrder>().is_some() => {
+            Err(e) if e.get_custom::<processing::UnknownOrder>().is_some() => {
                 Err(ProcessError::UnknownOrder(id.to_hex()))
             }
             Err(e) => Err(e.into()),

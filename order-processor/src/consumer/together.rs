@@ -25,7 +25,9 @@ use futures::FutureExt;
 use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{fulfilment, inbox};
+use common::orders::processing;
+
+use crate::inbox;
 
 /// Pollers' hand-overs applied in one transaction, at most (a poller hands
 /// over at most one receive's worth, ten events).
@@ -49,7 +51,7 @@ pub struct Settings {
     pub inbox_retention: Duration,
     pub message_id_domain: String,
     pub linger: Duration,
-    /// How long the confirmations' claims hold (`email::store`).
+    /// How long the confirmations' claims hold (`common::orders::email`).
     pub lease: Duration,
 }
 
@@ -142,7 +144,7 @@ async fn apply_first_deliveries(
                     .map(|(_, id, published_at)| (*id, *published_at))
                     .collect();
                 let moved =
-                    fulfilment::process_and_claim_many(db, session, &orders, domain, lease).await?;
+                    processing::process_and_claim_many(db, session, &orders, domain, lease).await?;
                 let entries: Vec<inbox::InboxEntry> = candidates
                     .iter()
                     .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))

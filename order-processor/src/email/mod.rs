@@ -1,5 +1,5 @@
 //! An order's emails (confirmation, cancellation): durable work recorded on
-//! the order (`store`), rendered from templates (`render`), sent by the
+//! the order (`common::orders::email`), rendered from templates (`render`), sent by the
 //! `sender` through a `gate` (pace, breaker) over SMTP (`smtp`), each reply
 //! classified by one table (`reply`).
 
@@ -9,7 +9,6 @@ pub mod reply;
 pub mod sender;
 mod sent;
 mod smtp;
-pub mod store;
 
 pub use render::{RenderedEmail, Shop, Templates};
 pub use sender::{Delivered, EmailSender, SendReport, SenderSettings};

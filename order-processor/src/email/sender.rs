@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 use ::metrics::{counter, histogram};
 use bson::DateTime;
 use common::domain::{EmailKind, OrderStatus};
+use common::orders::email::{self as store, Claimed};
 use futures::{StreamExt, stream};
 use mongodb::Database;
 use rand::Rng;
@@ -26,7 +27,6 @@ use super::{
     gate::{Admission, BreakerState, Gate},
     reply::ReplyClass,
     sent::SentLog,
-    store::{self, Claimed},
 };
 use crate::metrics;
 

@@ -17,7 +17,7 @@ use common::domain::{EmailKind, Order, OrderStatus};
 use mongodb::{Database, error::Error as MongoError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::store;
+use common::orders::email as store;
 
 /// Emails recorded in one write, at most.
 const MAX_BATCH: usize = 64;

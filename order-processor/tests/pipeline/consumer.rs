@@ -271,7 +271,7 @@ async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending
         })
         .collect();
     let record = || {
-        order_processor::email::store::record_sent(
+        common::orders::email::record_sent(
             &pipeline.db,
             &accepted,
             EmailKind::Confirmation,

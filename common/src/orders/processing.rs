@@ -4,23 +4,19 @@
 
 use std::time::Duration;
 
-use bson::{Bson, DateTime, doc, oid::ObjectId};
-use common::{
+use crate::{
     domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry, TimelineEvent},
     event::OrderEventType,
 };
+use bson::{Bson, DateTime, doc, oid::ObjectId};
 use futures::TryStreamExt;
-use mongodb::{ClientSession, Collection, Database, error::Error as MongoError};
+use mongodb::{ClientSession, Database, error::Error as MongoError};
 
-use crate::email;
-
-pub fn orders(db: &Database) -> Collection<Order> {
-    db.collection("orders")
-}
-
-pub async fn load(db: &Database, id: ObjectId) -> mongodb::error::Result<Option<Order>> {
-    orders(db).find_one(doc! { "_id": id }).await
-}
+use super::{
+    email,
+    fields::{self, Delivery, ID, STATUS, TIMELINE, UPDATED_AT},
+    load_in,
+};
 
 fn entry(
     event: TimelineEvent,
@@ -36,17 +32,6 @@ fn entry(
 /// The event names an order that does not exist: retrying cannot help.
 #[derive(Debug, Clone, Copy)]
 pub struct UnknownOrder;
-
-pub async fn load_in(
-    db: &Database,
-    session: &mut ClientSession,
-    id: ObjectId,
-) -> mongodb::error::Result<Option<Order>> {
-    orders(db)
-        .find_one(doc! { "_id": id })
-        .session(session)
-        .await
-}
 
 /// Inside the caller's transaction, a first delivery's whole change in one
 /// update: PENDING → PROCESSED (the timeline gets both steps; PROCESSING
@@ -67,28 +52,27 @@ pub async fn process_and_claim(
     lease: Duration,
 ) -> mongodb::error::Result<Option<Order>> {
     let kind = EmailKind::Confirmation;
-    let field = kind.field();
     let now = DateTime::now();
-    let mut update = email::store::claim_update(kind, message_id, now, lease);
+    let mut update = email::claim_update(kind, message_id, now, lease);
     update
         .get_document_mut("$set")
         .map_err(MongoError::custom)?
         .extend(doc! {
-            format!("{field}.due_since"): now,
-            "status": OrderStatus::Processed.as_str(),
-            "updated_at": now,
+            fields::of(kind, Delivery::DueSince): now,
+            STATUS: OrderStatus::Processed.as_str(),
+            UPDATED_AT: now,
         });
     update.insert(
         "$push",
-        doc! { "timeline": { "$each": first_delivery_entries(published_at, now)? } },
+        doc! { TIMELINE: { "$each": first_delivery_entries(published_at, now)? } },
     );
-    common::mongo::update_then_read(
-        &orders(db),
+    crate::mongo::update_then_read(
+        &super::collection(db),
         Some(session),
         doc! {
-            "_id": id,
-            "status": OrderStatus::Pending.as_str(),
-            format!("{field}.status"): "PENDING",
+            ID: id,
+            STATUS: OrderStatus::Pending.as_str(),
+            fields::of(kind, Delivery::Status): "PENDING",
         },
         update,
     )
@@ -108,7 +92,7 @@ pub async fn process_and_claim_many(
     lease: Duration,
 ) -> mongodb::error::Result<Vec<Order>> {
     let kind = EmailKind::Confirmation;
-    let field = kind.field();
+    let field = fields::delivery(kind);
     let now = DateTime::now();
     let ids: Vec<ObjectId> = orders_published.iter().map(|(id, _)| *id).collect();
     let ids = ids.as_slice();
@@ -121,37 +105,37 @@ pub async fn process_and_claim_many(
         .iter()
         .map(|(_, published_at)| first_delivery_entries(*published_at, now).map(Bson::Array))
         .collect::<mongodb::error::Result<_>>()?;
-    orders(db)
+    super::collection(db)
         .update_many(
             doc! {
-                "_id": { "$in": ids },
-                "status": OrderStatus::Pending.as_str(),
-                format!("{field}.status"): "PENDING",
+                ID: { "$in": ids },
+                STATUS: OrderStatus::Pending.as_str(),
+                fields::of(kind, Delivery::Status): "PENDING",
             },
             vec![doc! { "$set": {
-                "status": OrderStatus::Processed.as_str(),
-                "updated_at": now,
-                field: { "$mergeObjects": [format!("${field}"), {
-                    "status": "SENDING",
-                    "message_id": common::mongo::value_by_id(ids, &message_ids),
-                    "attempted_at": now,
-                    "next_attempt_at": common::mongo::later(now, lease),
-                    "due_since": now,
-                    "attempts": { "$add": [{ "$ifNull": [format!("${field}.attempts"), 0] }, 1] },
+                STATUS: OrderStatus::Processed.as_str(),
+                UPDATED_AT: now,
+                field: { "$mergeObjects": [fields::value(field), {
+                    Delivery::Status.name(): "SENDING",
+                    Delivery::MessageId.name(): crate::mongo::value_by_id(ids, &message_ids),
+                    Delivery::AttemptedAt.name(): now,
+                    Delivery::NextAttemptAt.name(): crate::mongo::later(now, lease),
+                    Delivery::DueSince.name(): now,
+                    Delivery::Attempts.name(): { "$add": [{ "$ifNull": [fields::value(&fields::of(kind, Delivery::Attempts)), 0] }, 1] },
                 }] },
-                "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(ids, &timelines)] },
+                TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(ids, &timelines)] },
             } }],
         )
         .session(&mut *session)
         .await?;
     // Inside the transaction nothing else can have moved these orders, so
     // SENDING claimed at exactly `now` is this update's work.
-    let mut moved = orders(db)
+    let mut moved = super::collection(db)
         .find(doc! {
-            "_id": { "$in": ids },
-            "status": OrderStatus::Processed.as_str(),
-            format!("{field}.status"): "SENDING",
-            format!("{field}.attempted_at"): now,
+            ID: { "$in": ids },
+            STATUS: OrderStatus::Processed.as_str(),
+            fields::of(kind, Delivery::Status): "SENDING",
+            fields::of(kind, Delivery::AttemptedAt): now,
         })
         .session(&mut *session)
         .await?;
@@ -199,10 +183,10 @@ pub async fn note_published(
     event_type: OrderEventType,
     at: DateTime,
 ) -> mongodb::error::Result<()> {
-    orders(db)
+    super::collection(db)
         .update_one(
-            doc! { "_id": id },
-            doc! { "$push": { "timeline": published(at, event_type)? } },
+            doc! { ID: id },
+            doc! { "$push": { TIMELINE: published(at, event_type)? } },
         )
         .session(session)
         .await?;
@@ -225,19 +209,19 @@ pub async fn process(
     for next in [OrderStatus::Processing, OrderStatus::Processed] {
         if order.status.can_become(next) {
             let now = DateTime::now();
-            let mut set = doc! { "status": next.as_str(), "updated_at": now };
+            let mut set = doc! { STATUS: next.as_str(), UPDATED_AT: now };
             if next == OrderStatus::Processed && order.email.status == EmailStatus::Pending {
-                let field = EmailKind::Confirmation.field();
-                set.insert(format!("{field}.next_attempt_at"), now);
-                set.insert(format!("{field}.due_since"), now);
+                let kind = EmailKind::Confirmation;
+                set.insert(fields::of(kind, Delivery::NextAttemptAt), now);
+                set.insert(fields::of(kind, Delivery::DueSince), now);
             }
-            let advanced = common::mongo::update_then_read(
-                &orders(db),
+            let advanced = crate::mongo::update_then_read(
+                &super::collection(db),
                 Some(&mut *session),
-                doc! { "_id": id, "status": order.status.as_str() },
+                doc! { ID: id, STATUS: order.status.as_str() },
                 doc! {
                     "$set": set,
-                    "$push": { "timeline": entry(TimelineEvent::entering(next), next, now, None)? },
+                    "$push": { TIMELINE: entry(TimelineEvent::entering(next), next, now, None)? },
                 },
             )
             .await?;
@@ -249,10 +233,10 @@ pub async fn process(
         }
     }
     if order.status == OrderStatus::Cancelled {
-        orders(db)
+        super::collection(db)
             .update_one(
-                doc! { "_id": id },
-                doc! { "$push": { "timeline": entry(
+                doc! { ID: id },
+                doc! { "$push": { TIMELINE: entry(
                     TimelineEvent::ProcessingSkipped,
                     OrderStatus::Cancelled,
                     DateTime::now(),

@@ -16,8 +16,8 @@
 
 use std::time::Duration;
 
+use crate::domain::{EmailKind, Order, OrderStatus, TimelineEntry};
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
-use common::domain::{EmailKind, Order, OrderStatus, TimelineEntry};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     Database, IndexModel,
@@ -25,7 +25,10 @@ use mongodb::{
     options::{FindOptions, IndexOptions, UpdateModifications},
 };
 
-use crate::fulfilment::orders;
+use super::{
+    collection as orders,
+    fields::{self, Delivery, ID, TIMELINE, UPDATED_AT},
+};
 
 /// One claimed email: the order as the claim left it, and which email.
 #[derive(Debug, Clone)]
@@ -48,10 +51,6 @@ impl Claimed {
     }
 }
 
-fn path(kind: EmailKind, leaf: &str) -> String {
-    format!("{}.{leaf}", kind.field())
-}
-
 /// The index the sender's query runs on, one per kind of email. Sparse: an
 /// email with no work to do (most of them: sent, or a cancellation never
 /// written) has no entry, so placing and sending an order writes one index
@@ -61,10 +60,10 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
         .into_iter()
         .map(|kind| {
             IndexModel::builder()
-                .keys(doc! { path(kind, "next_attempt_at"): 1 })
+                .keys(doc! { fields::of(kind, Delivery::NextAttemptAt): 1 })
                 .options(
                     IndexOptions::builder()
-                        .name(format!("{}_next_attempt_at", kind.field()))
+                        .name(format!("{}_next_attempt_at", fields::delivery(kind)))
                         .sparse(true)
                         .build(),
                 )
@@ -83,12 +82,12 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
 pub fn claim_update(kind: EmailKind, message_id: &str, now: DateTime, lease: Duration) -> Document {
     doc! {
         "$set": {
-            path(kind, "status"): "SENDING",
-            path(kind, "message_id"): message_id,
-            path(kind, "attempted_at"): now,
-            path(kind, "next_attempt_at"): common::mongo::later(now, lease),
+            fields::of(kind, Delivery::Status): "SENDING",
+            fields::of(kind, Delivery::MessageId): message_id,
+            fields::of(kind, Delivery::AttemptedAt): now,
+            fields::of(kind, Delivery::NextAttemptAt): crate::mongo::later(now, lease),
         },
-        "$inc": { path(kind, "attempts"): 1 },
+        "$inc": { fields::of(kind, Delivery::Attempts): 1 },
     }
 }
 
@@ -102,11 +101,11 @@ pub async fn claim_due(
     lease: Duration,
     message_id_domain: &str,
 ) -> mongodb::error::Result<Vec<Claimed>> {
-    let due_at = path(kind, "next_attempt_at");
+    let due_at = fields::of(kind, Delivery::NextAttemptAt);
     let options = FindOptions::builder()
         .sort(doc! { due_at.as_str(): 1 })
         .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-        .projection(doc! { "_id": 1, due_at.as_str(): 1 })
+        .projection(doc! { ID: 1, due_at.as_str(): 1 })
         .build();
     let due: Vec<Document> = db
         .collection::<Document>(orders(db).name())
@@ -117,25 +116,25 @@ pub async fn claim_due(
         .await?;
     let mut claimed = Vec::with_capacity(due.len());
     for seen in due {
-        let (Ok(id), Some(was_due)) = (seen.get_object_id("_id"), field(&seen, kind)) else {
+        let (Ok(id), Some(was_due)) = (seen.get_object_id(ID), field(&seen, kind)) else {
             continue;
         };
         let message_id = kind.message_id(&id, message_id_domain);
-        let filter = doc! { "_id": id, due_at.as_str(): was_due };
+        let filter = doc! { ID: id, due_at.as_str(): was_due };
         let update = claim_update(kind, &message_id, now, lease);
         // In a transaction with a deadline, not as a plain write: a plain
         // write waits, with no limit, behind a transaction a killed
         // process left open on this order (its SENT write, say), and the
         // whole sweep would wait with it. Here that email is skipped until
         // the next sweep.
-        let claim = common::mongo::transaction_until(
+        let claim = crate::mongo::transaction_until(
             db,
             "claim_email",
             Some(tokio::time::Instant::now() + CLAIM_DEADLINE),
             (db, &filter, &update),
             |session, (db, filter, update)| {
                 async move {
-                    common::mongo::update_then_read(
+                    crate::mongo::update_then_read(
                         &orders(db),
                         Some(session),
                         filter.clone(),
@@ -151,7 +150,7 @@ pub async fn claim_due(
             Ok(Some(order)) => claimed.push(Claimed { order, kind }),
             Ok(None) => {}
             Err(e)
-                if e.get_custom::<common::mongo::DeadlineBeforeCommit>()
+                if e.get_custom::<crate::mongo::DeadlineBeforeCommit>()
                     .is_some() =>
             {
                 tracing::warn!(order_id = %id, email = kind.as_str(), "a due email is held by another transaction; it is tried again next sweep");
@@ -168,20 +167,20 @@ const CLAIM_DEADLINE: Duration = Duration::from_secs(2);
 /// The `next_attempt_at` of `kind` in a projected order document.
 fn field(document: &Document, kind: EmailKind) -> Option<Bson> {
     document
-        .get_document(kind.field())
+        .get_document(fields::delivery(kind))
         .ok()?
-        .get("next_attempt_at")
+        .get(Delivery::NextAttemptAt.name())
         .cloned()
 }
 
 /// The filter that matches an email only while `claim` still holds it.
 fn still_claimed(claim: &Claimed) -> Document {
     let mut filter = doc! {
-        "_id": claim.order.id,
-        path(claim.kind, "status"): "SENDING",
+        ID: claim.order.id,
+        fields::of(claim.kind, Delivery::Status): "SENDING",
     };
     if let Some(at) = claim.claimed_at() {
-        filter.insert(path(claim.kind, "attempted_at"), at);
+        filter.insert(fields::of(claim.kind, Delivery::AttemptedAt), at);
     }
     filter
 }
@@ -194,11 +193,11 @@ pub async fn renew(
     now: DateTime,
     lease: Duration,
 ) -> mongodb::error::Result<bool> {
-    let until = common::mongo::later(now, lease);
+    let until = crate::mongo::later(now, lease);
     let renewed = orders(db)
         .update_one(
             still_claimed(claim),
-            doc! { "$set": { path(claim.kind, "next_attempt_at"): until } },
+            doc! { "$set": { fields::of(claim.kind, Delivery::NextAttemptAt): until } },
         )
         .await?;
     if renewed.matched_count == 0 {
@@ -244,22 +243,22 @@ pub async fn record_sent(
         .iter()
         .map(|(_, at)| timeline_entry(kind, true, status, *at, None).map(|e| Bson::Array(vec![e])))
         .collect::<mongodb::error::Result<_>>()?;
-    let field = kind.field();
+    let field = fields::delivery(kind);
     record_outcome(
         db,
         "record_email_sent",
-        doc! { "_id": { "$in": &ids }, path(kind, "status"): "SENDING" },
+        doc! { ID: { "$in": &ids }, fields::of(kind, Delivery::Status): "SENDING" },
         vec![
             doc! { "$set": {
-                field: { "$mergeObjects": [format!("${field}"), {
-                    "status": "SENT",
-                    "sent_at": common::mongo::value_by_id(&ids, &times),
-                    "last_error": null,
+                field: { "$mergeObjects": [fields::value(field), {
+                    Delivery::Status.name(): "SENT",
+                    Delivery::SentAt.name(): crate::mongo::value_by_id(&ids, &times),
+                    Delivery::LastError.name(): null,
                 }] },
-                "updated_at": DateTime::now(),
-                "timeline": { "$concatArrays": ["$timeline", common::mongo::value_by_id(&ids, &entries)] },
+                UPDATED_AT: DateTime::now(),
+                TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(&ids, &entries)] },
             } },
-            doc! { "$unset": path(kind, "next_attempt_at") },
+            doc! { "$unset": fields::of(kind, Delivery::NextAttemptAt) },
         ],
     )
     .await
@@ -277,14 +276,17 @@ pub async fn record_retry(
 ) -> mongodb::error::Result<()> {
     let mut update = doc! {
         "$set": {
-            path(claim.kind, "status"): "PENDING",
-            path(claim.kind, "last_error"): reason,
-            path(claim.kind, "next_attempt_at"): next_attempt_at,
-            "updated_at": DateTime::now(),
+            fields::of(claim.kind, Delivery::Status): "PENDING",
+            fields::of(claim.kind, Delivery::LastError): reason,
+            fields::of(claim.kind, Delivery::NextAttemptAt): next_attempt_at,
+            UPDATED_AT: DateTime::now(),
         },
     };
     if !attempted {
-        update.insert("$inc", doc! { path(claim.kind, "attempts"): -1 });
+        update.insert(
+            "$inc",
+            doc! { fields::of(claim.kind, Delivery::Attempts): -1 },
+        );
     }
     record_outcome(db, "record_email_retry", still_claimed(claim), update).await
 }
@@ -300,15 +302,18 @@ pub async fn record_failed(
     let now = DateTime::now();
     let mut update = doc! {
         "$set": {
-            path(claim.kind, "status"): "FAILED",
-            path(claim.kind, "last_error"): reason,
-            "updated_at": now,
+            fields::of(claim.kind, Delivery::Status): "FAILED",
+            fields::of(claim.kind, Delivery::LastError): reason,
+            UPDATED_AT: now,
         },
-        "$unset": { path(claim.kind, "next_attempt_at"): "" },
-        "$push": { "timeline": timeline_entry(claim.kind, false, claim.order.status, now, Some(reason))? },
+        "$unset": { fields::of(claim.kind, Delivery::NextAttemptAt): "" },
+        "$push": { TIMELINE: timeline_entry(claim.kind, false, claim.order.status, now, Some(reason))? },
     };
     if !attempted {
-        update.insert("$inc", doc! { path(claim.kind, "attempts"): -1 });
+        update.insert(
+            "$inc",
+            doc! { fields::of(claim.kind, Delivery::Attempts): -1 },
+        );
     }
     record_outcome(db, "record_email_failed", still_claimed(claim), update).await
 }
@@ -326,7 +331,7 @@ async fn record_outcome(
     update: impl Into<UpdateModifications>,
 ) -> mongodb::error::Result<()> {
     let update: UpdateModifications = update.into();
-    common::mongo::transaction(
+    crate::mongo::transaction(
         db,
         operation,
         (db, filter, update),
@@ -356,19 +361,19 @@ pub async fn backlog(db: &Database, now: DateTime) -> mongodb::error::Result<Bac
     let mut backlog = Backlog::default();
     let raw = db.collection::<Document>(orders(db).name());
     for kind in [EmailKind::Confirmation, EmailKind::Cancellation] {
-        let due_at = path(kind, "next_attempt_at");
-        let filter = doc! { due_at.as_str(): { "$lte": now }, path(kind, "status"): "PENDING" };
+        let due_at = fields::of(kind, Delivery::NextAttemptAt);
+        let filter = doc! { due_at.as_str(): { "$lte": now }, fields::of(kind, Delivery::Status): "PENDING" };
         backlog.due += raw.count_documents(filter.clone()).await?;
         let oldest = raw
             .find_one(filter)
             .sort(doc! { due_at.as_str(): 1 })
-            .projection(doc! { path(kind, "due_since"): 1, due_at.as_str(): 1 })
+            .projection(doc! { fields::of(kind, Delivery::DueSince): 1, due_at.as_str(): 1 })
             .await?;
         let since = oldest.as_ref().and_then(|o| {
-            let email = o.get_document(kind.field()).ok()?;
+            let email = o.get_document(fields::delivery(kind)).ok()?;
             email
-                .get_datetime("due_since")
-                .or_else(|_| email.get_datetime("next_attempt_at"))
+                .get_datetime(Delivery::DueSince.name())
+                .or_else(|_| email.get_datetime(Delivery::NextAttemptAt.name()))
                 .ok()
                 .copied()
         });
