@@ -5,7 +5,7 @@ use std::{num::NonZeroU32, time::Duration};
 use anyhow::{Context, bail};
 use common::{
     config::{self, EnvSource, MongoConfig, SqsConfig},
-    domain::TaxRate,
+    domain::{EmailAddress, TaxRate},
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -60,7 +60,7 @@ pub struct LoginRateLimits {
 #[derive(Debug, Clone)]
 pub struct AdminSeed {
     pub username: String,
-    pub email: String,
+    pub email: EmailAddress,
     pub password: SecretString,
 }
 
@@ -134,7 +134,8 @@ impl ApiConfig {
         ) {
             (Some(email), Some(password)) => Some(AdminSeed {
                 username: config::optional("ADMIN_USERNAME").unwrap_or_else(|| "admin".into()),
-                email,
+                email: EmailAddress::parse(&email)
+                    .map_err(|e| anyhow::anyhow!("ADMIN_EMAIL {email:?}: {e}"))?,
                 password,
             }),
             (None, None) => None,

@@ -69,7 +69,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
         },
         admin: Some(AdminSeed {
             username: "admin".into(),
-            email: ADMIN_EMAIL.into(),
+            email: common::domain::EmailAddress::parse(ADMIN_EMAIL).expect("a valid address"),
             password: ADMIN_PASSWORD.into(),
         }),
         shop: ShopConfig {

@@ -1,11 +1,13 @@
 //! Domain types shared by both services. Values that exist are valid: parsing
 //! happens once, at the edge.
 
+mod email;
 mod money;
 mod order;
 mod product;
 mod quantity;
 
+pub use email::{EmailAddress, EmailAddressError};
 pub use money::{Money, TaxRate};
 pub use order::{
     EmailDelivery, EmailKind, EmailStatus, Order, OrderLine, OrderStatus, TimelineEntry,

@@ -1,7 +1,7 @@
 use bson::{DateTime, oid::ObjectId};
 use serde::{Deserialize, Serialize};
 
-use super::{Money, Quantity, TaxRate};
+use super::{EmailAddress, Money, Quantity, TaxRate};
 
 /// Where an order is in its life.
 ///
@@ -263,7 +263,7 @@ pub struct Order {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     pub user_id: ObjectId,
-    pub customer_email: String,
+    pub customer_email: EmailAddress,
     /// The customer's name when the order was placed (their username),
     /// for the emails' greeting; absent on orders placed before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]

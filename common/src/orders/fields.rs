@@ -105,7 +105,7 @@ mod tests {
         let order = Order {
             id: ObjectId::new(),
             user_id: ObjectId::new(),
-            customer_email: "a@example.com".into(),
+            customer_email: crate::domain::EmailAddress::parse("a@example.com").expect("valid"),
             customer_name: None,
             lines: Vec::new(),
             subtotal: crate::domain::Money::ZERO,

@@ -10,7 +10,7 @@ pub struct AuthUser {
     pub id: ObjectId,
     pub role: Role,
     /// The account's email, from the token (`None` in an older token).
-    pub email: Option<String>,
+    pub email: Option<common::domain::EmailAddress>,
     /// The account's username, from the token (`None` in an older token).
     pub name: Option<String>,
 }

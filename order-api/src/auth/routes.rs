@@ -8,6 +8,7 @@ use axum::{
 };
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use bson::{DateTime, oid::ObjectId};
+use common::domain::EmailAddress;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
@@ -37,6 +38,15 @@ fn valid_username(username: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
+fn parse_email(raw: &str) -> Result<EmailAddress, validator::ValidationError> {
+    EmailAddress::parse(raw)
+        .map_err(|e| validator::ValidationError::new("email").with_message(e.to_string().into()))
+}
+
+fn valid_email(raw: &str) -> Result<(), validator::ValidationError> {
+    parse_email(raw).map(drop)
+}
+
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
@@ -47,8 +57,9 @@ pub struct RegisterRequest {
     )]
     #[schema(pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     username: String,
-    #[validate(email(message = "must be a valid email address"))]
-    #[schema(format = Email)]
+    /// Kept lowercase; refused unless an email can be sent to it.
+    #[validate(custom(function = "valid_email"))]
+    #[schema(format = Email, max_length = 254)]
     email: String,
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
     #[schema(min_length = 8, max_length = 128)]
@@ -71,10 +82,16 @@ pub async fn register(
         .passwords
         .hash(SecretString::from(body.password))
         .await?;
+    // Validated already; parsed here into what the account keeps.
+    let email = parse_email(&body.email).map_err(|e| {
+        let mut errors = validator::ValidationErrors::new();
+        errors.add("email", e);
+        ApiError::from(errors)
+    })?;
     let user = User {
         id: ObjectId::new(),
         username: body.username,
-        email: body.email.to_lowercase(),
+        email,
         password_hash,
         role: Role::Customer,
         created_at: DateTime::now(),

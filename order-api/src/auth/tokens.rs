@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bson::{DateTime, doc, oid::ObjectId};
+use common::domain::EmailAddress;
 use futures::FutureExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use mongodb::{ClientSession, Collection, Database, IndexModel};
@@ -24,7 +25,7 @@ pub struct AccessClaims {
     /// order needs for the confirmation, without reading the account on
     /// every order. Absent from tokens issued before it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<String>,
+    pub email: Option<EmailAddress>,
     /// The account's username, for the order emails' greeting, on the same
     /// terms (absent from older tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,14 +66,14 @@ impl TokenIssuer {
         &self,
         user_id: ObjectId,
         role: Role,
-        email: &str,
+        email: &EmailAddress,
         name: &str,
     ) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = AccessClaims {
             sub: user_id.to_hex(),
             role,
-            email: Some(email.to_string()),
+            email: Some(email.clone()),
             name: Some(name.to_string()),
             iat: now,
             exp: now + i64::try_from(self.access_ttl.as_secs()).unwrap_or(i64::MAX / 2),

@@ -1,6 +1,7 @@
 //! The `users` collection.
 
 use bson::{DateTime, doc, oid::ObjectId};
+use common::domain::EmailAddress;
 use mongodb::{Collection, Database, IndexModel, options::IndexOptions};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -20,8 +21,8 @@ pub struct User {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     pub username: String,
-    /// Stored lowercase; unique.
-    pub email: String,
+    /// Unique.
+    pub email: EmailAddress,
     pub password_hash: String,
     pub role: Role,
     pub created_at: DateTime,
@@ -43,7 +44,7 @@ impl From<&User> for UserView {
         UserView {
             id: user.id.to_hex(),
             username: user.username.clone(),
-            email: user.email.clone(),
+            email: user.email.to_string(),
             role: user.role,
             created_at: common::domain::rfc3339_millis(user.created_at),
         }
@@ -94,8 +95,8 @@ pub async fn ensure_admin(
     seed: &AdminSeed,
     hasher: &PasswordHasher,
 ) -> anyhow::Result<()> {
-    let email = seed.email.to_lowercase();
-    if find_by_email(db, &email).await?.is_some() {
+    let email = &seed.email;
+    if find_by_email(db, email.as_str()).await?.is_some() {
         return Ok(());
     }
     let password_hash = hasher

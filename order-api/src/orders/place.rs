@@ -20,8 +20,8 @@ use std::{
 use bson::{DateTime, Document, doc, oid::ObjectId};
 use common::{
     domain::{
-        EmailDelivery, Order, OrderLine, OrderStatus, Product, Quantity, TaxRate, TimelineEntry,
-        TimelineEvent, Totals,
+        EmailAddress, EmailDelivery, Order, OrderLine, OrderStatus, Product, Quantity, TaxRate,
+        TimelineEntry, TimelineEvent, Totals,
     },
     event::OrderEventType,
 };
@@ -52,7 +52,7 @@ pub struct LineRequest {
 
 pub struct Customer {
     pub id: ObjectId,
-    pub email: String,
+    pub email: EmailAddress,
     /// The account's username: the emails greet the customer by it.
     pub name: String,
 }

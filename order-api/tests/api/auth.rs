@@ -61,6 +61,37 @@ async fn invalid_registrations_are_422_with_field_errors() {
     }
 }
 
+/// Addresses the loose check let through and the SMTP client then refused
+/// for good, so the account's every confirmation failed: refused at the
+/// door now, by the rules the sender applies.
+#[tokio::test]
+async fn an_address_no_email_could_be_sent_to_is_refused_at_registration() {
+    let app = spawn_app().await;
+    // 313 characters in labels of 60: past SMTP's 254, within the old check.
+    let long = format!(
+        "{}@{}.test",
+        "a".repeat(64),
+        vec!["b".repeat(60); 4].join(".")
+    );
+    for email in [
+        "a..b@shop.test",
+        ".a@shop.test",
+        "a.@shop.test",
+        long.as_str(),
+    ] {
+        let case = json!({ "username": "ok_name", "email": email, "password": PASSWORD });
+        let response = app.post("/api/auth/register", None, &case).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{email}"
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["error"]["code"], "validation_failed", "{body}");
+        assert!(body["error"]["details"]["email"].is_array(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn login_returns_tokens_and_an_http_only_cookie() {
     let app = spawn_app().await;

@@ -40,7 +40,7 @@ fn request(lines: &[(&str, i64)]) -> OrderRequest {
     OrderRequest {
         customer: Customer {
             id: ObjectId::new(),
-            email: "batch@shop.test".into(),
+            email: common::domain::EmailAddress::parse("batch@shop.test").expect("valid"),
             name: "batch".into(),
         },
         lines: lines

@@ -173,7 +173,7 @@ impl Templates {
                     .clone()
                     .filter(|n| !n.trim().is_empty())
                     .unwrap_or_else(|| "there".into()),
-                email: order.customer_email.clone(),
+                email: order.customer_email.to_string(),
             },
             order: OrderFacts {
                 placed_at: order
@@ -240,7 +240,7 @@ mod tests {
         Order {
             id: ObjectId::new(),
             user_id: ObjectId::new(),
-            customer_email: "asha@example.com".into(),
+            customer_email: common::domain::EmailAddress::parse("asha@example.com").expect("valid"),
             customer_name: Some("Asha".into()),
             lines,
             subtotal: totals.subtotal,

@@ -11,6 +11,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
+use common::domain::EmailAddress;
 use lettre::{
     AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
     message::{Mailbox, MultiPart},
@@ -87,7 +88,7 @@ impl Mailer {
     /// Sends one email on a free connection slot, waiting for one.
     pub async fn send(
         &self,
-        to: &str,
+        to: &EmailAddress,
         message_id: &str,
         email: RenderedEmail,
     ) -> Result<(), SendError> {
@@ -95,7 +96,10 @@ impl Mailer {
             class: ReplyClass::Permanent,
             reason,
         };
+        // Parsed at registration by the same rules; an address an older
+        // version stored that they refuse fails here, for good.
         let to: Mailbox = to
+            .as_str()
             .parse()
             .map_err(|e| permanent(format!("recipient {to:?}: {e}")))?;
         let message = Message::builder()
