@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
-use serde_json::{Value, json};
+use order_api_client::ApiClient;
+use serde_json::Value;
 
 /// Every bench account has this password.
 pub const PASSWORD: &str = "bench-passw0rd-42";
@@ -16,8 +17,7 @@ const SETUP_CONCURRENCY: usize = 4;
 
 #[derive(Clone)]
 pub struct Shop {
-    pub http: reqwest::Client,
-    pub base: String,
+    api: ApiClient,
 }
 
 /// A registered customer and a valid access token.
@@ -43,43 +43,17 @@ impl Shop {
             .build()
             .context("building the HTTP client")?;
         Ok(Shop {
-            http,
-            base: base.trim_end_matches('/').to_string(),
+            api: ApiClient::with_http(base, http),
         })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// Fails with a clear message unless the API answers its health check.
     pub async fn check(&self) -> anyhow::Result<()> {
-        let response = self
-            .http
-            .get(self.url("/api/health"))
-            .send()
-            .await
-            .with_context(|| format!("order-api at {} does not answer", self.base))?;
-        if !response.status().is_success() {
-            bail!("order-api health check answered {}", response.status());
-        }
-        Ok(())
+        self.api.check("/api/health").await
     }
 
     pub async fn login(&self, email: &str, password: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(self.url("/api/auth/login"))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .context("logging in")?;
-        let status = response.status();
-        let body: Value = response.json().await.context("reading the login answer")?;
-        if !status.is_success() {
-            bail!("login as {email} answered {status}: {body}");
-        }
-        Ok(body)
+        self.api.login_body(email, password).await
     }
 
     /// Registers `count` new customers (unique emails) and logs each in.
@@ -88,28 +62,12 @@ impl Shop {
             .map(|i| async move {
                 let name = format!("b{}{i}", &tag[..tag.len().min(20)]);
                 let email = format!("{name}@bench.test");
-                let response = self
-                    .http
-                    .post(self.url("/api/auth/register"))
-                    .json(&json!({ "username": name, "email": email, "password": PASSWORD }))
-                    .send()
-                    .await
-                    .context("registering a bench customer")?;
-                if response.status() != reqwest::StatusCode::CREATED {
-                    bail!(
-                        "registering {email} answered {}: {}",
-                        response.status(),
-                        response.text().await.unwrap_or_default()
-                    );
-                }
+                self.api.register(&name, &email, PASSWORD).await?;
                 let body = self.login(&email, PASSWORD).await?;
                 Ok(Buyer {
                     id: body["user"]["id"].as_str().unwrap_or_default().to_string(),
                     email,
-                    token: body["accessToken"]
-                        .as_str()
-                        .context("no accessToken in the login answer")?
-                        .to_string(),
+                    token: order_api_client::access_token(&body)?,
                 })
             })
             .buffered(SETUP_CONCURRENCY)
@@ -127,20 +85,10 @@ impl Shop {
         futures::stream::iter(0..count)
             .map(|i| async move {
                 let sku = format!("BENCH-{tag}-{i}");
-                let response = self
-                    .http
-                    .post(self.url("/api/products"))
-                    .bearer_auth(admin_token)
-                    .json(&json!({ "name": format!("Bench item {i}"), "sku": sku, "price": 49_900, "stock": STOCK }))
-                    .send()
+                let name = format!("Bench item {i}");
+                self.api
+                    .create_product(admin_token, &name, &sku, 49_900, STOCK)
                     .await
-                    .context("creating a bench product")?;
-                let status = response.status();
-                let body: Value = response.json().await.context("reading the product")?;
-                if status != reqwest::StatusCode::CREATED {
-                    bail!("creating product {sku} answered {status}: {body}");
-                }
-                Ok(body["id"].as_str().context("no product id")?.to_string())
             })
             .buffered(SETUP_CONCURRENCY)
             .try_collect()
@@ -149,17 +97,8 @@ impl Shop {
 
     /// One `POST /api/orders` of one unit of each of `products`.
     pub async fn order(&self, token: &str, products: &[&str]) -> Answer {
-        let items: Vec<Value> = products
-            .iter()
-            .map(|p| json!({ "productId": p, "quantity": 1 }))
-            .collect();
-        let sent = self
-            .http
-            .post(self.url("/api/orders"))
-            .bearer_auth(token)
-            .json(&json!({ "items": items }))
-            .send()
-            .await;
+        let items: Vec<(&str, u32)> = products.iter().map(|p| (*p, 1)).collect();
+        let sent = self.api.place_order(token, &items, None).await;
         let response = match sent {
             Ok(response) => response,
             Err(e) => return Answer::Refused(transport_kind(&e)),

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use order_api_client::ApiClient;
 use serde::Deserialize;
-use serde_json::json;
 
 pub const ADMIN_EMAIL: &str = "admin@chaos.test";
 pub const ADMIN_PASSWORD: &str = "chaos-admin-password-1";
@@ -41,12 +41,6 @@ pub struct Product {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LoginResponse {
-    access_token: String,
-}
-
-#[derive(Deserialize)]
 struct WithId {
     id: String,
 }
@@ -60,30 +54,13 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
-async fn login(
-    http: &reqwest::Client,
-    api: &str,
-    email: &str,
-    password: &str,
-) -> anyhow::Result<String> {
-    let response = http
-        .post(format!("{api}/api/auth/login"))
-        .json(&json!({ "email": email, "password": password }))
-        .send()
-        .await
-        .context("logging in")?;
-    let status = response.status();
-    if !status.is_success() {
-        bail!(
-            "login of {email} answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-    Ok(response.json::<LoginResponse>().await?.access_token)
+/// THE API client, on the suite's HTTP client, for the API at `api`.
+fn client(http: &reqwest::Client, api: &str) -> ApiClient {
+    ApiClient::with_http(api, http.clone())
 }
 
 pub async fn admin_token(http: &reqwest::Client, api: &str) -> anyhow::Result<String> {
-    login(http, api, ADMIN_EMAIL, ADMIN_PASSWORD).await
+    client(http, api).login(ADMIN_EMAIL, ADMIN_PASSWORD).await
 }
 
 pub async fn create_product(
@@ -93,22 +70,12 @@ pub async fn create_product(
     sku: &str,
     stock: i64,
 ) -> anyhow::Result<Product> {
-    let response = http
-        .post(format!("{api}/api/products"))
-        .bearer_auth(admin)
-        .json(&json!({ "name": format!("Chaos item {sku}"), "sku": sku, "price": 12_345, "stock": stock }))
-        .send()
-        .await
-        .context("creating a product")?;
-    let status = response.status();
-    if status.as_u16() != 201 {
-        bail!(
-            "creating product {sku} answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
+    let name = format!("Chaos item {sku}");
+    let id = client(http, api)
+        .create_product(admin, &name, sku, 12_345, stock)
+        .await?;
     Ok(Product {
-        id: response.json::<WithId>().await?.id,
+        id,
         initial_stock: stock,
     })
 }
@@ -123,22 +90,11 @@ pub async fn register_customer(
         .next()
         .unwrap_or("customer")
         .replace(['.', '+'], "-");
-    let response = http
-        .post(format!("{api}/api/auth/register"))
-        .json(&json!({ "username": username, "email": email, "password": CUSTOMER_PASSWORD }))
-        .send()
-        .await
-        .context("registering a customer")?;
-    let status = response.status();
-    if status.as_u16() != 201 {
-        bail!(
-            "registering {email} answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-    }
+    let client = client(http, api);
+    client.register(&username, email, CUSTOMER_PASSWORD).await?;
     Ok(Customer {
         email: email.to_string(),
-        token: login(http, api, email, CUSTOMER_PASSWORD).await?,
+        token: client.login(email, CUSTOMER_PASSWORD).await?,
     })
 }
 
@@ -152,12 +108,8 @@ pub async fn place_order(
     quantity: u32,
     key: &str,
 ) -> Placed {
-    let sent = http
-        .post(format!("{api}/api/orders"))
-        .bearer_auth(&customer.token)
-        .header("Idempotency-Key", key)
-        .json(&json!({ "items": [{ "productId": product_id, "quantity": quantity }] }))
-        .send()
+    let sent = client(http, api)
+        .place_order(&customer.token, &[(product_id, quantity)], Some(key))
         .await;
     let response = match sent {
         Ok(response) => response,
@@ -194,10 +146,8 @@ pub async fn cancel_order(
     customer: &Customer,
     order_id: &str,
 ) -> anyhow::Result<bool> {
-    let response = http
-        .post(format!("{api}/api/orders/{order_id}/cancel"))
-        .bearer_auth(&customer.token)
-        .send()
+    let response = client(http, api)
+        .cancel_order(&customer.token, order_id)
         .await
         .context("cancelling an order")?;
     Ok(response.status().as_u16() == 200)

@@ -1,9 +1,8 @@
-//! THE REST client for a running order-api at any address (an in-process
-//! app or a real binary), used by every test crate: raw calls that return
-//! the response, and the shop's steps (register, log in, create a product,
-//! place an order, wait until it is processed), each asserting success.
+//! The tests' side of THE API client (`order-api-client`): the same calls,
+//! each asserting it succeeded, plus the steps tests repeat (a unique
+//! customer, a product, waiting until an order is processed).
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -14,20 +13,26 @@ use crate::apps::{ADMIN_EMAIL, ADMIN_PASSWORD};
 pub const PASSWORD: &str = "s3cure-passw0rd";
 
 pub struct ApiClient {
-    base: String,
-    pub http: reqwest::Client,
+    client: order_api_client::ApiClient,
+}
+
+impl Deref for ApiClient {
+    type Target = order_api_client::ApiClient;
+
+    fn deref(&self) -> &Self::Target {
+        &self.client
+    }
+}
+
+fn ok<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl ApiClient {
     pub fn new(base: &str) -> Self {
         ApiClient {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            client: order_api_client::ApiClient::new(base),
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// One request, whatever its answer.
@@ -38,15 +43,8 @@ impl ApiClient {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Response {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        request
-            .send()
+        self.client
+            .send(method, path, token, body)
             .await
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
@@ -78,25 +76,10 @@ impl ApiClient {
         status_and_json(self.get(path, Some(token)).await).await
     }
 
-    /// A POST that must answer `expect`; its JSON body.
-    async fn post_expecting(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: &Value,
-        expect: StatusCode,
-    ) -> Value {
-        let (status, answer) = self.post_json(path, token, body).await;
-        assert_eq!(status, expect, "POST {path}: {answer}");
-        answer
-    }
-
     /// Waits (bounded) until `/api/ready` answers 200.
     pub async fn wait_ready(&self, within: Duration) {
-        let url = self.url("/api/ready");
         crate::eventually(within, "order-api to be ready", || async {
-            let response = self.http.get(&url).send().await.ok()?;
-            response.status().is_success().then_some(())
+            self.client.check("/api/ready").await.ok()
         })
         .await;
     }
@@ -106,9 +89,7 @@ impl ApiClient {
     pub async fn register(&self) -> String {
         let name = crate::unique("buyer");
         let email = format!("{name}@shop.test");
-        let body = json!({ "username": &name[..20], "email": email, "password": PASSWORD });
-        self.post_expecting("/api/auth/register", None, &body, StatusCode::CREATED)
-            .await;
+        ok(self.client.register(&name[..20], &email, PASSWORD).await);
         email
     }
 
@@ -127,16 +108,11 @@ impl ApiClient {
 
     /// The whole login answer: tokens and user.
     pub async fn login_body(&self, email: &str, password: &str) -> Value {
-        let body = json!({ "email": email, "password": password });
-        self.post_expecting("/api/auth/login", None, &body, StatusCode::OK)
-            .await
+        ok(self.client.login_body(email, password).await)
     }
 
     pub async fn login(&self, email: &str, password: &str) -> String {
-        self.login_body(email, password).await["accessToken"]
-            .as_str()
-            .expect("accessToken")
-            .to_string()
+        ok(self.client.login(email, password).await)
     }
 
     pub async fn admin_token(&self) -> String {
@@ -146,26 +122,29 @@ impl ApiClient {
     /// Creates a product as the admin; returns its id.
     pub async fn product(&self, admin: &str, price: i64, stock: i64) -> String {
         let sku = crate::unique("SKU");
-        let body =
-            json!({ "name": format!("Product {sku}"), "sku": sku, "price": price, "stock": stock });
-        let answer = self
-            .post_expecting("/api/products", Some(admin), &body, StatusCode::CREATED)
-            .await;
-        answer["id"].as_str().expect("id").to_string()
+        let name = format!("Product {sku}");
+        ok(self
+            .client
+            .create_product(admin, &name, &sku, price, stock)
+            .await)
     }
 
     /// Places a one-line order; returns the order as answered.
     pub async fn order(&self, token: &str, product: &str, quantity: u32) -> Value {
-        let body = json!({ "items": [{ "productId": product, "quantity": quantity }] });
-        self.post_expecting("/api/orders", Some(token), &body, StatusCode::CREATED)
+        let response = self
+            .client
+            .place_order(token, &[(product, quantity)], None)
             .await
+            .expect("request sent");
+        let (status, answer) = status_and_json(response).await;
+        assert_eq!(status, StatusCode::CREATED, "POST /api/orders: {answer}");
+        answer
     }
 
     /// POST /api/orders with an Idempotency-Key, whatever its answer.
     pub async fn post_keyed(&self, token: &str, key: &str, body: &Value) -> Response {
-        self.http
-            .post(self.url("/api/orders"))
-            .bearer_auth(token)
+        self.client
+            .request(Method::POST, "/api/orders", Some(token))
             .header("Idempotency-Key", key)
             .json(body)
             .send()
