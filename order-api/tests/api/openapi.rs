@@ -105,6 +105,19 @@ impl Contract {
         self.checked.insert((verb, template.to_string()));
     }
 
+    /// Runs `steps` in order, each asserting its status; their bodies.
+    async fn run(&mut self, app: &TestApp, steps: Vec<Step<'_>>) -> Vec<Value> {
+        let mut answers = Vec::with_capacity(steps.len());
+        for (method, template, path, token, body, expected) in steps {
+            let (status, answer) = self
+                .call(app, method.clone(), template, path, token, body.as_ref())
+                .await;
+            assert_eq!(status, expected, "{method} {path}: {answer}");
+            answers.push(answer);
+        }
+        answers
+    }
+
     /// Every operation in the document was exercised at least once.
     fn assert_complete(&self) {
         let documented: BTreeSet<(String, String)> = self.doc["paths"]
@@ -126,318 +139,235 @@ impl Contract {
     }
 }
 
+/// One request of a contract run: method, the document's path template,
+/// the path sent, the bearer token, the body, and the status it must get.
+type Step<'a> = (
+    Method,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<Value>,
+    StatusCode,
+);
+
 #[tokio::test]
 async fn real_responses_match_the_openapi_document() {
+    use {Method as M, StatusCode as S};
     let app = spawn_app().await;
     let mut contract = Contract::fetch(&app).await;
     let admin = app.admin_token().await;
     let (_, customer) = app.customer().await;
     let product = app.product(&admin, 49_900, 3).await;
-    let c = Some(customer.as_str());
+    let (a, c) = (Some(admin.as_str()), Some(customer.as_str()));
 
-    contract
-        .call(&app, Method::GET, "/api/health", "/api/health", None, None)
-        .await;
-    let (status, _) = contract
-        .call(&app, Method::GET, "/api/ready", "/api/ready", None, None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = contract
-        .call(&app, Method::GET, "/metrics", "/metrics", None, None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-
-    let order_body = json!({ "items": [{ "productId": product, "quantity": 1 }] });
-    let (status, order) = contract
-        .call(
+    let orders = "/api/orders";
+    let line = |quantity: u32| json!({ "items": [{ "productId": product, "quantity": quantity }] });
+    let placed = contract
+        .run(
             &app,
-            Method::POST,
-            "/api/orders",
-            "/api/orders",
-            c,
-            Some(&order_body),
+            vec![
+                (M::GET, "/api/health", "/api/health", None, None, S::OK),
+                (M::GET, "/api/ready", "/api/ready", None, None, S::OK),
+                (M::GET, "/metrics", "/metrics", None, None, S::OK),
+                (M::POST, orders, orders, c, Some(line(1)), S::CREATED),
+                (M::POST, orders, orders, c, Some(line(50)), S::CONFLICT),
+                (
+                    M::POST,
+                    orders,
+                    orders,
+                    c,
+                    Some(json!({ "items": [] })),
+                    S::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    M::POST,
+                    orders,
+                    orders,
+                    None,
+                    Some(line(1)),
+                    S::UNAUTHORIZED,
+                ),
+            ],
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let id = order["id"].as_str().expect("id").to_string();
-    let too_many = json!({ "items": [{ "productId": product, "quantity": 50 }] });
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::POST,
-            "/api/orders",
-            "/api/orders",
-            c,
-            Some(&too_many),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::POST,
-            "/api/orders",
-            "/api/orders",
-            c,
-            Some(&json!({ "items": [] })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::POST,
-            "/api/orders",
-            "/api/orders",
-            None,
-            Some(&order_body),
-        )
-        .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-
-    let one = format!("/api/orders/{id}");
-    let (status, _) = contract
-        .call(&app, Method::GET, "/api/orders/{id}", &one, c, None)
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    let id = placed[3]["id"].as_str().expect("id");
+    let (one, cancel, events) = (
+        format!("/api/orders/{id}"),
+        format!("/api/orders/{id}/cancel"),
+        format!("/api/orders/{id}/events"),
+    );
     let missing = "/api/orders/000000000000000000000000";
-    let (status, _) = contract
-        .call(&app, Method::GET, "/api/orders/{id}", missing, c, None)
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = contract
-        .call(
+    contract
+        .run(
             &app,
-            Method::GET,
-            "/api/orders",
-            "/api/orders?limit=1",
-            c,
-            None,
+            vec![
+                (M::GET, "/api/orders/{id}", &one, c, None, S::OK),
+                (M::GET, "/api/orders/{id}", missing, c, None, S::NOT_FOUND),
+                (M::GET, orders, "/api/orders?limit=1", c, None, S::OK),
+                (
+                    M::GET,
+                    orders,
+                    "/api/orders?cursor=zz",
+                    c,
+                    None,
+                    S::BAD_REQUEST,
+                ),
+                (M::POST, "/api/orders/{id}/cancel", &cancel, c, None, S::OK),
+                (
+                    M::POST,
+                    "/api/orders/{id}/cancel",
+                    &cancel,
+                    c,
+                    None,
+                    S::CONFLICT,
+                ),
+                (M::GET, "/api/orders/{id}/events", &events, c, None, S::OK),
+            ],
         )
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::GET,
-            "/api/orders",
-            "/api/orders?cursor=zz",
-            c,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-
-    let cancel = format!("/api/orders/{id}/cancel");
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::POST,
-            "/api/orders/{id}/cancel",
-            &cancel,
-            c,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::POST,
-            "/api/orders/{id}/cancel",
-            &cancel,
-            c,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    let events = format!("/api/orders/{id}/events");
-    let (status, _) = contract
-        .call(
-            &app,
-            Method::GET,
-            "/api/orders/{id}/events",
-            &events,
-            c,
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
 
     // Accounts.
     let name = test_support::unique("doc");
     let email = format!("{name}@shop.test");
-    let register =
-        json!({ "username": &name[..20], "email": email, "password": "s3cure-passw0rd" });
-    let auth = "/api/auth/register";
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, auth, auth, None, Some(&register))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, auth, auth, None, Some(&register))
-            .await
-            .0,
-        StatusCode::CONFLICT
-    );
+    let password = test_support::client::PASSWORD;
+    let register = json!({ "username": &name[..20], "email": email, "password": password });
     let bad = json!({ "username": "x", "email": "nope", "password": "short" });
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, auth, auth, None, Some(&bad))
-            .await
-            .0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    let login = "/api/auth/login";
-    let credentials = json!({ "email": email, "password": "s3cure-passw0rd" });
-    let (status, tokens) = contract
-        .call(&app, Method::POST, login, login, None, Some(&credentials))
+    let credentials = |password: &str| json!({ "email": email, "password": password });
+    let (auth, login) = ("/api/auth/register", "/api/auth/login");
+    let logged_in = contract
+        .run(
+            &app,
+            vec![
+                (
+                    M::POST,
+                    auth,
+                    auth,
+                    None,
+                    Some(register.clone()),
+                    S::CREATED,
+                ),
+                (M::POST, auth, auth, None, Some(register), S::CONFLICT),
+                (
+                    M::POST,
+                    auth,
+                    auth,
+                    None,
+                    Some(bad),
+                    S::UNPROCESSABLE_ENTITY,
+                ),
+                (
+                    M::POST,
+                    login,
+                    login,
+                    None,
+                    Some(credentials(password)),
+                    S::OK,
+                ),
+                (
+                    M::POST,
+                    login,
+                    login,
+                    None,
+                    Some(credentials("wrong-password")),
+                    S::UNAUTHORIZED,
+                ),
+            ],
+        )
         .await;
-    assert_eq!(status, StatusCode::OK);
-    let wrong = json!({ "email": email, "password": "wrong-password" });
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, login, login, None, Some(&wrong))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
     let refresh = "/api/auth/refresh";
-    let body = json!({ "refreshToken": tokens["refreshToken"] });
-    let (status, rotated) = contract
-        .call(&app, Method::POST, refresh, refresh, None, Some(&body))
+    let old = json!({ "refreshToken": logged_in[3]["refreshToken"] });
+    let rotated = contract
+        .run(
+            &app,
+            vec![
+                (M::POST, refresh, refresh, None, Some(old.clone()), S::OK),
+                (M::POST, refresh, refresh, None, Some(old), S::UNAUTHORIZED),
+            ],
+        )
         .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, refresh, refresh, None, Some(&body))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
-    let me = "/api/auth/me";
-    let access = rotated["accessToken"].as_str().expect("token");
-    assert_eq!(
-        contract
-            .call(&app, Method::GET, me, me, Some(access), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        contract.call(&app, Method::GET, me, me, None, None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    let logout = "/api/auth/logout";
-    let body = json!({ "refreshToken": rotated["refreshToken"] });
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, logout, logout, None, Some(&body))
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
+    let access = rotated[0]["accessToken"].as_str().expect("token");
+    let (me, logout) = ("/api/auth/me", "/api/auth/logout");
+    let new = json!({ "refreshToken": rotated[0]["refreshToken"] });
+    contract
+        .run(
+            &app,
+            vec![
+                (M::GET, me, me, Some(access), None, S::OK),
+                (M::GET, me, me, None, None, S::UNAUTHORIZED),
+                (M::POST, logout, logout, None, Some(new), S::NO_CONTENT),
+            ],
+        )
+        .await;
 
     // The catalogue.
-    let a = Some(admin.as_str());
     let products = "/api/products";
-    let new = json!({ "name": "Desk lamp", "sku": test_support::unique("LAMP"), "price": 249_900, "stock": 4 });
-    let (status, lamp) = contract
-        .call(&app, Method::POST, products, products, a, Some(&new))
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, products, products, a, Some(&new))
-            .await
-            .0,
-        StatusCode::CONFLICT
-    );
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, products, products, c, Some(&new))
-            .await
-            .0,
-        StatusCode::FORBIDDEN
-    );
+    let lamp = json!({ "name": "Desk lamp", "sku": test_support::unique("LAMP"), "price": 249_900, "stock": 4 });
     let invalid = json!({ "name": "", "sku": "ok", "price": -1, "stock": 1 });
-    assert_eq!(
-        contract
-            .call(&app, Method::POST, products, products, a, Some(&invalid))
-            .await
-            .0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
-    assert_eq!(
-        contract
-            .call(
-                &app,
-                Method::GET,
-                products,
-                "/api/products?limit=1",
-                None,
-                None
-            )
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        contract
-            .call(
-                &app,
-                Method::GET,
-                products,
-                "/api/products?cursor=zz",
-                None,
-                None
-            )
-            .await
-            .0,
-        StatusCode::BAD_REQUEST
-    );
-    let lamp_path = format!("/api/products/{}", lamp["id"].as_str().expect("id"));
-    let one = "/api/products/{id}";
-    assert_eq!(
-        contract
-            .call(&app, Method::GET, one, &lamp_path, None, None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        contract
-            .call(
-                &app,
-                Method::GET,
-                one,
-                "/api/products/000000000000000000000000",
-                None,
-                None
-            )
-            .await
-            .0,
-        StatusCode::NOT_FOUND
+    let created = contract
+        .run(
+            &app,
+            vec![
+                (
+                    M::POST,
+                    products,
+                    products,
+                    a,
+                    Some(lamp.clone()),
+                    S::CREATED,
+                ),
+                (
+                    M::POST,
+                    products,
+                    products,
+                    a,
+                    Some(lamp.clone()),
+                    S::CONFLICT,
+                ),
+                (M::POST, products, products, c, Some(lamp), S::FORBIDDEN),
+                (
+                    M::POST,
+                    products,
+                    products,
+                    a,
+                    Some(invalid),
+                    S::UNPROCESSABLE_ENTITY,
+                ),
+                (M::GET, products, "/api/products?limit=1", None, None, S::OK),
+                (
+                    M::GET,
+                    products,
+                    "/api/products?cursor=zz",
+                    None,
+                    None,
+                    S::BAD_REQUEST,
+                ),
+            ],
+        )
+        .await;
+    let lamp = format!("/api/products/{}", created[0]["id"].as_str().expect("id"));
+    let (one, missing) = (
+        "/api/products/{id}",
+        "/api/products/000000000000000000000000",
     );
     let patch = json!({ "price": 199_900, "description": null });
-    assert_eq!(
-        contract
-            .call(&app, Method::PATCH, one, &lamp_path, a, Some(&patch))
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        contract
-            .call(&app, Method::PATCH, one, &lamp_path, a, Some(&json!({})))
-            .await
-            .0,
-        StatusCode::UNPROCESSABLE_ENTITY
-    );
+    contract
+        .run(
+            &app,
+            vec![
+                (M::GET, one, &lamp, None, None, S::OK),
+                (M::GET, one, missing, None, None, S::NOT_FOUND),
+                (M::PATCH, one, &lamp, a, Some(patch), S::OK),
+                (
+                    M::PATCH,
+                    one,
+                    &lamp,
+                    a,
+                    Some(json!({})),
+                    S::UNPROCESSABLE_ENTITY,
+                ),
+            ],
+        )
+        .await;
 
     contract.assert_complete();
 }
