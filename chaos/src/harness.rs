@@ -118,6 +118,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds a scenario-specific figure to the line.
+    pub fn note(&mut self, name: &str, value: impl std::fmt::Display) {
+        self.extras.push((name.to_string(), value.to_string()));
+    }
+
     pub fn failed(scenario: &str, error: &anyhow::Error, logs: String, elapsed: Duration) -> Self {
         Report {
             scenario: scenario.to_string(),
@@ -164,6 +169,11 @@ pub fn scenario_dir(env: &Env, name: &str) -> PathBuf {
 }
 
 impl<'a> Ctx<'a> {
+    /// Adds a scenario-specific figure to the line.
+    pub fn note(&mut self, name: &str, value: impl std::fmt::Display) {
+        self.extras.push((name.to_string(), value.to_string()));
+    }
+
     pub async fn new(env: &'a Env, name: &str, setup: Setup) -> anyhow::Result<Ctx<'a>> {
         let started = Instant::now();
         let dir = scenario_dir(env, name);
@@ -485,11 +495,10 @@ impl<'a> Ctx<'a> {
                 .iter()
                 .map(|(status, n)| format!("{n}x{status}"))
                 .collect();
-            self.extras.push(("answered_5xx".into(), answers.join(",")));
+            self.note("answered_5xx", answers.join(","));
         }
         if figures.dead_lettered > 0 {
-            self.extras
-                .push(("dead_lettered".into(), figures.dead_lettered.to_string()));
+            self.note("dead_lettered", figures.dead_lettered);
         }
         for api in &mut self.apis {
             if !api.running() {

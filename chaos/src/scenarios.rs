@@ -1,7 +1,7 @@
 //! The eight scenarios of issue 4. Each builds its world (`Ctx::new`), puts
 //! load on it, breaks something, heals it, and hands over to `Ctx::finish`
 //! for the common audit; scenario-specific figures and checks go into
-//! `ctx.extras` and `ctx.problems`.
+//! `ctx.note` and `ctx.problems`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -179,11 +179,11 @@ async fn kill_api(env: &Env, name: &str) -> anyhow::Result<Report> {
     load_stop.raise();
     cancel_stop.raise();
     ctx.cancelled = cancels.await.unwrap_or_default();
-    ctx.extras.push(("kills".into(), kills.to_string()));
-    ctx.extras.push((
-        "between_commit_and_publish".into(),
+    ctx.note("kills", kills);
+    ctx.note(
+        "between_commit_and_publish",
         format!("{kills_with_unpublished} kills/{unpublished_rows} rows"),
-    ));
+    );
     Ok(ctx.finish().await)
 }
 
@@ -237,16 +237,12 @@ async fn kill_processor(env: &Env, name: &str) -> anyhow::Result<Report> {
     cancel_stop.raise();
     ctx.cancelled = cancels.await.unwrap_or_default();
     ctx.duplicates_allowed = interrupted.clone();
-    ctx.extras.push(("kills".into(), kills.to_string()));
-    ctx.extras
-        .push(("interrupted_sends".into(), interrupted.len().to_string()));
+    ctx.note("kills", kills);
+    ctx.note("interrupted_sends", interrupted.len());
     let mut report = ctx.finish().await;
     // How often the kill fell between SMTP accept and the SENT write.
     let after_accept = report.figures.duplicate_orders.len();
-    report.extras.push((
-        "between_smtp_accept_and_sent".into(),
-        after_accept.to_string(),
-    ));
+    report.note("between_smtp_accept_and_sent", after_accept);
     Ok(report)
 }
 
@@ -282,12 +278,9 @@ async fn sqs_outage(env: &Env, name: &str) -> anyhow::Result<Report> {
             "no order was committed during the outage ({during} acknowledged, {waiting} outbox rows waiting): the scenario tested nothing"
         ));
     }
-    ctx.extras
-        .push(("outage".into(), format!("{}s", outage.as_secs())));
-    ctx.extras
-        .push(("acknowledged_during_outage".into(), during.to_string()));
-    ctx.extras
-        .push(("outbox_waiting_at_restart".into(), waiting.to_string()));
+    ctx.note("outage", format!("{}s", outage.as_secs()));
+    ctx.note("acknowledged_during_outage", during);
+    ctx.note("outbox_waiting_at_restart", waiting);
     Ok(ctx.finish().await)
 }
 
@@ -336,10 +329,8 @@ async fn smtp_outage(env: &Env, name: &str) -> anyhow::Result<Report> {
         ctx.problems
             .push("no email failed during the outage: the scenario tested nothing".into());
     }
-    ctx.extras
-        .push(("outage".into(), format!("{}s", outage.as_secs())));
-    ctx.extras
-        .push(("emails_waiting_at_restart".into(), waiting.to_string()));
+    ctx.note("outage", format!("{}s", outage.as_secs()));
+    ctx.note("emails_waiting_at_restart", waiting);
     Ok(ctx.finish().await)
 }
 
@@ -472,12 +463,8 @@ async fn mongo_restart(env: &Env, name: &str) -> anyhow::Result<Report> {
             .filter_map(|d| d.get_object_id("_id").ok().map(|id| id.to_hex()))
             .collect();
     }
-    ctx.extras
-        .push(("outage".into(), format!("{}s", outage.as_secs())));
-    ctx.extras.push((
-        "resent_after_outage".into(),
-        ctx.duplicates_allowed.len().to_string(),
-    ));
+    ctx.note("outage", format!("{}s", outage.as_secs()));
+    ctx.note("resent_after_outage", ctx.duplicates_allowed.len());
     Ok(ctx.finish().await)
 }
 
@@ -512,16 +499,9 @@ async fn two_apis(env: &Env, name: &str) -> anyhow::Result<Report> {
         *sends.entry(event).or_default() += 1;
     }
     let double: u32 = sends.values().map(|n| n - 1).sum();
-    report
-        .extras
-        .push(("events_published".into(), sends.len().to_string()));
-    report.extras.push((
-        "sends_by_api".into(),
-        format!("{}+{}", first.len(), second.len()),
-    ));
-    report
-        .extras
-        .push(("double_published".into(), double.to_string()));
+    report.note("events_published", sends.len());
+    report.note("sends_by_api", format!("{}+{}", first.len(), second.len()));
+    report.note("double_published", double);
     Ok(report)
 }
 
@@ -645,19 +625,12 @@ async fn oversell(env: &Env, name: &str) -> anyhow::Result<Report> {
             ORDERS - STOCK as usize
         ));
     }
-    ctx.extras.push(("accepted".into(), accepted.to_string()));
-    ctx.extras.push(("refused_409".into(), refused.to_string()));
-    ctx.extras.push((
-        "clients_answered_503".into(),
-        clients_answered_5xx.to_string(),
-    ));
-    ctx.extras
-        .push(("retries_after_5xx".into(), retries.to_string()));
+    ctx.note("accepted", accepted);
+    ctx.note("refused_409", refused);
+    ctx.note("clients_answered_503", clients_answered_5xx);
+    ctx.note("retries_after_5xx", retries);
     // The API says "the order was not placed" with its 503: these were.
-    ctx.extras.push((
-        "placed_despite_503".into(),
-        committed_despite_5xx.to_string(),
-    ));
+    ctx.note("placed_despite_503", committed_despite_5xx);
     Ok(ctx.finish().await)
 }
 
@@ -746,13 +719,10 @@ async fn redelivery(env: &Env, name: &str) -> anyhow::Result<Report> {
             "the garbage body is not in the DLQ (it holds {dead:?})"
         ));
     }
-    ctx.extras.push((
-        "redelivered_changed_nothing".into(),
-        if unchanged { "yes" } else { "no" }.into(),
-    ));
-    ctx.extras.push((
-        "garbage_in_dlq".into(),
-        if garbage_parked { "yes" } else { "no" }.into(),
-    ));
+    ctx.note(
+        "redelivered_changed_nothing",
+        if unchanged { "yes" } else { "no" },
+    );
+    ctx.note("garbage_in_dlq", if garbage_parked { "yes" } else { "no" });
     Ok(ctx.finish().await)
 }

@@ -268,16 +268,6 @@ impl MailtrapLike {
             .unwrap_or_else(|e| panic!("GET /messages: unexpected answer ({e}): {body}"))
     }
 
-    /// Waits until at least `count` messages were accepted; panics after `timeout`.
-    pub async fn wait_for_messages(&self, count: usize, timeout: Duration) -> Vec<AcceptedMessage> {
-        let what = format!("{count} message(s) accepted by the MailTrap-like server");
-        crate::eventually(timeout, &what, || async move {
-            let messages = self.messages().await;
-            (messages.len() >= count).then_some(messages)
-        })
-        .await
-    }
-
     /// Empties the list of accepted messages (counters are kept).
     pub async fn clear(&self) {
         self.call(reqwest::Method::DELETE, "/messages", None).await;

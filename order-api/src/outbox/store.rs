@@ -289,7 +289,7 @@ pub async fn release_lease(db: &Database, token: &str) -> mongodb::error::Result
 
 /// Lets go of every row this relay instance still holds (at shutdown).
 pub async fn release(db: &Database, instance: &str) -> mongodb::error::Result<u64> {
-    let prefix = format!("^{}:", regex_escape(instance));
+    let prefix = format!("^{}:", regex_lite::escape(instance));
     let result = collection(db)
         .update_many(
             doc! { "status": "PENDING", "lease_owner": { "$regex": prefix } },
@@ -297,15 +297,6 @@ pub async fn release(db: &Database, instance: &str) -> mongodb::error::Result<u6
         )
         .await?;
     Ok(result.modified_count)
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escape = !c.is_ascii_alphanumeric() && c != '-' && c != '_';
-            escape.then_some('\\').into_iter().chain(std::iter::once(c))
-        })
-        .collect()
 }
 
 /// How far behind publishing is.

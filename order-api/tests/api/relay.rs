@@ -5,6 +5,7 @@ use std::{collections::HashSet, time::Duration};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use common::event::OrderEventType;
+use futures::TryStreamExt;
 use mongodb::{
     Database,
     bson::{DateTime, doc, oid::ObjectId},
@@ -164,6 +165,50 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
     .await
     .expect("update");
     assert!(marked.is_empty());
+}
+
+#[tokio::test]
+async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
+    let bench = bench().await;
+    let relay = |bench: &Bench| {
+        Relay::new(
+            bench.db.clone(),
+            bench.sqs.clone(),
+            bench.queue_url.clone(),
+            &bench.config,
+        )
+    };
+    let (stopping, other) = (relay(&bench), relay(&bench));
+    let orders = enqueue(&bench.db, 4).await;
+    // Two rows held by each relay, each under a claim of its own.
+    for (i, order) in orders.iter().enumerate() {
+        let holder = if i % 2 == 0 { &stopping } else { &other };
+        let lease = holder.handoff().0.lease();
+        store::collection(&bench.db)
+            .update_one(
+                doc! { "order_id": order },
+                doc! { "$set": { "lease_owner": &lease.owner, "lease_until": lease.until } },
+            )
+            .await
+            .expect("lease");
+    }
+
+    stopping.release().await;
+    let rows: Vec<store::OutboxMessage> = store::collection(&bench.db)
+        .find(doc! {})
+        .await
+        .expect("query")
+        .try_collect()
+        .await
+        .expect("rows");
+    for (i, order) in orders.iter().enumerate() {
+        let row = rows.iter().find(|r| r.order_id == *order).expect("row");
+        assert_eq!(
+            row.lease_owner.is_none(),
+            i % 2 == 0,
+            "only the stopping relay's rows are let go: {row:?}"
+        );
+    }
 }
 
 #[tokio::test]
