@@ -26,6 +26,17 @@ struct Bench {
     config: OutboxConfig,
 }
 
+impl Bench {
+    fn relay(&self) -> Relay {
+        Relay::new(
+            self.db.clone(),
+            self.sqs.clone(),
+            self.queue_url.clone(),
+            &self.config,
+        )
+    }
+}
+
 async fn bench() -> Bench {
     test_support::require_stack().await;
     let database = unique("relay").replace('-', "_");
@@ -79,18 +90,8 @@ async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk_sqs::t
 async fn two_relays_racing_publish_every_row_exactly_once() {
     let bench = bench().await;
     enqueue(&bench.db, 40).await;
-    let a = Relay::new(
-        bench.db.clone(),
-        bench.sqs.clone(),
-        bench.queue_url.clone(),
-        &bench.config,
-    );
-    let b = Relay::new(
-        bench.db.clone(),
-        bench.sqs.clone(),
-        bench.queue_url.clone(),
-        &bench.config,
-    );
+    let a = bench.relay();
+    let b = bench.relay();
     let run = |relay: Relay| async move {
         let mut published = 0;
         for _ in 0..20 {
@@ -131,12 +132,7 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
         .await
         .expect("claim");
 
-    let relay = Relay::new(
-        bench.db.clone(),
-        bench.sqs.clone(),
-        bench.queue_url.clone(),
-        &bench.config,
-    );
+    let relay = bench.relay();
     assert_eq!(
         relay.recover().await.expect("step").published,
         0,
@@ -170,15 +166,7 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
 #[tokio::test]
 async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
     let bench = bench().await;
-    let relay = |bench: &Bench| {
-        Relay::new(
-            bench.db.clone(),
-            bench.sqs.clone(),
-            bench.queue_url.clone(),
-            &bench.config,
-        )
-    };
-    let (stopping, other) = (relay(&bench), relay(&bench));
+    let (stopping, other) = (bench.relay(), bench.relay());
     let orders = enqueue(&bench.db, 4).await;
     // Two rows held by each relay, each under a claim of its own.
     for (i, order) in orders.iter().enumerate() {
@@ -215,12 +203,7 @@ async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
 async fn published_rows_carry_their_expiry() {
     let bench = bench().await;
     enqueue(&bench.db, 1).await;
-    let relay = Relay::new(
-        bench.db.clone(),
-        bench.sqs.clone(),
-        bench.queue_url.clone(),
-        &bench.config,
-    );
+    let relay = bench.relay();
     relay.recover().await.expect("publishes");
     let row = store::collection(&bench.db)
         .find_one(doc! {})
@@ -247,12 +230,7 @@ async fn published_rows_carry_their_expiry() {
 async fn each_published_row_records_the_sqs_id_of_its_own_message() {
     let bench = bench().await;
     enqueue(&bench.db, 7).await;
-    let relay = Relay::new(
-        bench.db.clone(),
-        bench.sqs.clone(),
-        bench.queue_url.clone(),
-        &bench.config,
-    );
+    let relay = bench.relay();
     assert_eq!(relay.recover().await.expect("step").published, 7);
 
     let sent: HashSet<(String, String)> = drain(&bench.sqs, &bench.queue_url)
