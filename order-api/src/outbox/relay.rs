@@ -343,6 +343,12 @@ pub async fn run(
                 () = sweep.notified() => relay.recover().await,
             }
         };
+        // A step in progress is finished, but no other begins once
+        // shutdown has come (a backlog would otherwise keep a full
+        // recovery claim going past the drain's deadline).
+        if shutdown.is_cancelled() {
+            break;
+        }
         recover_now = step.as_ref().is_ok_and(|outcome| outcome.more_pending);
         let failure = match step {
             Ok(outcome) if outcome.failed == 0 => None,

@@ -200,6 +200,29 @@ async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
 }
 
 #[tokio::test]
+async fn a_relay_told_to_stop_finishes_its_step_and_starts_no_other() {
+    let bench = bench().await;
+    // More than one recovery claim takes (five SQS batches of 10).
+    enqueue(&bench.db, 120).await;
+    let relay = bench.relay();
+    let (_handoff, handed) = relay.handoff();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    order_api::outbox::relay::run(
+        relay,
+        handed,
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        shutdown,
+    )
+    .await;
+    let published = store::collection(&bench.db)
+        .count_documents(doc! { "status": "PUBLISHED" })
+        .await
+        .expect("count");
+    assert_eq!(published, 50, "the first claim only, not the whole backlog");
+}
+
+#[tokio::test]
 async fn published_rows_carry_their_expiry() {
     let bench = bench().await;
     enqueue(&bench.db, 1).await;
