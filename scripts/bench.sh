@@ -75,6 +75,8 @@ out="$target/bench/$run_id"
 mkdir -p -- "$out"
 api_port=$(free_port)
 processor_port=$(free_port)
+api_metrics_port=$(free_port)
+processor_metrics_port=$(free_port)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$SQS_PORT"
 "$bin/order-bench" create-queues --name "$queue" --sqs-endpoint "$AWS_ENDPOINT_URL" >/dev/null
 
@@ -109,7 +111,8 @@ export ENV_FILE=.env.example APP_ENV=development LOG_FORMAT=json \
     MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT/?replicaSet=secantus&maxIdleTimeMS=60000" \
     MONGODB_DATABASE="$run_id" SQS_QUEUE_NAME="$queue" SQS_DLQ_NAME="$queue-dlq" \
     API_HOST=127.0.0.1 API_PORT="$api_port" PROCESSOR_HOST=127.0.0.1 \
-    PROCESSOR_PORT="$processor_port" SMTP_HOST=127.0.0.1 SMTP_PORT="$SMTP_PORT" \
+    PROCESSOR_PORT="$processor_port" API_METRICS_ADDR="127.0.0.1:$api_metrics_port" \
+    PROCESSOR_METRICS_ADDR="127.0.0.1:$processor_metrics_port" SMTP_HOST=127.0.0.1 SMTP_PORT="$SMTP_PORT" \
     LOGIN_RATE_PER_MINUTE_PER_IP=1000000 LOGIN_RATE_PER_MINUTE_PER_ACCOUNT=1000000
 
 "$bin/order-api" >"$out/order-api.log" 2>&1 &
@@ -149,8 +152,8 @@ fi
 # Each service's commands to MongoDB (mongodb_commands_total), before and
 # after the run: which statements the database ops per order are.
 snapshot_metrics() { # snapshot_metrics WHEN
-    curl -fsS "http://127.0.0.1:$api_port/metrics" >"$out/metrics-api-$1.txt" 2>/dev/null || true
-    curl -fsS "http://127.0.0.1:$processor_port/metrics" >"$out/metrics-processor-$1.txt" 2>/dev/null || true
+    curl -fsS "http://127.0.0.1:$api_metrics_port/metrics" >"$out/metrics-api-$1.txt" 2>/dev/null || true
+    curl -fsS "http://127.0.0.1:$processor_metrics_port/metrics" >"$out/metrics-processor-$1.txt" 2>/dev/null || true
 }
 snapshot_metrics before
 "$bin/order-bench" run --api-url "http://127.0.0.1:$api_port" \

@@ -32,6 +32,7 @@ pids+=("$!")
 "$bin/order-processor" &
 pids+=("$!")
 echo "run: order-api on http://127.0.0.1:8000 (pid ${pids[0]}), order-processor health on http://127.0.0.1:8001 (pid ${pids[1]})"
+echo "run: metrics (Prometheus) on http://127.0.0.1:9100/metrics and :9101/metrics unless API_METRICS_ADDR / PROCESSOR_METRICS_ADDR say otherwise"
 echo "run: mail inbox at http://127.0.0.1:1080; Ctrl-C stops both services"
 # If either service exits, stop the other and report.
 set +e

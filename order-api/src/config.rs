@@ -1,6 +1,6 @@
 //! order-api's settings, read once at start-up.
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use anyhow::{Context, bail};
 use common::{
@@ -14,6 +14,9 @@ pub struct ApiConfig {
     pub host: String,
     /// 0 picks a free port (tests).
     pub port: u16,
+    /// Where `GET /metrics` is served: a listener of its own, off the
+    /// public port, loopback unless set (port 0 picks a free one).
+    pub metrics_addr: SocketAddr,
     pub development: bool,
     pub mongo: MongoConfig,
     pub sqs: SqsConfig,
@@ -112,6 +115,13 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
 
 impl ApiConfig {
+    /// Loopback: only this machine's scraper reads it unless a deployment
+    /// says otherwise (`API_METRICS_ADDR=0.0.0.0:9100` in a pod).
+    pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        9100,
+    ));
+
     pub fn from_env() -> anyhow::Result<Self> {
         let development = config::optional("APP_ENV").is_some_and(|e| e == "development");
         let jwt_secret = match config::secret("JWT_SECRET") {
@@ -144,6 +154,7 @@ impl ApiConfig {
         Ok(ApiConfig {
             host: config::optional("API_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("API_PORT", 8000)?,
+            metrics_addr: config::parsed_or("API_METRICS_ADDR", Self::DEFAULT_METRICS_ADDR)?,
             development,
             mongo: MongoConfig::from_env()?,
             sqs: SqsConfig::from_env()?,
@@ -196,6 +207,7 @@ impl ApiConfig {
         tracing::info!(
             host = %self.host,
             port = self.port,
+            metrics = %self.metrics_addr,
             database = %self.mongo.database,
             queue = %self.sqs.queue_name,
             sqs_endpoint = self.sqs.endpoint_url.as_deref().unwrap_or("aws"),

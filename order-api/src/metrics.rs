@@ -1,4 +1,5 @@
-//! What order-api counts, and `GET /metrics` in the Prometheus text format.
+//! What order-api counts, and `GET /metrics` in the Prometheus text format
+//! on a listener of its own (`API_METRICS_ADDR`).
 //!
 //! Counters and histograms are recorded where things happen; the outbox
 //! backlog is read from MongoDB at each scrape (bounded by a short timeout),
@@ -8,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use axum::{
+    Router,
     extract::{MatchedPath, Request, State},
     http::header,
     middleware::Next,
     response::{IntoResponse, Response},
+    routing::get,
 };
 
 use crate::{http::state::AppState, outbox};
@@ -126,11 +129,18 @@ pub async fn track_http(request: Request, next: Next) -> Response {
     response
 }
 
+/// The metrics listener's routes: `GET /metrics` only. Served on
+/// `API_METRICS_ADDR`, never on the public port, so a shop's clients cannot
+/// read its order rates and backlog.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(state)
+}
+
 /// Prometheus metrics of this instance (the outbox backlog is the shared
 /// database's).
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
-pub async fn scrape(State(state): State<AppState>) -> Response {
+async fn scrape(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(BACKLOG_TIMEOUT, outbox::store::backlog(&state.db)).await {
         Ok(Ok(backlog)) => {
             gauge!(OUTBOX_PENDING).set(backlog.pending as f64);

@@ -18,7 +18,7 @@ use crate::{
         error::{ErrorDetail, ErrorResponse},
         state::AppState,
     },
-    metrics, orders, products,
+    orders, products,
 };
 
 struct BearerAuth;
@@ -119,7 +119,6 @@ fn error_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     paths(
         health::health,
         health::ready,
-        metrics::scrape,
         auth::routes::register,
         auth::routes::login,
         auth::routes::refresh,

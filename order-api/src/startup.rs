@@ -20,6 +20,9 @@ const FORGET_IDLE_LOGIN_KEYS_EVERY: Duration = Duration::from_secs(60);
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// `GET /metrics`, apart from the public port.
+    metrics_listener: TcpListener,
+    metrics_port: u16,
     state: AppState,
     relay: outbox::Relay,
     /// Rows the order writer hands to the relay.
@@ -52,6 +55,10 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding API_METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
         let readiness = Arc::new(common::readiness::ReadinessProbe::new(
             db.clone(),
             sqs.clone(),
@@ -80,6 +87,8 @@ impl Application {
         Ok(Application {
             listener,
             port,
+            metrics_listener,
+            metrics_port,
             state,
             relay,
             handed,
@@ -88,6 +97,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     pub fn state(&self) -> &AppState {
@@ -118,6 +131,13 @@ impl Application {
             shutdown.clone(),
         ));
 
+        let metrics_shutdown = shutdown.clone();
+        let scrapes = tokio::spawn(
+            axum::serve(self.metrics_listener, metrics::router(self.state.clone()))
+                .with_graceful_shutdown(async move { metrics_shutdown.cancelled().await })
+                .into_future(),
+        );
+
         let server_shutdown = shutdown.clone();
         // The peer address is what login throttling keys clients by.
         let app = http::router(self.state, openapi::router())
@@ -135,6 +155,11 @@ impl Application {
             tracing::warn!("outbox relay did not stop within 10 s");
         }
         let _ = limiter_housekeeping.await;
+        match scrapes.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "serving /metrics"),
+            Err(e) => tracing::warn!(error = %e, "the /metrics listener's task failed"),
+            Ok(Ok(())) => {}
+        }
         common::schedule::stop(sweep, "OUTBOX_SWEEP_SCHEDULE").await;
         common::schedule::stop(expiry, common::expiry::SETTING).await;
         tracing::info!("order-api stopped");

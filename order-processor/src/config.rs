@@ -1,6 +1,6 @@
 //! order-processor's settings, read once at start-up.
 
-use std::{num::NonZeroU32, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, time::Duration};
 
 use anyhow::{Context, bail};
 use common::config::{self, EnvSource, MongoConfig, SqsConfig};
@@ -12,6 +12,9 @@ pub struct ProcessorConfig {
     pub host: String,
     /// Health endpoint port; 0 picks a free one (tests).
     pub port: u16,
+    /// Where `GET /metrics` is served: a listener of its own, apart from
+    /// the health port, loopback unless set (port 0 picks a free one).
+    pub metrics_addr: SocketAddr,
     pub mongo: MongoConfig,
     pub sqs: SqsConfig,
     pub smtp: SmtpConfig,
@@ -147,6 +150,12 @@ pub struct ConsumerConfig {
 }
 
 impl ProcessorConfig {
+    /// Loopback, beside order-api's 9100 (`PROCESSOR_METRICS_ADDR`).
+    pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        9101,
+    ));
+
     pub fn from_env() -> anyhow::Result<Self> {
         let from_raw = config::optional("MAIL_FROM")
             .unwrap_or_else(|| "Order Pipeline <orders@example.com>".into());
@@ -189,6 +198,7 @@ impl ProcessorConfig {
         Ok(ProcessorConfig {
             host: config::optional("PROCESSOR_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("PROCESSOR_PORT", 8001)?,
+            metrics_addr: config::parsed_or("PROCESSOR_METRICS_ADDR", Self::DEFAULT_METRICS_ADDR)?,
             mongo: MongoConfig::from_env()?,
             sqs: SqsConfig::from_env()?,
             smtp: SmtpConfig {
@@ -257,6 +267,7 @@ impl ProcessorConfig {
             queue = %self.sqs.queue_name,
             smtp_host = %self.smtp.host,
             smtp_port = self.smtp.port,
+            metrics = %self.metrics_addr,
             smtp_tls = ?self.smtp.tls,
             smtp_auth = self.smtp.username.is_some(),
             smtp_rate_limit = ?self.smtp.rate_limit,

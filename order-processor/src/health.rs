@@ -1,4 +1,5 @@
-//! Liveness (constant), readiness (MongoDB and SQS answer) and metrics.
+//! Liveness (constant) and readiness (MongoDB and SQS answer) on the health
+//! port; `GET /metrics` on a listener of its own (`PROCESSOR_METRICS_ADDR`).
 
 use axum::{
     Json, Router,
@@ -66,6 +67,13 @@ pub fn router(state: HealthState) -> Router {
     Router::new()
         .route("/processor/api/health", get(health))
         .route("/processor/api/ready", get(ready))
+        .with_state(state)
+}
+
+/// The metrics listener's routes: `GET /metrics` only, never on the health
+/// port a load balancer or anyone routed to it may reach.
+pub fn metrics_router(state: HealthState) -> Router {
+    Router::new()
         .route("/metrics", get(scrape))
         .with_state(state)
 }

@@ -21,6 +21,9 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// `GET /metrics`, apart from the health port.
+    metrics_listener: TcpListener,
+    metrics_port: u16,
     consumer: Consumer,
     sender: EmailSender,
     health: health::HealthState,
@@ -89,9 +92,15 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", config.host, config.port))?;
         let port = listener.local_addr()?.port();
+        let metrics_listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("binding PROCESSOR_METRICS_ADDR {}", config.metrics_addr))?;
+        let metrics_port = metrics_listener.local_addr()?.port();
         Ok(Application {
             listener,
             port,
+            metrics_listener,
+            metrics_port,
             consumer,
             sender,
             health,
@@ -102,6 +111,10 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     pub fn consumer(&self) -> &Consumer {
@@ -118,6 +131,15 @@ impl Application {
         let expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
         let sender = tokio::spawn(self.sender.run(shutdown.clone()));
+        let metrics_shutdown = shutdown.clone();
+        let scrapes = tokio::spawn(
+            axum::serve(
+                self.metrics_listener,
+                health::metrics_router(self.health.clone()),
+            )
+            .with_graceful_shutdown(async move { metrics_shutdown.cancelled().await })
+            .into_future(),
+        );
         let server_shutdown = shutdown.clone();
         let served = axum::serve(self.listener, health::router(self.health))
             .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
@@ -135,6 +157,11 @@ impl Application {
             .is_err()
         {
             tracing::warn!("email sender did not stop within 30 s");
+        }
+        match scrapes.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "serving /metrics"),
+            Err(e) => tracing::warn!(error = %e, "the /metrics listener's task failed"),
+            Ok(Ok(())) => {}
         }
         common::schedule::stop(expiry, common::expiry::SETTING).await;
         tracing::info!("order-processor stopped");

@@ -19,9 +19,16 @@ pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 /// tests about throttling set a small limit (`spawn_app_with`).
 pub const TEST_LOGIN_RATE: NonZeroU32 = NonZeroU32::new(10_000).expect("non-zero");
 
+/// The metrics listener of a test service: loopback, a free port.
+const FREE_LOOPBACK_PORT: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0),
+);
+
 /// A running service; stopping it (or dropping this) cancels its shutdown token.
 pub struct Running {
     pub port: u16,
+    /// Its `GET /metrics` listener's port.
+    pub metrics_port: u16,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -29,6 +36,11 @@ pub struct Running {
 impl Running {
     pub fn address(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The metrics listener's base URL (`metrics::scrape` adds `/metrics`).
+    pub fn metrics_address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     /// Graceful stop, as on SIGTERM; waits for it to finish.
@@ -53,6 +65,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
     ApiConfig {
         host: "127.0.0.1".into(),
         port: 0,
+        metrics_addr: FREE_LOOPBACK_PORT,
         development: true,
         mongo: crate::mongo_config(database),
         sqs: crate::sqs_config(queue),
@@ -92,6 +105,7 @@ pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
     ProcessorConfig {
         host: "127.0.0.1".into(),
         port: 0,
+        metrics_addr: FREE_LOOPBACK_PORT,
         mongo: crate::mongo_config(database),
         sqs: crate::sqs_config(queue),
         smtp: SmtpConfig {
@@ -149,21 +163,25 @@ pub async fn start_api(config: ApiConfig) -> Running {
     let app = order_api::startup::Application::build(config)
         .await
         .expect("order-api starts against the local stack");
-    let port = app.port();
-    Running::spawn(port, |shutdown| app.run_until_stopped(shutdown))
+    let ports = (app.port(), app.metrics_port());
+    Running::spawn(ports, |shutdown| app.run_until_stopped(shutdown))
 }
 
 pub async fn start_processor(config: ProcessorConfig) -> Running {
     let app = order_processor::startup::Application::build(config)
         .await
         .expect("order-processor starts against the local stack");
-    let port = app.port();
-    Running::spawn(port, |shutdown| app.run_until_stopped(shutdown))
+    let ports = (app.port(), app.metrics_port());
+    Running::spawn(ports, |shutdown| app.run_until_stopped(shutdown))
 }
 
 impl Running {
     /// Runs a built service until its shutdown token is cancelled.
-    fn spawn<F>(port: u16, run: impl FnOnce(CancellationToken) -> F) -> Running
+    /// `ports`: the public (or health) port and the metrics port.
+    fn spawn<F>(
+        (port, metrics_port): (u16, u16),
+        run: impl FnOnce(CancellationToken) -> F,
+    ) -> Running
     where
         F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
@@ -171,6 +189,7 @@ impl Running {
         let task = tokio::spawn(run(shutdown.clone()));
         Running {
             port,
+            metrics_port,
             shutdown,
             task: Some(task),
         }

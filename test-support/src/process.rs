@@ -27,6 +27,9 @@ pub fn service_env(database: &str, queue: &str, port: u16) -> Vec<(String, Strin
         ("API_PORT", port.to_string()),
         ("PROCESSOR_HOST", "127.0.0.1".to_string()),
         ("PROCESSOR_PORT", port.to_string()),
+        // Several services run side by side: each scrape listener on a free port.
+        ("API_METRICS_ADDR", "127.0.0.1:0".to_string()),
+        ("PROCESSOR_METRICS_ADDR", "127.0.0.1:0".to_string()),
         ("MONGODB_URI", crate::mongo_uri()),
         ("MONGODB_DATABASE", database.to_string()),
         ("AWS_ENDPOINT_URL", crate::sqs_endpoint()),

@@ -46,7 +46,6 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
         .nest("/orders", orders::router());
     let routes = Router::new()
         .nest("/api", api)
-        .route("/metrics", get(metrics::scrape))
         .merge(docs)
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {

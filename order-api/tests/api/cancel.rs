@@ -169,7 +169,7 @@ async fn inactive_products_cannot_be_ordered() {
     assert_eq!(error_code(response).await, "product_inactive");
     assert_eq!(app.count("orders").await, 0);
     // The refusal is counted under its error code, the one name for it.
-    let metrics = test_support::metrics::scrape(&app.address).await;
+    let metrics = test_support::metrics::scrape(&app.metrics_address).await;
     let refused = |reason| metrics.value("orders_refused_total", &[("reason", reason)]);
     assert!(refused("product_inactive") >= 1.0);
     assert!(!metrics.has("orders_refused_total", &[("reason", "inactive_product")]));

@@ -13,7 +13,8 @@ pub use test_support::apps::JWT_SECRET;
 pub use test_support::client::PASSWORD;
 
 pub struct TestApp {
-    pub address: String,
+    /// The metrics listener's base URL (not the public port).
+    pub metrics_address: String,
     api: ApiClient,
     pub db: Database,
     pub sqs: aws_sdk_sqs::Client,
@@ -41,7 +42,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
         .expect("connecting to MongoDB");
     let api = apps::start_api(config).await;
     TestApp {
-        address: api.address(),
+        metrics_address: api.metrics_address(),
         api: ApiClient::new(&api.address()),
         db,
         sqs,

@@ -168,7 +168,6 @@ async fn real_responses_match_the_openapi_document() {
             vec![
                 (M::GET, "/api/health", "/api/health", None, None, S::OK),
                 (M::GET, "/api/ready", "/api/ready", None, None, S::OK),
-                (M::GET, "/metrics", "/metrics", None, None, S::OK),
                 (M::POST, orders, orders, c, Some(line(1)), S::CREATED),
                 (M::POST, orders, orders, c, Some(line(50)), S::CONFLICT),
                 (

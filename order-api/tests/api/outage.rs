@@ -341,7 +341,7 @@ async fn a_server_that_refuses_bulk_write_still_places_orders_one_statement_at_a
     assert_eq!(app.stock_of(&product).await, 2);
     assert_eq!(app.count("orders").await, 2);
     assert_eq!(app.count("outbox").await, 2);
-    let refused = reqwest::get(app.url("/metrics"))
+    let refused = reqwest::get(format!("{}/metrics", app.metrics_address))
         .await
         .expect("metrics")
         .text()

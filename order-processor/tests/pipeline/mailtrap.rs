@@ -243,7 +243,7 @@ async fn a_provider_refusing_every_login_pauses_sending_and_fails_no_email() {
     );
     let provider = format!("smtp://127.0.0.1:{}", server.smtp_port());
     let state = |state| [("state", state), ("provider", provider.as_str())];
-    let metrics = test_support::metrics::scrape(&processor.address()).await;
+    let metrics = test_support::metrics::scrape(&processor.metrics_address()).await;
     assert_eq!(metrics.value("email_sender_state", &state("refusing")), 1.0);
 
     // A minute of refusals: orders are processed, no email is FAILED.
@@ -261,7 +261,7 @@ async fn a_provider_refusing_every_login_pauses_sending_and_fails_no_email() {
     server.accept_logins().await;
     until_all_sent(&pipeline, &customer, &ids, Duration::from_secs(30)).await;
     assert_one_message_per_order(&server, &ids).await;
-    let metrics = test_support::metrics::scrape(&processor.address()).await;
+    let metrics = test_support::metrics::scrape(&processor.metrics_address()).await;
     assert_eq!(metrics.value("email_sender_state", &state("closed")), 1.0);
     assert_eq!(metrics.value("email_sender_state", &state("refusing")), 0.0);
     assert!(metrics.value("email_replies_total", &[("class", "provider_refuses")]) >= 1.0);

@@ -17,8 +17,12 @@ fn grew(before: &Metrics, after: &Metrics, name: &str, labels: &[(&str, &str)]) 
 #[tokio::test]
 async fn metrics_move_as_an_order_flows_through_both_services() {
     let pipeline = spawn_pipeline(30).await;
-    let api = pipeline.api.address();
-    let processor = pipeline.processor.as_ref().expect("running").address();
+    let api = pipeline.api.metrics_address();
+    let processor = pipeline
+        .processor
+        .as_ref()
+        .expect("running")
+        .metrics_address();
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 2_500, 5).await;
@@ -123,10 +127,46 @@ async fn metrics_move_as_an_order_flows_through_both_services() {
     ));
 }
 
+/// `/metrics` tells a shop's order rates, its backlog and its email
+/// provider's state: neither the API's public port nor the processor's
+/// health port answers it; each service's metrics listener does.
+#[tokio::test]
+async fn metrics_are_served_only_on_their_own_listener() {
+    let pipeline = spawn_pipeline(30).await;
+    let processor = pipeline.processor.as_ref().expect("running");
+    for (service, public, metrics) in [
+        (
+            "order-api",
+            pipeline.api.address(),
+            pipeline.api.metrics_address(),
+        ),
+        (
+            "order-processor",
+            processor.address(),
+            processor.metrics_address(),
+        ),
+    ] {
+        assert_ne!(public, metrics, "{service}: one listener for both");
+        let on_public = reqwest::get(format!("{public}/metrics"))
+            .await
+            .expect("GET /metrics on the public port");
+        assert_eq!(on_public.status(), 404, "{service}: /metrics on {public}");
+        let scraped = scrape(&metrics).await;
+        assert!(
+            !scraped.names().is_empty(),
+            "{service}: nothing exported on {metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_dead_lettered_message_shows_in_the_dlq_depth() {
     let pipeline = spawn_pipeline(30).await;
-    let processor = pipeline.processor.as_ref().expect("running").address();
+    let processor = pipeline
+        .processor
+        .as_ref()
+        .expect("running")
+        .metrics_address();
     let before = scrape(&processor).await;
     pipeline.send_raw("this is not an order event").await;
 
@@ -289,8 +329,15 @@ async fn the_dashboard_charts_only_metrics_the_services_export() {
     ))
     .expect("the dashboard is JSON");
     let pipeline = spawn_pipeline(30).await;
-    let api = scrape(&pipeline.api.address()).await;
-    let processor = scrape(&pipeline.processor.as_ref().expect("running").address()).await;
+    let api = scrape(&pipeline.api.metrics_address()).await;
+    let processor = scrape(
+        &pipeline
+            .processor
+            .as_ref()
+            .expect("running")
+            .metrics_address(),
+    )
+    .await;
     let exported: BTreeSet<String> = api.names().into_iter().chain(processor.names()).collect();
 
     let charted = metrics_in_dashboard(&dashboard);
