@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test chaos bench bench-smoke stack-up stack-down stack-status build lint fmt check-compose test-only seed
+.PHONY: help run test chaos bench bench-smoke stack-up stack-down stack-status build lint fmt check-compose check-k8s test-only seed
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## list targets
 run: ## start the local stack and both services (Ctrl-C stops the services)
 	scripts/run.sh
 
-test: stack-up lint check-compose test-only ## the whole suite: fmt, clippy, compose file, all tests
+test: stack-up lint check-compose check-k8s test-only ## the whole suite: fmt, clippy, compose file, k8s manifests, all tests
 
 test-only: ## cargo tests against the running stack
 	cargo test --workspace --all-targets --no-fail-fast
@@ -57,6 +57,9 @@ build: ## build both services (debug), and the chaos and bench tools
 
 check-compose: ## validate docker-compose.yml and the Dockerfiles it names
 	scripts/check-compose.sh
+
+check-k8s: ## render deploy/k8s and validate it offline (Kubernetes 1.32 schemas, KEDA's CRDs, policy)
+	scripts/check-k8s.sh
 
 stack-up: ## install (first time) and start MongoDB, LocalStack SQS and MailDev on 127.0.0.1
 	scripts/stack.sh up
