@@ -2,7 +2,13 @@
 //! typed values. A `.env` file is read if present (or the file `ENV_FILE`
 //! names), never overriding variables already set.
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    str::FromStr,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use secrecy::SecretString;
@@ -39,9 +45,44 @@ pub fn required(name: &str) -> anyhow::Result<String> {
     }
 }
 
-/// A variable that may be absent; empty counts as absent.
+/// Every setting this process has looked up, set or not.
+static READ: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// A variable that may be absent; empty counts as absent. Every setting is
+/// read through here, so `names_read` knows them all.
 pub fn optional(name: &str) -> Option<String> {
+    READ.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(name.to_string());
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The settings looked up so far, sorted: after a service has read its
+/// configuration, every name it reads (`check-config` prints them, and a
+/// test holds the deployment files to them).
+pub fn names_read() -> Vec<String> {
+    READ.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect()
+}
+
+/// What `order-api check-config` and `order-processor check-config` print
+/// once the configuration has been read and accepted: one line per setting
+/// the service reads, `NAME set` or `NAME default`. Never a value.
+pub fn settings_report() -> String {
+    names_read()
+        .into_iter()
+        .map(|name| {
+            let state = if optional(&name).is_some() {
+                "set"
+            } else {
+                "default"
+            };
+            format!("{name} {state}\n")
+        })
+        .collect()
 }
 
 /// A variable parsed into `T`, or `default` when absent.

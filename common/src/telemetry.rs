@@ -53,7 +53,8 @@ impl Telemetry {
 /// formatter writing to stdout. A second call (tests) keeps the first
 /// subscriber.
 pub fn init_telemetry(service: &'static str, default_filter: &str) -> anyhow::Result<Telemetry> {
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let json =
+        crate::config::optional("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
     init_telemetry_writing_to(service, default_filter, json, std::io::stdout)
 }
 
@@ -68,9 +69,7 @@ pub fn init_telemetry_writing_to<W>(
 where
     W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.trim().is_empty());
+    let endpoint = crate::config::optional("OTEL_EXPORTER_OTLP_ENDPOINT");
     let resource = Resource::builder().with_service_name(service).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if let Some(endpoint) = &endpoint {
@@ -89,8 +88,9 @@ where
     let provider = builder.build();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = crate::config::optional(EnvFilter::DEFAULT_ENV)
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if json {

@@ -24,6 +24,10 @@ enum Command {
     /// {name, sku, price, stock, description?}, matched by sku. Stock of
     /// products that already exist is left as it is.
     SeedProducts { file: PathBuf },
+    /// Reads and checks the configuration without connecting to anything,
+    /// then lists every setting this service reads, `NAME set` or
+    /// `NAME default` (never a value). Exits non-zero naming a bad one.
+    CheckConfig,
 }
 
 #[tokio::main]
@@ -40,6 +44,9 @@ async fn main() -> anyhow::Result<()> {
             serve(config).await
         }
         Some(Command::SeedProducts { file }) => seed_products(&file).await,
+        Some(Command::CheckConfig) => ApiConfig::from_env()
+            .context("reading configuration")
+            .map(|_| print!("{}", common::config::settings_report())),
     };
     telemetry.shutdown();
     done

@@ -17,6 +17,10 @@ enum Command {
         #[command(subcommand)]
         action: cli::DlqAction,
     },
+    /// Reads and checks the configuration without connecting to anything,
+    /// then lists every setting this service reads, `NAME set` or
+    /// `NAME default` (never a value). Exits non-zero naming a bad one.
+    CheckConfig,
 }
 
 #[tokio::main]
@@ -27,8 +31,13 @@ async fn main() -> anyhow::Result<()> {
     let telemetry =
         common::telemetry::init_telemetry("order-processor", common::telemetry::DEFAULT_FILTER)?;
     let config = ProcessorConfig::from_env().context("reading configuration")?;
-    if let Some(Command::Dlq { action }) = args.command {
-        return cli::dlq(&config, action).await;
+    match args.command {
+        Some(Command::Dlq { action }) => return cli::dlq(&config, action).await,
+        Some(Command::CheckConfig) => {
+            print!("{}", common::config::settings_report());
+            return Ok(());
+        }
+        None => {}
     }
     config.log_summary(&env_source);
 
