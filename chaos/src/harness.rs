@@ -51,6 +51,8 @@ pub struct ServiceSettings {
 /// How a scenario wants its world.
 pub struct Setup {
     pub apis: usize,
+    /// order-processor instances sharing the queue.
+    pub processors: usize,
     /// order-api reaches SQS through a proxy the scenario can cut.
     pub api_sqs_via_proxy: bool,
     pub stocks: Vec<i64>,
@@ -66,6 +68,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             apis: 1,
+            processors: 1,
             api_sqs_via_proxy: false,
             stocks: vec![1_000; 4],
             customers: 4,
@@ -82,7 +85,8 @@ pub struct Ctx<'a> {
     pub db: Database,
     pub queues: Queues,
     pub apis: Vec<Service>,
-    pub processor: Service,
+    /// `processor` alone, or `processor-1`... when several share the queue.
+    pub processors: Vec<Service>,
     pub proxy: Option<Proxy>,
     /// The scenario's own MailTrap-like server, when it has one.
     pub mailtrap: Option<MailtrapLike>,
@@ -121,6 +125,12 @@ impl Report {
     /// Adds a scenario-specific figure to the line.
     pub fn note(&mut self, name: &str, value: impl std::fmt::Display) {
         self.extras.push((name.to_string(), value.to_string()));
+    }
+
+    /// A guarantee found broken after `Ctx::finish`.
+    pub fn fail(&mut self, problem: String) {
+        self.problems.push(problem);
+        self.passed = false;
     }
 
     pub fn failed(scenario: &str, error: &anyhow::Error, logs: String, elapsed: Duration) -> Self {
@@ -225,6 +235,8 @@ impl<'a> Ctx<'a> {
                     ),
                     ("API_HOST", "127.0.0.1".into()),
                     ("API_PORT", port.to_string()),
+                    // Instances side by side: each scrape listener on a free port.
+                    ("API_METRICS_ADDR", "127.0.0.1:0".into()),
                     (
                         "JWT_SECRET",
                         "chaos-suite-jwt-secret-0123456789abcdef".into(),
@@ -253,7 +265,6 @@ impl<'a> Ctx<'a> {
                 log_dir: dir.clone(),
             }));
         }
-        let processor_port = procs::free_port()?;
         let mut vars = shared(env.stack.sqs_port);
         let settings = &env.settings;
         vars.extend(
@@ -264,7 +275,7 @@ impl<'a> Ctx<'a> {
                     "info,order_processor::consumer=debug".to_string(),
                 ),
                 ("PROCESSOR_HOST", "127.0.0.1".into()),
-                ("PROCESSOR_PORT", processor_port.to_string()),
+                ("PROCESSOR_METRICS_ADDR", "127.0.0.1:0".into()),
                 ("SMTP_HOST", "127.0.0.1".into()),
                 ("SMTP_PORT", env.stack.smtp_port.to_string()),
                 ("SMTP_TLS", "none".into()),
@@ -307,14 +318,24 @@ impl<'a> Ctx<'a> {
             vars.retain(|(n, _)| n != name);
             vars.push(((*name).to_string(), value.clone()));
         }
-        let processor = Service::new(Launch {
-            kind: Kind::Processor,
-            label: "processor".into(),
-            binary: env.bin_dir.join(Kind::Processor.binary()),
-            env: vars,
-            port: processor_port,
-            log_dir: dir.clone(),
-        });
+        let mut processors = Vec::new();
+        for n in 1..=setup.processors {
+            let port = procs::free_port()?;
+            let mut env_n = vars.clone();
+            env_n.push(("PROCESSOR_PORT".into(), port.to_string()));
+            processors.push(Service::new(Launch {
+                kind: Kind::Processor,
+                label: if setup.processors == 1 {
+                    "processor".into()
+                } else {
+                    format!("processor-{n}")
+                },
+                binary: env.bin_dir.join(Kind::Processor.binary()),
+                env: env_n,
+                port,
+                log_dir: dir.clone(),
+            }));
+        }
 
         let mut ctx = Ctx {
             env,
@@ -323,7 +344,7 @@ impl<'a> Ctx<'a> {
             db,
             queues,
             apis,
-            processor,
+            processors,
             proxy,
             mailtrap,
             maildev_api: env.stack.inbox_api(),
@@ -342,7 +363,9 @@ impl<'a> Ctx<'a> {
         for api in &mut ctx.apis {
             api.start(&env.http).await?;
         }
-        ctx.processor.start(&env.http).await?;
+        for processor in &mut ctx.processors {
+            processor.start(&env.http).await?;
+        }
 
         let api = ctx.api_url(0);
         let admin = shop::admin_token(&env.http, &api).await?;
@@ -508,12 +531,14 @@ impl<'a> Ctx<'a> {
             }
             let _ = api.terminate().await;
         }
-        if !self.processor.running() {
-            figures
-                .problems
-                .push("the processor died on its own".into());
+        for processor in &mut self.processors {
+            if !processor.running() {
+                figures
+                    .problems
+                    .push(format!("{} died on its own", processor.launch.label));
+            }
+            let _ = processor.terminate().await;
         }
-        let _ = self.processor.terminate().await;
 
         let mut problems = std::mem::take(&mut figures.problems);
         problems.append(&mut self.problems);

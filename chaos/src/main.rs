@@ -35,8 +35,9 @@ use anyhow::{Context, bail};
 use harness::{Env, Report, ServiceSettings};
 
 /// A scenario that has not finished by then is failed (and its processes
-/// killed): nothing here waits forever.
-const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
+/// killed): nothing here waits forever. The fleet (10) runs its faults for
+/// 100 s after two throughput bursts.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(360);
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -164,14 +165,21 @@ fn select(selection: &str) -> anyhow::Result<Vec<(u8, &'static str)>> {
     }
     let mut chosen = Vec::new();
     for part in selection.split(',') {
-        let number: u8 = part
-            .trim()
-            .parse()
-            .with_context(|| format!("scenario {part:?} is not a number (1 to 8)"))?;
+        let number: u8 = part.trim().parse().with_context(|| {
+            format!(
+                "scenario {part:?} is not a number (1 to {})",
+                scenarios::ALL.len()
+            )
+        })?;
         let scenario = scenarios::ALL
             .iter()
             .find(|(n, _)| *n == number)
-            .with_context(|| format!("there is no scenario {number} (1 to 8)"))?;
+            .with_context(|| {
+                format!(
+                    "there is no scenario {number} (1 to {})",
+                    scenarios::ALL.len()
+                )
+            })?;
         chosen.push(*scenario);
     }
     Ok(chosen)

@@ -5,7 +5,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use bson::{Document, doc, oid::ObjectId};
@@ -17,12 +18,12 @@ use test_support::mailtrap::MailtrapOptions;
 use crate::{
     audit,
     harness::{Ctx, Env, Report, Setup},
-    load::{Plan, Stop},
+    load::{self, Plan, Stop},
     shop::{self, Placed},
     stack,
 };
 
-pub const ALL: [(u8, &str); 9] = [
+pub const ALL: [(u8, &str); 10] = [
     (1, "1-kill-api"),
     (2, "2-kill-processor"),
     (3, "3-sqs-outage"),
@@ -32,6 +33,7 @@ pub const ALL: [(u8, &str); 9] = [
     (7, "7-oversell"),
     (8, "8-redelivery"),
     (9, "9-mailtrap-rate"),
+    (10, "10-fleet"),
 ];
 
 pub async fn run(env: &Env, number: u8, name: &str) -> anyhow::Result<Report> {
@@ -45,6 +47,7 @@ pub async fn run(env: &Env, number: u8, name: &str) -> anyhow::Result<Report> {
         7 => oversell(env, name).await,
         8 => redelivery(env, name).await,
         9 => mailtrap_rate(env, name).await,
+        10 => fleet(env, name).await,
         _ => anyhow::bail!("no scenario {number}"),
     }
 }
@@ -224,13 +227,13 @@ async fn kill_processor(env: &Env, name: &str) -> anyhow::Result<Report> {
         {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        ctx.processor.kill9().await?;
+        ctx.processors[0].kill9().await?;
         kills += 1;
         // The dead process writes nothing more: what is SENDING now is a
         // send the kill interrupted (before or after SMTP accepted it).
         interrupted.extend(audit::sending_now(&ctx.db).await?);
         tokio::time::sleep(random_secs(0.5, 2.0)).await;
-        ctx.processor.start(&env.http).await?;
+        ctx.processors[0].start(&env.http).await?;
     }
     let _ = load.await;
     load_stop.raise();
@@ -366,7 +369,7 @@ async fn mailtrap_rate(env: &Env, name: &str) -> anyhow::Result<Report> {
     let cancels = ctx.start_cancelling(Duration::from_millis(4000), cancel_stop.clone());
 
     tokio::time::sleep(random_secs(12.0, 20.0)).await;
-    ctx.processor.kill9().await?;
+    ctx.processors[0].kill9().await?;
     // A DATA the dead process had finished sending may still be accepted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let held = audit::sending_now(&ctx.db).await?;
@@ -379,7 +382,7 @@ async fn mailtrap_rate(env: &Env, name: &str) -> anyhow::Result<Report> {
         .cloned()
         .collect();
     tokio::time::sleep(random_secs(0.5, 2.0)).await;
-    ctx.processor.start(&env.http).await?;
+    ctx.processors[0].start(&env.http).await?;
 
     let _ = load.await;
     load_stop.raise();
@@ -490,18 +493,224 @@ async fn two_apis(env: &Env, name: &str) -> anyhow::Result<Report> {
     cancel_stop.raise();
     ctx.cancelled = cancels.await.unwrap_or_default();
     let mut report = ctx.finish().await;
-    // Sends per event across both relays' logs: more than one is a double
-    // publication (the consumer's inbox must absorb it).
-    let first = relay_sends(&report.logs, "api-1.")?;
-    let second = relay_sends(&report.logs, "api-2.")?;
-    let mut sends: HashMap<&str, u32> = HashMap::new();
-    for event in first.iter().chain(&second) {
-        *sends.entry(event).or_default() += 1;
+    note_relays(&mut report, 2)?;
+    Ok(report)
+}
+
+/// The relays' figures from the logs of `apis` instances (`api-1.`...):
+/// events published, sends by each API, and events sent more than once
+/// (`double_published`, which must be 0: a lease hands a row to one relay
+/// at a time). Returns the sends by each API.
+fn note_relays(report: &mut Report, apis: usize) -> anyhow::Result<Vec<usize>> {
+    let mut by_api = Vec::new();
+    let mut sends: HashMap<String, u32> = HashMap::new();
+    for n in 1..=apis {
+        let events = relay_sends(&report.logs, &format!("api-{n}."))?;
+        by_api.push(events.len());
+        for event in events {
+            *sends.entry(event).or_default() += 1;
+        }
     }
     let double: u32 = sends.values().map(|n| n - 1).sum();
     report.note("events_published", sends.len());
-    report.note("sends_by_api", format!("{}+{}", first.len(), second.len()));
+    report.note("sends_by_api", joined(&by_api));
     report.note("double_published", double);
+    if double > 0 {
+        report.fail(format!("{double} outbox row(s) published twice"));
+    }
+    Ok(by_api)
+}
+
+fn joined(counts: &[usize]) -> String {
+    counts
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// Lines saying `message` in the logs whose names start with `prefix`.
+fn log_lines(dir: &str, prefix: &str, message: &str) -> anyhow::Result<usize> {
+    let quoted = format!("\"{message}\"");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            count += log.lines().filter(|l| l.contains(&quoted)).count();
+        }
+    }
+    Ok(count)
+}
+
+/// How long the fleet is broken for, under load.
+const FLEET_CHAOS: Duration = Duration::from_secs(100);
+/// How long the fleet may take to settle once the load has stopped.
+const FLEET_SETTLE: Duration = Duration::from_secs(150);
+/// How long each throughput burst places orders.
+const BURST: Duration = Duration::from_secs(6);
+
+/// Orders placed as fast as 12 clients can through the first `apis`
+/// instances for `BURST`: acknowledged orders a second, and how long from
+/// the first order until every one was processed and emailed.
+async fn burst(ctx: &Ctx<'_>, apis: usize) -> anyhow::Result<(f64, Duration)> {
+    let before = ctx.ledger.lock().expect("ledger").acknowledged.len();
+    let mut shoppers = ctx.shoppers();
+    shoppers.apis = Arc::new((0..apis).map(|n| ctx.api_url(n)).collect());
+    let plan = Plan {
+        clients: 12,
+        orders: 100_000,
+        pause: Duration::ZERO,
+        max_quantity: 1,
+        within: BURST,
+    };
+    let started = Instant::now();
+    load::run(shoppers, plan, Stop::default()).await;
+    let placed = ctx.ledger.lock().expect("ledger").acknowledged.len() - before;
+    let rate = placed as f64 / started.elapsed().as_secs_f64();
+    if !ctx.wait_quiet(Duration::from_secs(120)).await {
+        anyhow::bail!("the orders of the burst through {apis} API(s) did not settle within 120 s");
+    }
+    Ok((rate, started.elapsed()))
+}
+
+/// Scenario 10: a fleet. Three order-api and three order-processor
+/// instances on one database and one queue, the load spread over the three
+/// APIs; every few seconds a random instance of each kind is killed with
+/// SIGKILL and restarted. Besides the common audit: no outbox row published
+/// twice, every instance did a share of the work, and once it settles
+/// nothing is left leased (outbox) or claimed (an email SENDING). First, the
+/// same burst through one instance of each and through three of each.
+async fn fleet(env: &Env, name: &str) -> anyhow::Result<Report> {
+    let mut ctx = Ctx::new(
+        env,
+        name,
+        Setup {
+            apis: 3,
+            processors: 3,
+            stocks: vec![1_000_000; 8],
+            customers: 8,
+            ..Setup::default()
+        },
+    )
+    .await?;
+
+    // Throughput: three of each, then one of each (the others stopped
+    // gracefully), then the three again for the faults.
+    let (rate_3, settled_3) = burst(&ctx, 3).await?;
+    for n in 1..3 {
+        ctx.apis[n].terminate().await?;
+        ctx.processors[n].terminate().await?;
+    }
+    let (rate_1, settled_1) = burst(&ctx, 1).await?;
+    for n in 1..3 {
+        ctx.apis[n].start(&env.http).await?;
+        ctx.processors[n].start(&env.http).await?;
+    }
+
+    let (load, load_stop) = ctx.start_load(Plan {
+        clients: 6,
+        orders: 3_000,
+        pause: Duration::from_millis(150),
+        max_quantity: 3,
+        within: FLEET_CHAOS,
+    });
+    let cancel_stop = Stop::default();
+    let cancels = ctx.start_cancelling(Duration::from_millis(2000), cancel_stop.clone());
+    let deadline = Instant::now() + FLEET_CHAOS;
+    let (mut api_kills, mut processor_kills) = (0u32, 0u32);
+    let mut interrupted: HashSet<String> = HashSet::new();
+    // Bounded: at most 40 rounds, and no later than the load's end.
+    for _ in 0..40 {
+        tokio::time::sleep(random_secs(3.0, 6.0)).await;
+        if load.is_finished() || Instant::now() >= deadline {
+            break;
+        }
+        let api = rand::rng().random_range(0..ctx.apis.len());
+        let processor = rand::rng().random_range(0..ctx.processors.len());
+        ctx.apis[api].kill9().await?;
+        api_kills += 1;
+        ctx.processors[processor].kill9().await?;
+        processor_kills += 1;
+        // What is SENDING now includes the dead one's interrupted sends
+        // (and the live ones' sends in flight, which end normally).
+        interrupted.extend(audit::sending_now(&ctx.db).await?);
+        tokio::time::sleep(random_secs(0.5, 1.5)).await;
+        ctx.apis[api].start(&env.http).await?;
+        ctx.processors[processor].start(&env.http).await?;
+    }
+    let _ = load.await;
+    load_stop.raise();
+    cancel_stop.raise();
+    ctx.cancelled = cancels.await.unwrap_or_default();
+    ctx.duplicates_allowed = interrupted.clone();
+
+    // Nothing left leased or claimed once everything has settled. Settling
+    // can take over a minute: a transaction a SIGKILL left open holds its
+    // documents until the server's transaction lifetime (60 s) runs out,
+    // and the handlers that wait on them time out and retry; an email whose
+    // sender died is sent again once its claim is stale (30 s here).
+    let settling = Instant::now();
+    if !ctx.wait_quiet(FLEET_SETTLE).await {
+        ctx.problems.push(format!(
+            "the fleet did not settle within {FLEET_SETTLE:?} of the load's end"
+        ));
+    }
+    ctx.note(
+        "settled_after_load",
+        format!("{}s", settling.elapsed().as_secs()),
+    );
+    let leased = audit::pending_outbox(&ctx.db).await?;
+    let claimed = audit::sending_now(&ctx.db).await?.len();
+    if leased > 0 {
+        ctx.problems.push(format!(
+            "{leased} outbox row(s) still PENDING (leased or not) after the run"
+        ));
+    }
+    if claimed > 0 {
+        ctx.problems.push(format!(
+            "{claimed} email(s) still claimed (SENDING) after the run"
+        ));
+    }
+    ctx.note(
+        "kills",
+        format!("{api_kills} api + {processor_kills} processor"),
+    );
+    ctx.note("interrupted_sends", interrupted.len());
+    ctx.note("left_leased", leased);
+    ctx.note("left_claimed", claimed);
+
+    let mut report = ctx.finish().await;
+    let after_accept = report.figures.duplicate_orders.len();
+    report.note("between_smtp_accept_and_sent", after_accept);
+    let by_api = note_relays(&mut report, 3)?;
+    let mut handled = Vec::new();
+    for n in 1..=3 {
+        handled.push(log_lines(
+            &report.logs,
+            &format!("processor-{n}."),
+            "message handled",
+        )?);
+    }
+    report.note("handled_by_processor", joined(&handled));
+    for (n, sends) in by_api.iter().enumerate() {
+        if *sends == 0 {
+            report.fail(format!("api-{} published nothing", n + 1));
+        }
+    }
+    for (n, count) in handled.iter().enumerate() {
+        if *count == 0 {
+            report.fail(format!("processor-{} handled no message", n + 1));
+        }
+    }
+    // Debug binaries (make chaos), on this machine's one database.
+    report.note(
+        "throughput_1x1",
+        format!("{rate_1:.1}/s (settled {:.1}s)", settled_1.as_secs_f64()),
+    );
+    report.note(
+        "throughput_3x3",
+        format!("{rate_3:.1}/s (settled {:.1}s)", settled_3.as_secs_f64()),
+    );
     Ok(report)
 }
 
