@@ -154,13 +154,23 @@ for name, service in sorted(services.items()):
         if kind == "bind" and is_path and not os.path.exists(source):
             problems.append(f"service '{name}' mounts {source}, which does not exist")
 
-# Prometheus must scrape the services where they listen.
-listening = {
-    name: str(env.get("API_PORT") or env.get("PROCESSOR_PORT"))
-    for name, service in services.items()
-    for env in [service.get("environment") or {}]
-    if isinstance(env, dict) and (env.get("API_PORT") or env.get("PROCESSOR_PORT"))
-}
+# Prometheus must scrape the services where their metrics listen: the
+# listener of its own (API_METRICS_ADDR, PROCESSOR_METRICS_ADDR), bound
+# where the compose network reaches it, not loopback.
+listening = {}
+for name, service in services.items():
+    env = service.get("environment") or {}
+    if not isinstance(env, dict):
+        continue
+    address = env.get("API_METRICS_ADDR") or env.get("PROCESSOR_METRICS_ADDR")
+    if address is None:
+        if env.get("API_PORT") or env.get("PROCESSOR_PORT"):
+            problems.append(f"service '{name}' sets no metrics address: its /metrics listens on loopback only")
+        continue
+    host, _, port = str(address).rpartition(":")
+    if host.startswith("127.") or host in ("localhost", "[::1]"):
+        problems.append(f"service '{name}' binds its metrics to {address}: Prometheus cannot reach it")
+    listening[name] = port
 prometheus_file = os.path.join(os.environ["REPO_ROOT"], "observability", "prometheus.yml")
 if "prometheus" in services:
     with open(prometheus_file) as f:
