@@ -523,21 +523,13 @@ impl<'a> Ctx<'a> {
         if figures.dead_lettered > 0 {
             self.note("dead_lettered", figures.dead_lettered);
         }
-        for api in &mut self.apis {
-            if !api.running() {
+        for service in self.apis.iter_mut().chain(self.processors.iter_mut()) {
+            if !service.running() {
                 figures
                     .problems
-                    .push(format!("{} died on its own", api.launch.label));
+                    .push(format!("{} died on its own", service.launch.label));
             }
-            let _ = api.terminate().await;
-        }
-        for processor in &mut self.processors {
-            if !processor.running() {
-                figures
-                    .problems
-                    .push(format!("{} died on its own", processor.launch.label));
-            }
-            let _ = processor.terminate().await;
+            let _ = service.terminate().await;
         }
 
         let mut problems = std::mem::take(&mut figures.problems);
