@@ -189,7 +189,7 @@ async fn real_responses_match_the_openapi_document() {
             ],
         )
         .await;
-    let id = placed[3]["id"].as_str().expect("id");
+    let id = placed[2]["id"].as_str().expect("id");
     let (one, cancel, events) = (
         format!("/api/orders/{id}"),
         format!("/api/orders/{id}/cancel"),
