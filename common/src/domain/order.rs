@@ -286,6 +286,15 @@ pub struct Order {
 }
 
 impl Order {
+    /// Whether an `order.created` delivery ever moved this order on: its
+    /// timeline has the step into PROCESSING (a cancellation later does not
+    /// take it away).
+    pub fn was_processed(&self) -> bool {
+        self.timeline
+            .iter()
+            .any(|entry| entry.event == TimelineEvent::Processing)
+    }
+
     pub fn delivery(&self, kind: EmailKind) -> Option<&EmailDelivery> {
         match kind {
             EmailKind::Confirmation => Some(&self.email),

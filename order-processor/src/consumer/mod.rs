@@ -97,7 +97,6 @@ impl Consumer {
             together: together::Together::start(
                 db.clone(),
                 together::Settings {
-                    inbox_retention: config.inbox_retention,
                     message_id_domain: message_id_domain.clone(),
                     linger: config.linger,
                     lease: email_lease,

@@ -209,6 +209,16 @@ impl Consumer {
                             claimed: Some(Box::new(claimed)),
                         });
                     }
+                    // The shared writer (together.rs) records no inbox
+                    // entry: an order it moved says so on its timeline, and
+                    // this event is that delivery again. Aborting drops the
+                    // entry just written.
+                    if orders::load_in(db, session, *id)
+                        .await?
+                        .is_some_and(|order| order.was_processed())
+                    {
+                        return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
+                    }
                     if let Some(at) = *published_at {
                         processing::note_published(db, session, *id, *event_type, at).await?;
                     }

@@ -1,8 +1,9 @@
 //! First deliveries of `order.created` applied together: every poller hands
 //! the events of its batch that can share a transaction to one writer,
 //! which waits a moment (the linger) for other pollers' and applies them
-//! all in ONE transaction: the inbox records, PENDING → PROCESSED and the
-//! confirmations' claims, a round trip each for the lot.
+//! all in ONE transaction: PENDING → PROCESSED and the confirmations'
+//! claims, a round trip each for the lot. No inbox entry: the orders' own
+//! state is what makes a redelivery change nothing.
 //!
 //! Why across pollers, and why wait: at a moderate rate each receive brings
 //! one or two messages, so a transaction per receive is still about a
@@ -10,8 +11,8 @@
 //! database's cost per order doubles just when the system is not busy.
 //! The linger bounds the wait; under load the batch fills first.
 //!
-//! Any event the shared transaction leaves out (a lone event, a
-//! redelivery, an order in another state, or all of them if it fails)
+//! A lone event is a batch of one. Any event the shared transaction leaves
+//! out (a redelivery, an order in another state, or all of them if it fails)
 //! takes the one-by-one path, which has the full answer for each case.
 
 use std::{collections::HashMap, time::Duration};
@@ -26,8 +27,6 @@ use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use common::orders::processing;
-
-use crate::inbox;
 
 /// Pollers' hand-overs applied in one transaction, at most (a poller hands
 /// over at most one receive's worth, ten events).
@@ -48,7 +47,6 @@ pub struct Together {
 /// What the writer needs besides the database.
 #[derive(Clone)]
 pub struct Settings {
-    pub inbox_retention: Duration,
     pub message_id_domain: String,
     pub linger: Duration,
     /// How long the confirmations' claims hold (`common::orders::email`).
@@ -122,10 +120,9 @@ async fn apply_first_deliveries(
         }
     }
     // One event alone is as cheap on its own path.
-    if candidates.len() < 2 {
+    if candidates.is_empty() {
         return HashMap::new();
     }
-    let retention = settings.inbox_retention;
     let domain = settings.message_id_domain.as_str();
     let lease = settings.lease;
     let applied = common::mongo::transaction(
@@ -134,25 +131,16 @@ async fn apply_first_deliveries(
         (db, &candidates),
         |session, (db, candidates)| {
             async move {
-                // No look at the inbox first. Whichever path records an
-                // `order.created` event does it in the transaction that
-                // takes its order out of PENDING (or finds it cancelled),
-                // so a recorded event's order is one the update below does
-                // not match, and only matched orders' events are recorded.
+                // No inbox entry: the update matches only orders still
+                // PENDING with their confirmation PENDING, so a redelivery
+                // matches nothing and takes the one-by-one path, which
+                // knows it from the order's timeline (`was_processed`).
                 let orders: Vec<(ObjectId, Option<DateTime>)> = candidates
                     .iter()
                     .map(|(_, id, published_at)| (*id, *published_at))
                     .collect();
                 let moved =
                     processing::process_and_claim_many(db, session, &orders, domain, lease).await?;
-                let entries: Vec<inbox::InboxEntry> = candidates
-                    .iter()
-                    .filter(|(_, id, _)| moved.iter().any(|order| order.id == *id))
-                    .map(|(e, _, _)| {
-                        inbox::entry(&e.event_id, e.event_type.as_str(), &e.order_id, retention)
-                    })
-                    .collect();
-                inbox::record_many(db, session, &entries).await?;
                 Ok(moved)
             }
             .boxed()
