@@ -15,7 +15,6 @@ use mongodb::{ClientSession, Database, error::Error as MongoError};
 use super::{
     email,
     fields::{self, Delivery, ID, STATUS, TIMELINE, UPDATED_AT},
-    load_in,
 };
 
 fn entry(
@@ -196,16 +195,14 @@ pub async fn note_published(
 /// Inside the caller's transaction: PENDING → PROCESSING → PROCESSED, each
 /// step conditional on the status before it, the confirmation becoming due
 /// with the last (the sweep sends it). An order already cancelled is left
-/// alone and the skip is noted on its timeline instead. Returns the order's
-/// status after it.
+/// alone and the skip is noted on its timeline instead. `order` is as the
+/// caller read it in the same transaction. Returns the order's status after it.
 pub async fn process(
     db: &Database,
     session: &mut ClientSession,
-    id: ObjectId,
+    mut order: Order,
 ) -> mongodb::error::Result<OrderStatus> {
-    let Some(mut order) = load_in(db, session, id).await? else {
-        return Err(MongoError::custom(UnknownOrder));
-    };
+    let id = order.id;
     for next in [OrderStatus::Processing, OrderStatus::Processed] {
         if order.status.can_become(next) {
             let now = DateTime::now();

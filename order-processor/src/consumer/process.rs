@@ -213,16 +213,16 @@ impl Consumer {
                     // entry: an order it moved says so on its timeline, and
                     // this event is that delivery again. Aborting drops the
                     // entry just written.
-                    if orders::load_in(db, session, *id)
-                        .await?
-                        .is_some_and(|order| order.was_processed())
-                    {
+                    let Some(order) = orders::load_in(db, session, *id).await? else {
+                        return Err(mongodb::error::Error::custom(processing::UnknownOrder));
+                    };
+                    if order.was_processed() {
                         return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
                     }
                     if let Some(at) = *published_at {
                         processing::note_published(db, session, *id, *event_type, at).await?;
                     }
-                    let status = processing::process(db, session, *id).await?;
+                    let status = processing::process(db, session, order).await?;
                     Ok(Applied::First {
                         claimed: None,
                         status,
