@@ -27,20 +27,38 @@ pub async fn next_batch_lingering<T>(
     linger: Duration,
 ) -> Option<Vec<T>> {
     let first = queue.recv().await?;
-    let until = Instant::now() + linger;
     let mut batch = vec![first];
-    while batch.len() < max {
-        match queue.try_recv() {
-            Ok(item) => batch.push(item),
+    fill_lingering(queue, &mut batch, max, linger, |_| 1).await;
+    Some(batch)
+}
+
+/// Adds to `batch`, whose first item just came in, whatever else is
+/// waiting or arrives within `linger` from now, until the items' total
+/// `size` reaches `max`: the waiting half of [`next_batch_lingering`], for
+/// a caller that receives its first item itself (in a `select!` beside
+/// other work) or whose items are unequal (a hand-over of several rows).
+pub async fn fill_lingering<T>(
+    queue: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    max: usize,
+    linger: Duration,
+    size: impl Fn(&T) -> usize,
+) {
+    let until = Instant::now() + linger;
+    let mut total: usize = batch.iter().map(&size).sum();
+    while total < max {
+        let item = match queue.try_recv() {
+            Ok(item) => item,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) if linger.is_zero() => break,
             Err(TryRecvError::Empty) => match tokio::time::timeout_at(until, queue.recv()).await {
-                Ok(Some(item)) => batch.push(item),
+                Ok(Some(item)) => item,
                 Ok(None) | Err(_) => break,
             },
-        }
+        };
+        total += size(&item);
+        batch.push(item);
     }
-    Some(batch)
 }
 
 #[cfg(test)]
@@ -87,6 +105,25 @@ mod tests {
         );
         sender.await.expect("sender");
         assert_eq!(next_batch_lingering(&mut rx, 8, linger).await, None);
+    }
+
+    #[tokio::test]
+    async fn filling_counts_each_item_by_its_size_and_stops_once_full() {
+        let (tx, mut rx) = mpsc::channel(8);
+        for rows in [vec![1, 2], vec![3, 4, 5], vec![6]] {
+            tx.send(rows).await.expect("room");
+        }
+        let mut batch = vec![vec![0]];
+        // A linger far longer than the bound: full at 1 + 2 + 3 rows, it
+        // must go at once, leaving the last hand-over waiting.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            fill_lingering(&mut rx, &mut batch, 5, Duration::from_secs(3600), Vec::len),
+        )
+        .await
+        .expect("went at once");
+        assert_eq!(batch.concat(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(rx.try_recv().expect("left waiting"), vec![6]);
     }
 
     #[tokio::test]

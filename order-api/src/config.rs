@@ -107,6 +107,18 @@ pub struct OutboxConfig {
     pub lease: Duration,
     /// Published rows are deleted this long after publication (TTL index).
     pub retention: Duration,
+    /// After a first row handed over, how long the relay waits for more
+    /// before it publishes (`OUTBOX_LINGER_MS`).
+    pub linger: Duration,
+}
+
+/// `OUTBOX_LINGER_MS`, 0 to 1000 (25 unless set).
+fn outbox_linger() -> anyhow::Result<Duration> {
+    let ms: u64 = config::parsed_or("OUTBOX_LINGER_MS", 25)?;
+    if ms > 1000 {
+        bail!("OUTBOX_LINGER_MS must be 0 to 1000");
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -186,6 +198,7 @@ impl ApiConfig {
                     .unwrap_or_else(|| "*/5 * * * * *".into()),
                 lease: config::seconds_or("OUTBOX_LEASE_SECS", 30)?,
                 retention: config::seconds_or("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
+                linger: outbox_linger()?,
             },
             expiry_schedule: common::expiry::schedule_from_env(),
             startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,

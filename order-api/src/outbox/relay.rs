@@ -59,6 +59,8 @@ pub struct Relay {
     batch_size: i64,
     lease: Duration,
     retention: Duration,
+    /// How long it waits after rows handed over for more (`OUTBOX_LINGER_MS`).
+    linger: Duration,
     /// This process's relay; every claim token starts with it.
     instance: String,
 }
@@ -69,7 +71,8 @@ pub struct PublishOutcome {
     pub published: usize,
     pub failed: usize,
     /// Sent, but the lease had run out before the row could be marked: it
-    /// may be sent again by another relay (the consumer's inbox absorbs it).
+    /// may be sent again by another relay (the order's state makes the
+    /// consumer's second delivery change nothing).
     pub lease_lost: usize,
     /// The batch was full: more rows may be waiting.
     pub more_pending: bool,
@@ -90,6 +93,7 @@ impl Relay {
             batch_size: config.batch_size.clamp(1, 10),
             lease: config.lease,
             retention: config.retention,
+            linger: config.linger,
             instance: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -308,8 +312,8 @@ struct Sent {
 }
 
 /// Runs the relay until `shutdown`. It waits for one of three things:
-/// shutdown, rows a commit of this process handed over (published as they
-/// come, with whatever else is already waiting), or a sweep tick (a
+/// shutdown, rows a commit of this process handed over (published with
+/// whatever else comes within the linger, up to a step's worth), or a sweep tick (a
 /// recovery claim, repeated at once while it comes back full). Rows left
 /// pending before this start are recovered first. While publishing fails
 /// it pauses, exponentially longer (capped): failed rows were let go, and
@@ -332,13 +336,28 @@ pub async fn run(
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(mut rows) = handed.recv() => {
-                    while rows.len() < HANDED_PER_STEP
-                        && let Ok(more) = handed.try_recv()
-                    {
-                        rows.extend(more);
-                    }
-                    relay.publish(&rows).await
+                Some(first) = handed.recv() => {
+                    // Lingers until a SendMessageBatch's worth is in, then
+                    // takes whatever else already waits, up to a step's.
+                    let mut batches = vec![first];
+                    let full = usize::try_from(relay.batch_size).unwrap_or(10);
+                    common::batching::fill_lingering(
+                        &mut handed,
+                        &mut batches,
+                        full,
+                        relay.linger,
+                        Vec::len,
+                    )
+                    .await;
+                    common::batching::fill_lingering(
+                        &mut handed,
+                        &mut batches,
+                        HANDED_PER_STEP,
+                        Duration::ZERO,
+                        Vec::len,
+                    )
+                    .await;
+                    relay.publish(&batches.concat()).await
                 }
                 () = sweep.notified() => relay.recover().await,
             }
