@@ -61,7 +61,7 @@ pub fn install() -> PrometheusHandle {
             }
             metrics::describe_counter!(
                 TRANSACTION_RETRIES,
-                "Transactions, and idempotent writes outside one, run again after a transient error, by operation"
+                "Transactions run again after a transient error, by operation"
             );
             metrics::describe_counter!(
                 MONGODB_COMMANDS,

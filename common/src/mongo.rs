@@ -384,49 +384,6 @@ where
     transaction_until(db, operation, None, context, body).await
 }
 
-/// The server's WriteConflict: another write holds the document.
-const WRITE_CONFLICT: i32 = 112;
-
-/// Runs `write`, an idempotent write outside any transaction (its filter
-/// matches nothing once it took effect, so running it again changes
-/// nothing), again after a transient error, with backoff, for up to the
-/// transactions' 120 s. Each rerun is counted in
-/// `transaction_retries_total{operation}` as a transaction's would be.
-///
-/// Why not the driver's retryable writes: a multi-document update is not
-/// one, and where a write could be (a single-document update), SecantusDB
-/// keeps a record of every retryable write and prunes that table on each,
-/// which cost it a third of its time under load.
-pub async fn retry_idempotent<T, F, Fut>(
-    operation: &'static str,
-    write: F,
-) -> mongodb::error::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = mongodb::error::Result<T>>,
-{
-    use backon::{ExponentialBuilder, Retryable};
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(50))
-        .with_max_delay(std::time::Duration::from_secs(5))
-        .with_jitter()
-        .with_total_delay(Some(TRANSACTION_RETRY_LIMIT))
-        .without_max_times();
-    write
-        .retry(backoff)
-        .when(|e: &Error| {
-            is_unavailable(e)
-                || e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                || is_command_error(e, WRITE_CONFLICT)
-        })
-        .notify(|e: &Error, delay| {
-            metrics::counter!(crate::metrics::TRANSACTION_RETRIES, "operation" => operation)
-                .increment(1);
-            tracing::warn!(operation, error = %e, retry_in = ?delay, "a write failed transiently; retrying");
-        })
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,13 +83,6 @@ pub struct EmailDelivery {
     /// timeout is a crashed attempt that may be taken over.
     #[serde(default)]
     pub attempted_at: Option<DateTime>,
-    /// The latest claim's token, unique per claim: what a sender's writes
-    /// match to prove the claim is still theirs, and what a claim of many
-    /// orders at once reads back to know which it took, without a
-    /// transaction. Absent on emails claimed before tokens existed (their
-    /// `attempted_at` stands in).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claim: Option<ObjectId>,
     #[serde(default)]
     pub sent_at: Option<DateTime>,
     #[serde(default)]
@@ -235,7 +228,6 @@ impl EmailDelivery {
             message_id: None,
             attempts: 0,
             attempted_at: None,
-            claim: None,
             sent_at: None,
             last_error: None,
             next_attempt_at: None,

@@ -20,7 +20,6 @@ pub enum Delivery {
     MessageId,
     Attempts,
     AttemptedAt,
-    Claim,
     SentAt,
     LastError,
     NextAttemptAt,
@@ -28,12 +27,11 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    pub const ALL: [Delivery; 9] = [
+    pub const ALL: [Delivery; 8] = [
         Delivery::Status,
         Delivery::MessageId,
         Delivery::Attempts,
         Delivery::AttemptedAt,
-        Delivery::Claim,
         Delivery::SentAt,
         Delivery::LastError,
         Delivery::NextAttemptAt,
@@ -47,7 +45,6 @@ impl Delivery {
             Delivery::MessageId => "message_id",
             Delivery::Attempts => "attempts",
             Delivery::AttemptedAt => "attempted_at",
-            Delivery::Claim => "claim",
             Delivery::SentAt => "sent_at",
             Delivery::LastError => "last_error",
             Delivery::NextAttemptAt => "next_attempt_at",
@@ -101,7 +98,6 @@ mod tests {
         let delivery = EmailDelivery {
             message_id: Some("<m@x>".into()),
             attempted_at: Some(now),
-            claim: Some(ObjectId::new()),
             sent_at: Some(now),
             last_error: Some("e".into()),
             ..EmailDelivery::due(now)

@@ -79,18 +79,13 @@ pub async fn process_and_claim(
 }
 
 /// [`process_and_claim`] for the first deliveries of several orders at once,
-/// and without a transaction: one update moves every order that is PENDING
-/// with its confirmation PENDING, each document atomically, and marks the
-/// claims with one token of its own; one read of that token returns exactly
-/// the orders this call moved, whatever another processor did to the same
-/// orders meanwhile. An order in any other state is left alone and missing
-/// from the answer; the caller handles its event on its own.
-///
-/// Why no transaction: each order's change stands alone (no order's claim
-/// depends on another's), and the two statements are what the work needs;
-/// a transaction would add its commit, a third statement per batch.
+/// inside the caller's transaction: one update moves every order that is
+/// PENDING with its confirmation PENDING, and one read returns those it
+/// moved. An order in any other state is left alone and missing from the
+/// answer; the caller handles its event on its own.
 pub async fn process_and_claim_many(
     db: &Database,
+    session: &mut ClientSession,
     orders_published: &[(ObjectId, Option<DateTime>)],
     message_id_domain: &str,
     lease: Duration,
@@ -98,7 +93,6 @@ pub async fn process_and_claim_many(
     let kind = EmailKind::Confirmation;
     let field = fields::delivery(kind);
     let now = DateTime::now();
-    let token = ObjectId::new();
     let ids: Vec<ObjectId> = orders_published.iter().map(|(id, _)| *id).collect();
     let ids = ids.as_slice();
     let message_ids: Vec<String> = ids
@@ -124,7 +118,6 @@ pub async fn process_and_claim_many(
                     Delivery::Status.name(): "SENDING",
                     Delivery::MessageId.name(): crate::mongo::value_by_id(ids, &message_ids),
                     Delivery::AttemptedAt.name(): now,
-                    Delivery::Claim.name(): token,
                     Delivery::NextAttemptAt.name(): crate::mongo::later(now, lease),
                     Delivery::DueSince.name(): now,
                     Delivery::Attempts.name(): { "$add": [{ "$ifNull": [fields::value(&fields::of(kind, Delivery::Attempts)), 0] }, 1] },
@@ -132,15 +125,20 @@ pub async fn process_and_claim_many(
                 TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(ids, &timelines)] },
             } }],
         )
+        .session(&mut *session)
         .await?;
-    super::collection(db)
+    // Inside the transaction nothing else can have moved these orders, so
+    // SENDING claimed at exactly `now` is this update's work.
+    let mut moved = super::collection(db)
         .find(doc! {
             ID: { "$in": ids },
-            fields::of(kind, Delivery::Claim): token,
+            STATUS: OrderStatus::Processed.as_str(),
+            fields::of(kind, Delivery::Status): "SENDING",
+            fields::of(kind, Delivery::AttemptedAt): now,
         })
-        .await?
-        .try_collect()
-        .await
+        .session(&mut *session)
+        .await?;
+    moved.stream(session).try_collect().await
 }
 
 /// The timeline entries of an `order.created` event's first delivery: when

@@ -1,20 +1,17 @@
 //! First deliveries of `order.created` applied together: every poller hands
-//! the events of its batch that can be applied together to one writer,
+//! the events of its batch that can share a transaction to one writer,
 //! which waits a moment (the linger) for other pollers' and applies them
-//! all with ONE update and ONE read (`processing::process_and_claim_many`):
-//! PENDING → PROCESSED and the confirmations' claims, two statements for
-//! the lot and no transaction around them (each order's change is atomic
-//! on its own document, and the claim's token says which this update
-//! took). No inbox entry: the orders' own state is what makes a
-//! redelivery change nothing.
+//! all in ONE transaction: PENDING → PROCESSED and the confirmations'
+//! claims, a round trip each for the lot. No inbox entry: the orders' own
+//! state is what makes a redelivery change nothing.
 //!
 //! Why across pollers, and why wait: at a moderate rate each receive brings
-//! one or two messages, so a write per receive is still about a write per
-//! order, and the database's cost per order doubles just when the system
-//! is not busy. The linger bounds the wait; under load the batch fills
-//! first.
+//! one or two messages, so a transaction per receive is still about a
+//! transaction per order (four statements and a commit each), and the
+//! database's cost per order doubles just when the system is not busy.
+//! The linger bounds the wait; under load the batch fills first.
 //!
-//! A lone event is a batch of one. Any event the shared update leaves
+//! A lone event is a batch of one. Any event the shared transaction leaves
 //! out (a redelivery, an order in another state, or all of them if it fails)
 //! takes the one-by-one path, which has the full answer for each case.
 
@@ -25,12 +22,13 @@ use common::{
     domain::Order,
     event::{OrderEvent, OrderEventType},
 };
+use futures::FutureExt;
 use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use common::orders::processing;
 
-/// Pollers' hand-overs applied in one update, at most (a poller hands
+/// Pollers' hand-overs applied in one transaction, at most (a poller hands
 /// over at most one receive's worth, ten events).
 const MAX_WAITING: usize = 16;
 
@@ -101,7 +99,7 @@ async fn write_until_closed(db: Database, settings: Settings, mut queue: mpsc::R
     }
 }
 
-/// The shared update over `events`' first deliveries of
+/// The shared transaction over `events`' first deliveries of
 /// `order.created` (one per order: a second event for an order waits for
 /// the one-by-one path). Returns the moved orders by event id.
 async fn apply_first_deliveries(
@@ -125,25 +123,28 @@ async fn apply_first_deliveries(
     if candidates.is_empty() {
         return HashMap::new();
     }
-    // No inbox entry: the update matches only orders still PENDING with
-    // their confirmation PENDING, so a redelivery matches nothing and takes
-    // the one-by-one path, which knows it from the order's timeline
-    // (`was_processed`).
-    let orders: Vec<(ObjectId, Option<DateTime>)> = candidates
-        .iter()
-        .map(|(_, id, published_at)| (*id, *published_at))
-        .collect();
-    // A plain write waits behind a transaction a killed process left open
-    // on one of these orders, until the server ends it (MongoDB's
-    // transactionLifetimeLimitSeconds, 60 s by default), as the shared
-    // transaction's retries did. No deadline of ours: a write given up on
-    // would still be waiting on the server, and the one-by-one path's
-    // transactions on the same orders would then contend with it.
-    let applied = processing::process_and_claim_many(
+    let domain = settings.message_id_domain.as_str();
+    let lease = settings.lease;
+    let applied = common::mongo::transaction(
         db,
-        &orders,
-        &settings.message_id_domain,
-        settings.lease,
+        "apply_events",
+        (db, &candidates),
+        |session, (db, candidates)| {
+            async move {
+                // No inbox entry: the update matches only orders still
+                // PENDING with their confirmation PENDING, so a redelivery
+                // matches nothing and takes the one-by-one path, which
+                // knows it from the order's timeline (`was_processed`).
+                let orders: Vec<(ObjectId, Option<DateTime>)> = candidates
+                    .iter()
+                    .map(|(_, id, published_at)| (*id, *published_at))
+                    .collect();
+                let moved =
+                    processing::process_and_claim_many(db, session, &orders, domain, lease).await?;
+                Ok(moved)
+            }
+            .boxed()
+        },
     )
     .await;
     match applied {
@@ -155,7 +156,7 @@ async fn apply_first_deliveries(
             })
             .collect(),
         Err(e) => {
-            tracing::warn!(events = candidates.len(), error = %e, "the first deliveries' shared update failed; handling its events one by one");
+            tracing::warn!(events = candidates.len(), error = %e, "shared transaction failed; handling its events one by one");
             HashMap::new()
         }
     }
