@@ -1,5 +1,7 @@
-//! argon2id password hashing, off the async runtime and bounded, so a burst
-//! of logins cannot starve other requests of worker threads.
+//! argon2id password hashing on threads of its own, bounded and at a lower
+//! scheduling priority than everything else, so a burst of logins takes
+//! the CPU the order path leaves idle rather than the CPU it needs, and
+//! never starves other requests of the runtime's worker threads.
 
 use std::sync::{Arc, Mutex};
 
@@ -9,12 +11,14 @@ use argon2::{
     password_hash::{Output, ParamsString, PasswordHash, SaltString, rand_core::OsRng},
 };
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
-    /// argon2's working memory (19 MiB a hash), allocated once per permit
+    /// The only threads argon2 runs on: as many as hashes may run at once
+    /// (`MAX_CONCURRENT_HASHES`), each at niceness 10 (see
+    /// [`lower_priority`]); further hashes wait their turn in its queue.
+    threads: Arc<rayon::ThreadPool>,
+    /// argon2's working memory (19 MiB a hash), allocated once per thread
     /// and reused. Allocated afresh for every hash on whichever blocking
     /// thread ran it, glibc kept hundreds of MiB of it across its
     /// per-thread arenas after a burst of logins.
@@ -36,43 +40,79 @@ impl PasswordHasher {
         let decoy = with_memory(&memory, |blocks| {
             hash_blocking(blocks, &SecretString::from("decoy password, never valid"))
         })?;
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(max_concurrent.max(1))
+            .thread_name(|n| format!("argon2-{n}"))
+            .start_handler(|_| lower_priority())
+            // A panicking hash drops its answer (an error for its caller)
+            // instead of aborting the process, rayon's default.
+            .panic_handler(|_| tracing::error!("a password hash panicked"))
+            .build()
+            .context("starting the password hashing threads")?;
         Ok(PasswordHasher {
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            threads: Arc::new(threads),
             memory,
             decoy_hash: Arc::new(decoy),
         })
     }
 
     pub async fn hash(&self, password: SecretString) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
         let memory = self.memory.clone();
-        tokio::task::spawn_blocking(move || {
-            with_memory(&memory, |blocks| hash_blocking(blocks, &password))
-        })
-        .await
-        .context("hashing task panicked")?
+        self.run(move || with_memory(&memory, |blocks| hash_blocking(blocks, &password)))
+            .await
+            .context("the hashing thread dropped the hash")?
     }
 
     /// Whether `password` matches `stored`; with `None` it checks the decoy
     /// and returns false, taking the same time.
     pub async fn verify(&self, password: SecretString, stored: Option<String>) -> bool {
-        let Ok(_permit) = self.permits.acquire().await else {
-            return false;
-        };
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.decoy_hash.as_ref().clone());
         let memory = self.memory.clone();
-        let matched = tokio::task::spawn_blocking(move || {
-            with_memory(&memory, |blocks| verify_blocking(blocks, &password, &hash))
-        })
-        .await
-        .unwrap_or(false);
+        let matched = self
+            .run(move || with_memory(&memory, |blocks| verify_blocking(blocks, &password, &hash)))
+            .await
+            .unwrap_or(false);
         known && matched
+    }
+
+    /// Runs `work` on the hashing threads and waits for it without holding
+    /// a runtime thread.
+    async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, tokio::sync::oneshot::error::RecvError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.threads.spawn(move || {
+            let _ = answer.send(work());
+        });
+        answered.await
     }
 }
 
-/// Runs `work` with a reused block of argon2 memory. The permits bound how
-/// many run at once, so the pool never holds more blocks than permits.
+/// Niceness 10 for the calling thread (Linux keeps one per thread): when
+/// the cores are busy, the scheduler gives a hashing thread about a tenth
+/// of the share of a thread at the default 0, so orders go first and
+/// logins take what is left; when they are idle, hashing runs at full
+/// speed. (thread-priority maps its 0-99 scale onto niceness 19..-20;
+/// 22 is 10.) Failing leaves the thread as it was, which is only slower
+/// for orders under a login burst.
+fn lower_priority() {
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    let lowered = ThreadPriorityValue::try_from(22_u8)
+        .map_err(|e| e.to_string())
+        .and_then(|value| {
+            thread_priority::set_current_thread_priority(ThreadPriority::Crossplatform(value))
+                .map_err(|e| e.to_string())
+        });
+    if let Err(e) = lowered {
+        tracing::warn!(error = %e, "could not lower the password hashing thread's priority");
+    }
+}
+
+/// Runs `work` with a reused block of argon2 memory. The hashing threads
+/// bound how many run at once, so the pool never holds more blocks than
+/// threads.
 fn with_memory<R>(pool: &Mutex<Vec<Vec<Block>>>, work: impl FnOnce(&mut [Block]) -> R) -> R {
     let mut blocks = pool
         .lock()
