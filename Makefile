@@ -2,7 +2,7 @@
 #   make run    the local stack (MongoDB, SQS, SMTP) plus both services
 #   make test   starts the stack if needed, then lint and every test
 #   make chaos  the fault-injection suite (issue 4): real binaries, things broken
-#   make bench  release build, services on a fresh database, order-bench's scenarios (issue 6)
+#   make bench  release build, services on a fresh database, order-bench's scenarios and the issue 16 targets
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 

@@ -178,7 +178,7 @@ impl ProcessorConfig {
         if sent_linger_ms > 1000 {
             bail!("EMAIL_SENT_LINGER_MS must be 0 to 1000");
         }
-        let linger_ms: u64 = config::parsed_or("CONSUMER_LINGER_MS", 40)?;
+        let linger_ms: u64 = config::parsed_or("CONSUMER_LINGER_MS", 20)?;
         if linger_ms > 1000 {
             bail!("CONSUMER_LINGER_MS must be 0 to 1000");
         }
