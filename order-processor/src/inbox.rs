@@ -55,19 +55,6 @@ pub async fn record_first(
     }
 }
 
-/// Records events in one insert, inside the caller's transaction. A
-/// duplicate fails the transaction: a racing delivery recorded one first.
-pub async fn record_many(
-    db: &Database,
-    session: &mut ClientSession,
-    entries: &[InboxEntry],
-) -> mongodb::error::Result<()> {
-    if !entries.is_empty() {
-        collection(db).insert_many(entries).session(session).await?;
-    }
-    Ok(())
-}
-
 /// Ends a transaction whose event the inbox already had: nothing was written.
 #[derive(Debug, Clone, Copy)]
 pub struct AlreadyHandled;

@@ -119,7 +119,7 @@ async fn apply_first_deliveries(
             candidates.push((event, id, *published_at));
         }
     }
-    // One event alone is as cheap on its own path.
+    // Nothing here is a first delivery of order.created.
     if candidates.is_empty() {
         return HashMap::new();
     }
