@@ -59,7 +59,7 @@ pub fn describe() {
     );
     describe_counter!(
         ORDER_BATCH_FALLBACKS,
-        "Order batches written another way, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0, batches go one statement at a time from then on; one_order_failed: the batch ran again without the order that failed it)"
+        "Order batches written another way, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0, batches go one statement at a time from then on; one_order_failed: the batch ran again without the order that failed it; stale_product: a cached product had changed, the batch ran again from a fresh read)"
     );
     describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published to SQS");
     describe_gauge!(
@@ -95,7 +95,7 @@ pub fn describe() {
     ] {
         counter!(ORDERS_REFUSED, "reason" => reason).increment(0);
     }
-    for reason in ["bulk_write_refused", "one_order_failed"] {
+    for reason in ["bulk_write_refused", "one_order_failed", "stale_product"] {
         counter!(ORDER_BATCH_FALLBACKS, "reason" => reason).increment(0);
     }
     for event_type in ["order.created", "order.cancelled"] {

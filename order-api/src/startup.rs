@@ -74,6 +74,7 @@ impl Application {
                 deadline: config.shop.order_deadline,
                 handoff: handoff.clone(),
                 bulk_write_refused: Default::default(),
+                products: Default::default(),
             },
         );
         let state = AppState {

@@ -1,7 +1,8 @@
 //! Placing orders: ONE transaction for a batch of N ≥ 1 orders (a lone
-//! order is a batch of one). It reads the products, allocates their stock
-//! greedily in arrival order, and writes in one command a guarded decrement
-//! per product, the placed orders, their outbox rows and their
+//! order is a batch of one). It reads the products it has no cached copy
+//! of, allocates their stock greedily in arrival order, and writes in one
+//! command a guarded decrement per product (which also checks a cached
+//! copy: `products::cache`), the placed orders, their outbox rows and their
 //! Idempotency-Key records. Each order is all-or-nothing and gets its own
 //! answer: placed, or refused for its own reason.
 //!
@@ -9,7 +10,7 @@
 //! is run again without it, and that order gets the failure as its answer.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -40,7 +41,7 @@ use crate::{
         self, Handoff,
         store::{Lease, OutboxMessage},
     },
-    products::store as products,
+    products::{self, cache::ProductCache},
 };
 
 /// One requested line, already parsed.
@@ -85,6 +86,9 @@ pub struct ShopSettings {
     /// featureCompatibilityVersion, below 8.0): from then on a batch's
     /// writes are sent one statement each, in the same transaction.
     pub bulk_write_refused: Arc<AtomicBool>,
+    /// What placing last knew of each product: a product it has is not
+    /// read again (its guarded decrement checks it).
+    pub products: ProductCache,
 }
 
 /// Why an order was refused. Carried out of the transaction body as the
@@ -140,7 +144,7 @@ struct OneOrderFailed {
 
 /// Places `requests` as ONE transaction and answers each, in order; three
 /// round trips (read the products, one bulk write, commit) for any number
-/// of orders. The step the batcher runs; tests call it directly.
+/// of orders, two when the products are cached. The step the batcher runs; tests call it directly.
 pub async fn place_together(
     db: &Database,
     settings: &ShopSettings,
@@ -162,7 +166,15 @@ pub async fn place_together(
             }
             Err(error) => error,
         };
-        if let Some(failed) = error.get_custom::<OneOrderFailed>() {
+        if error.get_custom::<StaleProducts>().is_some() {
+            // The stale products are read fresh from now on.
+            tracing::debug!(
+                orders = batch.len(),
+                "a cached product was stale; placing the batch again from a fresh read"
+            );
+            counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "stale_product")
+                .increment(1);
+        } else if let Some(failed) = error.get_custom::<OneOrderFailed>() {
             if batch.len() > 1 {
                 tracing::info!(orders = batch.len(), error = %failed.error, "one order failed its batch; placing the others without it");
                 counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "one_order_failed")
@@ -209,7 +221,7 @@ async fn place_batch(
     deadline: Instant,
 ) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
     let lease = settings.handoff.lease();
-    let (outcomes, rows) = common::mongo::transaction_until(
+    let written = common::mongo::transaction_until(
         db,
         "place_order_batch",
         Some(deadline),
@@ -219,20 +231,36 @@ async fn place_batch(
         },
     )
     .await?;
-    settings.handoff.give(db, rows).await;
-    Ok(outcomes)
+    settings.products.remember(written.products);
+    settings.handoff.give(db, written.rows).await;
+    Ok(written.outcomes)
 }
 
+/// What one run of the batch's transaction body wrote: each order's
+/// outcome, in arrival order, the outbox rows written under the lease, and
+/// the products as the commit leaves them (for the cache).
+struct Written {
+    outcomes: Vec<Result<Order, PlaceOrderError>>,
+    rows: Vec<OutboxMessage>,
+    products: Vec<Product>,
+}
+
+/// Some products' cached copies were stale (their guarded decrements
+/// matched nothing): the batch's transaction is given up, and the batch is
+/// placed again from a fresh read.
+#[derive(Debug, Clone)]
+struct StaleProducts;
+
 /// The batch's transaction body; runs again from the start on a transient
-/// error. Returns each order's outcome, in arrival order, and the outbox
-/// rows it wrote under `lease`.
+/// error. Products the cache has are not read: their guarded decrements
+/// check them (see [`products::cache`]).
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     settings: &ShopSettings,
     batch: &[&OrderRequest],
     lease: &Lease,
-) -> mongodb::error::Result<(Vec<Result<Order, PlaceOrderError>>, Vec<OutboxMessage>)> {
+) -> mongodb::error::Result<Written> {
     let now = DateTime::now();
     let mut wanted: Vec<ObjectId> = batch
         .iter()
@@ -240,36 +268,35 @@ async fn write_batch(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let catalogue: HashMap<ObjectId, Product> = products::collection(db)
-        .find(doc! { "_id": { "$in": &wanted } })
-        .session(&mut *session)
-        .await?
-        .stream(&mut *session)
-        .map_ok(|p| (p.id, p))
-        .try_collect()
-        .await?;
+    let mut catalogue = settings.products.get_many(&wanted);
+    let mut guessed: HashSet<ObjectId> = catalogue.keys().copied().collect();
+    let unknown: Vec<ObjectId> = wanted
+        .iter()
+        .filter(|id| !guessed.contains(id))
+        .copied()
+        .collect();
+    read_products(db, session, &unknown, &mut catalogue).await?;
+    let mut outcomes = allocate(batch, &catalogue, settings, now);
 
-    // Greedy, in arrival order: an order is placed if every line fits in
-    // what the orders before it left.
-    let mut left: HashMap<ObjectId, i64> = catalogue.iter().map(|(id, p)| (*id, p.stock)).collect();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for request in batch {
-        let outcome = reserve(&catalogue, &left, &request.lines).and_then(|reserved| {
-            build_order(
-                &request.customer,
-                request.lines.iter().zip(reserved),
-                settings,
-                now,
-            )
-        });
-        if let Ok(order) = &outcome {
-            for line in &order.lines {
-                if let Some(stock) = left.get_mut(&line.product_id) {
-                    *stock -= i64::from(line.quantity.get());
-                }
-            }
+    // A refusal is decided on what this transaction read, never on the
+    // cache: the cached products of refused orders are read, and the batch
+    // allocated again.
+    let mut doubtful: Vec<ObjectId> = batch
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| outcome.is_err())
+        .flat_map(|(request, _)| request.lines.iter().map(|l| l.product_id))
+        .filter(|id| guessed.contains(id))
+        .collect();
+    if !doubtful.is_empty() {
+        doubtful.sort_unstable();
+        doubtful.dedup();
+        for id in &doubtful {
+            catalogue.remove(id);
+            guessed.remove(id);
         }
-        outcomes.push(outcome);
+        read_products(db, session, &doubtful, &mut catalogue).await?;
+        outcomes = allocate(batch, &catalogue, settings, now);
     }
 
     // One guarded decrement per product, for what the placed orders take.
@@ -280,7 +307,15 @@ async fn write_batch(
         }
     }
     if taken.is_empty() {
-        return Ok((outcomes, Vec::new()));
+        let products = catalogue
+            .into_values()
+            .filter(|p| !guessed.contains(&p.id))
+            .collect();
+        return Ok(Written {
+            outcomes,
+            rows: Vec::new(),
+            products,
+        });
     }
     let taken: Vec<(ObjectId, i64)> = taken.into_iter().collect();
     let placed: Vec<(usize, &Order)> = outcomes
@@ -303,14 +338,17 @@ async fn write_batch(
     // an order costs SecantusDB (its bookkeeping runs per command, not per
     // document), so one command instead of four or more is the saving.
     // `owners[w]` is the batch index of the order write `w` is for.
-    let stock = products::collection(db);
+    let stock = products::store::collection(db);
     let mut writes: Vec<WriteModel> = Vec::new();
     let mut owners: Vec<Option<usize>> = Vec::new();
     for (product_id, quantity) in &taken {
+        let product = catalogue.get(product_id).ok_or_else(|| {
+            MongoError::custom(format!("product {product_id} was taken without being read"))
+        })?;
         writes.push(
             UpdateOneModel::builder()
                 .namespace(stock.namespace())
-                .filter(doc! { "_id": product_id, "active": true, "stock": { "$gte": quantity } })
+                .filter(products::cache::guard(product, *quantity))
                 .update(doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } })
                 .build()
                 .into(),
@@ -343,16 +381,92 @@ async fn write_batch(
             }
             _ => error,
         })?;
-    for (index, (product_id, _)) in taken.iter().enumerate() {
-        if matched.get(&index) != Some(&1) {
-            // Cannot happen inside the transaction (a concurrent change is a
-            // write conflict); refuse the batch rather than oversell.
-            return Err(MongoError::custom(format!(
-                "stock of {product_id} changed inside a batch transaction"
-            )));
-        }
+    let missed: Vec<ObjectId> = taken
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| matched.get(index) != Some(&1))
+        .map(|(_, (product_id, _))| *product_id)
+        .collect();
+    if let Some(read) = missed.iter().find(|id| !guessed.contains(id)) {
+        // Cannot happen for a product read inside the transaction (a
+        // concurrent change is a write conflict); refuse the batch rather
+        // than oversell.
+        return Err(MongoError::custom(format!(
+            "stock of {read} changed inside a batch transaction"
+        )));
     }
-    Ok((outcomes, rows))
+    if !missed.is_empty() {
+        settings.products.found_stale(&missed);
+        return Err(MongoError::custom(StaleProducts));
+    }
+    let products = catalogue
+        .into_values()
+        .map(|mut product| {
+            if let Some((_, quantity)) = taken.iter().find(|(id, _)| *id == product.id) {
+                product.stock -= quantity;
+                product.updated_at = now;
+            }
+            product
+        })
+        .collect();
+    Ok(Written {
+        outcomes,
+        rows,
+        products,
+    })
+}
+
+/// Reads `ids` into `catalogue`, inside the transaction; a product that
+/// does not exist is left out.
+async fn read_products(
+    db: &Database,
+    session: &mut ClientSession,
+    ids: &[ObjectId],
+    catalogue: &mut HashMap<ObjectId, Product>,
+) -> mongodb::error::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut found = products::store::collection(db)
+        .find(doc! { "_id": { "$in": ids } })
+        .session(&mut *session)
+        .await?;
+    let mut stream = found.stream(&mut *session);
+    while let Some(product) = stream.try_next().await? {
+        catalogue.insert(product.id, product);
+    }
+    Ok(())
+}
+
+/// Greedy, in arrival order: an order is placed if every line fits in what
+/// the orders before it left of `catalogue`'s stock.
+fn allocate(
+    batch: &[&OrderRequest],
+    catalogue: &HashMap<ObjectId, Product>,
+    settings: &ShopSettings,
+    now: DateTime,
+) -> Vec<Result<Order, PlaceOrderError>> {
+    let mut left: HashMap<ObjectId, i64> = catalogue.iter().map(|(id, p)| (*id, p.stock)).collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for request in batch {
+        let outcome = reserve(catalogue, &left, &request.lines).and_then(|reserved| {
+            build_order(
+                &request.customer,
+                request.lines.iter().zip(reserved),
+                settings,
+                now,
+            )
+        });
+        if let Ok(order) = &outcome {
+            for line in &order.lines {
+                if let Some(stock) = left.get_mut(&line.product_id) {
+                    *stock -= i64::from(line.quantity.get());
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// Sends `writes` in one bulkWrite, or `one_by_one`, one statement each.

@@ -33,6 +33,7 @@ fn settings() -> ShopSettings {
         // No relay takes them: the rows are let go for a sweep.
         handoff: Handoff::new("no-relay", Duration::from_secs(30), 1).0,
         bulk_write_refused: Default::default(),
+        products: Default::default(),
     }
 }
 
@@ -457,4 +458,141 @@ async fn an_order_and_its_cancellation_over_http_reach_the_queue_with_no_sweep()
         },
     )
     .await;
+}
+
+// The product cache: a product placing has seen is not read again; its
+// guarded decrement checks it. Each test changes the product behind one
+// placer's cache (as an admin, a cancellation or a second order-api does)
+// and checks the next order sees the product as it is.
+
+/// Places `requests` with `settings` (and so with its product cache).
+async fn place_with(
+    app: &TestApp,
+    settings: &ShopSettings,
+    requests: &[OrderRequest],
+) -> Vec<Result<common::domain::Order, PlaceError>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    place::place_together(&app.db, settings, requests, deadline).await
+}
+
+async fn patch_product(app: &TestApp, admin: &str, product: &str, patch: serde_json::Value) {
+    let patched = app
+        .patch(&format!("/api/products/{product}"), Some(admin), &patch)
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK, "patch {patch}");
+}
+
+#[tokio::test]
+async fn the_cache_holds_what_the_commit_left_and_a_changed_price_and_name_are_what_the_next_order_snapshots()
+ {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 1_000, 10).await;
+    let id = ObjectId::parse_str(&product).expect("id");
+    let placer = settings();
+
+    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
+    assert!(first[0].is_ok(), "{:?}", first[0]);
+    let cached = placer.products.get_many(&[id]);
+    assert_eq!(
+        cached.get(&id).map(|p| p.stock),
+        Some(9),
+        "the cache holds the stock the commit left"
+    );
+
+    patch_product(
+        &app,
+        &admin,
+        &product,
+        json!({ "price": 1_500, "name": "Renamed" }),
+    )
+    .await;
+    let second = place_with(&app, &placer, &[request(&[(&product, 2)])]).await;
+    let order = second[0].as_ref().expect("placed at the new price");
+    assert_eq!(order.lines[0].unit_price.minor(), 1_500);
+    assert_eq!(order.lines[0].name, "Renamed");
+    assert_eq!(order.subtotal.minor(), 3_000);
+    assert_eq!(app.stock_of(&product).await, 7);
+    assert_eq!(app.count("orders").await, 2);
+    assert_eq!(app.count("outbox").await, 2, "the stale try wrote nothing");
+    assert_eq!(
+        placer.products.get_many(&[id]).get(&id).map(|p| p.stock),
+        None,
+        "a product found stale is read fresh for a while"
+    );
+}
+
+#[tokio::test]
+async fn stock_added_behind_the_cache_is_sold_not_refused() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 2).await;
+    let placer = settings();
+
+    let first = place_with(&app, &placer, &[request(&[(&product, 2)])]).await;
+    assert!(first[0].is_ok(), "{:?}", first[0]);
+    patch_product(&app, &admin, &product, json!({ "stock": 5 })).await;
+
+    let second = place_with(&app, &placer, &[request(&[(&product, 3)])]).await;
+    assert!(
+        second[0].is_ok(),
+        "the cache said 0 left; the product has 5: {:?}",
+        second[0]
+    );
+    assert_eq!(app.stock_of(&product).await, 2);
+}
+
+#[tokio::test]
+async fn stock_taken_behind_the_cache_is_never_oversold_and_the_refusal_says_what_is_left() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 5).await;
+    let id = ObjectId::parse_str(&product).expect("id");
+    let placer = settings();
+
+    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
+    assert!(first[0].is_ok(), "{:?}", first[0]);
+    // Another order-api sells 3 of the 4 this placer thinks are left.
+    app.db
+        .collection::<bson::Document>("products")
+        .update_one(doc! { "_id": id }, doc! { "$inc": { "stock": -3 } })
+        .await
+        .expect("taken elsewhere");
+
+    let outcomes = place_with(
+        &app,
+        &placer,
+        &[request(&[(&product, 2)]), request(&[(&product, 1)])],
+    )
+    .await;
+    assert_eq!(available_of(&outcomes[0]), Some(1), "{:?}", outcomes[0]);
+    assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
+    assert_eq!(app.stock_of(&product).await, 0);
+    assert_eq!(app.count("orders").await, 2);
+    assert_eq!(app.count("outbox").await, 2);
+}
+
+#[tokio::test]
+async fn a_product_withdrawn_behind_the_cache_is_refused_and_nothing_is_written() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let product = app.product(&admin, 100, 5).await;
+    let placer = settings();
+
+    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
+    assert!(first[0].is_ok(), "{:?}", first[0]);
+    patch_product(&app, &admin, &product, json!({ "active": false })).await;
+
+    let second = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
+    assert!(
+        matches!(
+            second[0],
+            Err(PlaceError::Refused(PlaceOrderError::InactiveProduct { .. }))
+        ),
+        "{:?}",
+        second[0]
+    );
+    assert_eq!(app.stock_of(&product).await, 4);
+    assert_eq!(app.count("orders").await, 1);
+    assert_eq!(app.count("outbox").await, 1);
 }
