@@ -159,6 +159,8 @@ snapshot_metrics before
 "$bin/order-bench" run --api-url "http://127.0.0.1:$api_port" \
     --mongo-uri "$MONGODB_URI" --database "$run_id" \
     --api-pid "$api_pid" --processor-pid "$processor_pid" "${db_pid[@]}" \
+    --api-metrics-url "http://127.0.0.1:$api_metrics_port" \
+    --processor-metrics-url "http://127.0.0.1:$processor_metrics_port" \
     --admin-email admin@example.com --admin-password 'ChangeMe123!' \
     --json "$out/results.json" "${defaults[@]}" "$@"
 snapshot_metrics after

@@ -15,6 +15,7 @@ mod queues;
 mod report;
 mod sample;
 mod shop;
+mod statements;
 mod stats;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -97,6 +98,13 @@ struct RunArgs {
     /// services' CPU is counted by their PIDs too).
     #[arg(long)]
     db_pid: Option<u32>,
+    /// order-api's metrics listener (API_METRICS_ADDR), for its statements
+    /// to MongoDB per order.
+    #[arg(long)]
+    api_metrics_url: Option<String>,
+    /// order-processor's metrics listener (PROCESSOR_METRICS_ADDR).
+    #[arg(long)]
+    processor_metrics_url: Option<String>,
     /// Scenarios to run, in order.
     #[arg(long, value_delimiter = ',', default_value = "spread,hot,steady,mixed")]
     scenario: Vec<Scenario>,
@@ -185,6 +193,8 @@ struct Bench {
     ceilings: HashMap<usize, Ceiling>,
     /// Accepted orders/s of the spread scenario, once it ran.
     spread_rate: Option<f64>,
+    /// For the services' metrics listeners.
+    http: reqwest::Client,
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -202,6 +212,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         db,
         ceilings: HashMap::new(),
         spread_rate: None,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
         args,
     };
     let mut results = Vec::new();
@@ -324,6 +337,7 @@ impl Bench {
         };
         let cpu_before = self.pids().mark();
         let ops_before = opcount::OpCounts::read(&self.db).await?;
+        let statements_before = self.statements().await?;
         let recorded = load::run(self.shop.clone(), plan, scenario.name()).await;
         let accepted = recorded.placed.len() as u64;
         let drained = pipeline::drain(&self.db, &buyer_ids, accepted, args.drain_timeout).await;
@@ -331,6 +345,10 @@ impl Bench {
         let drained = drained?;
         let outbox_age = outbox_age.await.context("the outbox sampler")?;
         let ops = opcount::OpCounts::read(&self.db).await?.since(ops_before);
+        let statements = self
+            .statements()
+            .await?
+            .per_order_since(&statements_before, accepted);
         let cpu = self.pids().per(cpu_before, accepted);
         let db_ops = opcount::DbOps::of(ops, outbox_age.reads + drained.reads, accepted);
         let e2e = pipeline::end_to_end(&self.db, &buyer_ids, &recorded.placed).await?;
@@ -376,6 +394,7 @@ impl Bench {
             drain_secs: drained.waited.as_secs_f64(),
             outbox_oldest_pending_max_ms: outbox_age.worst_ms,
             db_ops,
+            statements,
             cpu,
             errors: recorded.errors,
             api_rss: api_rss.await.ok().flatten(),
@@ -389,6 +408,24 @@ impl Bench {
             load_average_before: load_before,
             load_average_after: load_after,
         })
+    }
+
+    /// The services' statement counters now (none without their metrics
+    /// listeners).
+    async fn statements(&self) -> anyhow::Result<statements::Counts> {
+        let listeners: Vec<statements::Listener> = [
+            ("order-api", &self.args.api_metrics_url),
+            ("order-processor", &self.args.processor_metrics_url),
+        ]
+        .into_iter()
+        .filter_map(|(service, url)| {
+            Some(statements::Listener {
+                service,
+                url: url.clone()?,
+            })
+        })
+        .collect();
+        statements::Counts::read(&self.http, &listeners).await
     }
 
     fn pids(&self) -> sample::Pids {

@@ -86,6 +86,11 @@ impl Metrics {
         self.matching(series, labels).map(|s| s.value).sum()
     }
 
+    /// Every series of `name`.
+    pub fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> {
+        self.matching(name, &[])
+    }
+
     /// Whether any series of `name` (or of histogram `name`) carrying
     /// `labels` exists.
     pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
