@@ -110,15 +110,9 @@ pub struct OutboxConfig {
     /// After a first row handed over, how long the relay waits for more
     /// before it publishes (`OUTBOX_LINGER_MS`).
     pub linger: Duration,
-}
-
-/// `OUTBOX_LINGER_MS`, 0 to 1000 (25 unless set).
-fn outbox_linger() -> anyhow::Result<Duration> {
-    let ms: u64 = config::parsed_or("OUTBOX_LINGER_MS", 25)?;
-    if ms > 1000 {
-        bail!("OUTBOX_LINGER_MS must be 0 to 1000");
-    }
-    Ok(Duration::from_millis(ms))
+    /// How long rows SQS accepted may wait to be marked published together
+    /// (`OUTBOX_MARK_WITHIN_MS`).
+    pub mark_within: Duration,
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -198,7 +192,8 @@ impl ApiConfig {
                     .unwrap_or_else(|| "*/5 * * * * *".into()),
                 lease: config::seconds_or("OUTBOX_LEASE_SECS", 30)?,
                 retention: config::seconds_or("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
-                linger: outbox_linger()?,
+                linger: config::millis_up_to("OUTBOX_LINGER_MS", 25, 1000)?,
+                mark_within: config::millis_up_to("OUTBOX_MARK_WITHIN_MS", 200, 5000)?,
             },
             expiry_schedule: common::expiry::schedule_from_env(),
             startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,

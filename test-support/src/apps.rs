@@ -96,6 +96,7 @@ pub fn api_config(database: &str, queue: &str) -> ApiConfig {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(7 * 24 * 3600),
             linger: Duration::from_millis(25),
+            mark_within: Duration::from_millis(200),
         },
         expiry_schedule: EXPIRY_SCHEDULE.into(),
         startup_timeout: Duration::from_secs(5),

@@ -25,7 +25,10 @@ use bson::DateTime;
 use common::schedule::JobScheduler;
 use futures::StreamExt;
 use mongodb::Database;
-use tokio::sync::{Notify, mpsc};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -39,6 +42,8 @@ use crate::{config::OutboxConfig, metrics};
 const CLAIM_BATCHES: i64 = 5;
 /// Rows handed over by writers published in one step, at most.
 const HANDED_PER_STEP: usize = 100;
+/// Rows marked in one update, at most waiting (see `Relay::mark_within`).
+const MARK_AT: usize = 100;
 /// SendMessageBatch calls in flight at once (standard queues only: a FIFO
 /// queue gets its batches one after another, in order).
 const SENDS_IN_FLIGHT: usize = 4;
@@ -61,6 +66,12 @@ pub struct Relay {
     retention: Duration,
     /// How long it waits after rows handed over for more (`OUTBOX_LINGER_MS`).
     linger: Duration,
+    /// Rows SQS accepted wait at most this long to be marked published,
+    /// with whatever else SQS accepts meanwhile: one update for several
+    /// steps' rows (`OUTBOX_MARK_WITHIN_MS`). A crash in that window leaves
+    /// the rows leased; the sweep sends them again when the lease runs out,
+    /// and the consumer's second delivery changes nothing.
+    mark_within: Duration,
     /// This process's relay; every claim token starts with it.
     instance: String,
 }
@@ -94,6 +105,7 @@ impl Relay {
             lease: config.lease,
             retention: config.retention,
             linger: config.linger,
+            mark_within: config.mark_within.min(config.lease / 2),
             instance: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
@@ -125,6 +137,25 @@ impl Relay {
     /// the others with the error recorded. Fails, after recording, when a
     /// whole SendMessageBatch call failed.
     pub async fn publish(&self, rows: &[OutboxMessage]) -> anyhow::Result<PublishOutcome> {
+        let mut unmarked = Unmarked::default();
+        let sent = self.send_all(rows, &mut unmarked).await;
+        let marked = self.mark(&mut unmarked).await;
+        let mut outcome = sent?;
+        let marked = marked?;
+        outcome.published += marked.published;
+        outcome.lease_lost += marked.lease_lost;
+        Ok(outcome)
+    }
+
+    /// Sends rows this relay holds in SQS batches; those SQS accepted join
+    /// `unmarked` (for [`Relay::mark`]), the others are released with the
+    /// error recorded. Fails, after recording, when a whole
+    /// SendMessageBatch call failed.
+    async fn send_all(
+        &self,
+        rows: &[OutboxMessage],
+        unmarked: &mut Unmarked,
+    ) -> anyhow::Result<PublishOutcome> {
         let mut outcome = PublishOutcome::default();
         if rows.is_empty() {
             return Ok(outcome);
@@ -141,16 +172,16 @@ impl Relay {
         let sends = batches.into_iter().zip(results);
 
         let accepted_at = DateTime::now();
-        let mut accepted: Vec<(&OutboxMessage, String)> = Vec::new();
         let mut refused: Vec<(&OutboxMessage, String)> = Vec::new();
         let mut send_error = None;
         for (batch, sent) in sends {
             match sent {
                 Ok(sent) => {
-                    accepted.extend(
+                    unmarked.add(
                         sent.accepted
                             .into_iter()
-                            .filter_map(|(i, id)| Some((batch.get(i)?, id))),
+                            .filter_map(|(i, id)| Some((batch.get(i)?.clone(), id))),
+                        accepted_at,
                     );
                     refused.extend(
                         sent.refused
@@ -169,22 +200,43 @@ impl Relay {
                 }
             }
         }
+        for (row, reason) in refused {
+            tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
+            counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
+            self.record_failure(row, &reason).await?;
+            outcome.failed += 1;
+        }
+        match send_error {
+            Some(reason) => anyhow::bail!(reason),
+            None => Ok(outcome),
+        }
+    }
 
+    /// Marks every row of `unmarked` published in one update (those whose
+    /// lease ran out are not: they may be sent again), and empties it. On
+    /// failure the rows stay pending, leased, and the sweep sends them
+    /// again once their leases run out.
+    async fn mark(&self, unmarked: &mut Unmarked) -> anyhow::Result<PublishOutcome> {
+        let accepted = std::mem::take(unmarked).rows;
+        let mut outcome = PublishOutcome::default();
+        if accepted.is_empty() {
+            return Ok(outcome);
+        }
         let tokens: BTreeSet<&str> = accepted
             .iter()
-            .filter_map(|(row, _)| row.lease_owner.as_deref())
+            .filter_map(|(row, _, _)| row.lease_owner.as_deref())
             .collect();
         let marked = store::mark_published(
             &self.db,
             &tokens.into_iter().collect::<Vec<_>>(),
             &accepted
                 .iter()
-                .map(|(row, message_id)| (row.id, message_id.as_str()))
+                .map(|(row, message_id, _)| (row.id, message_id.as_str()))
                 .collect::<Vec<_>>(),
             self.retention,
         )
         .await?;
-        for (row, sqs_message_id) in accepted {
+        for (row, sqs_message_id, accepted_at) in accepted {
             if marked.contains(&row.id) {
                 tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id, "outbox row published");
                 outcome.published += 1;
@@ -198,16 +250,7 @@ impl Relay {
                 outcome.lease_lost += 1;
             }
         }
-        for (row, reason) in refused {
-            tracing::warn!(order_id = %row.order_id, event_id = %row.id, %reason, "SQS refused an outbox row");
-            counter!(metrics::OUTBOX_PUBLISH_FAILURES, "reason" => "refused").increment(1);
-            self.record_failure(row, &reason).await?;
-            outcome.failed += 1;
-        }
-        match send_error {
-            Some(reason) => anyhow::bail!(reason),
-            None => Ok(outcome),
-        }
+        Ok(outcome)
     }
 
     /// One SendMessageBatch call: the rows SQS accepted (by their index in
@@ -305,16 +348,50 @@ impl Relay {
     }
 }
 
+/// Rows SQS accepted that are not marked published yet, each with its SQS
+/// message id and when SQS accepted it. The relay's loop marks them
+/// together, within `Relay::mark_within` of the first (the event is on the queue
+/// already: only a resend after a crash waits on the mark).
+#[derive(Default)]
+struct Unmarked {
+    rows: Vec<(OutboxMessage, String, DateTime)>,
+    /// When the first of `rows` came.
+    since: Option<Instant>,
+}
+
+impl Unmarked {
+    fn add(&mut self, rows: impl IntoIterator<Item = (OutboxMessage, String)>, at: DateTime) {
+        let before = self.rows.len();
+        self.rows
+            .extend(rows.into_iter().map(|(row, id)| (row, id, at)));
+        if before == 0 && !self.rows.is_empty() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    /// When the rows must be marked: `within` after the first, or now
+    /// once a mark's worth waits. `None` when there are none.
+    fn due(&self, within: Duration) -> Option<Instant> {
+        let since = self.since?;
+        if self.rows.len() >= MARK_AT {
+            Some(Instant::now())
+        } else {
+            Some(since + within)
+        }
+    }
+}
+
 /// What one SendMessageBatch call did, by index in the rows it was given.
 struct Sent {
     accepted: Vec<(usize, String)>,
     refused: Vec<(usize, String)>,
 }
 
-/// Runs the relay until `shutdown`. It waits for one of three things:
-/// shutdown, rows a commit of this process handed over (published with
-/// whatever else comes within the linger, up to a step's worth), or a sweep tick (a
-/// recovery claim, repeated at once while it comes back full). Rows left
+/// Runs the relay until `shutdown`. It waits for one of four things:
+/// shutdown, rows a commit of this process handed over (sent with
+/// whatever else comes within the linger, up to a step's worth), the time
+/// to mark what SQS accepted (together, within `OUTBOX_MARK_WITHIN_MS`), or a sweep
+/// tick (a recovery claim, repeated at once while it comes back full). Rows left
 /// pending before this start are recovered first. While publishing fails
 /// it pauses, exponentially longer (capped): failed rows were let go, and
 /// a later sweep takes them. A step in progress is always finished; rows
@@ -329,13 +406,18 @@ pub async fn run(
     let backoff = common::startup::worker_backoff;
     let mut delays = backoff();
     let mut recover_now = true;
+    let mut unmarked = Unmarked::default();
     loop {
         let step = if recover_now {
             relay.recover().await
         } else {
+            let mark_due = unmarked.due(relay.mark_within);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                () = sleep_until(mark_due), if mark_due.is_some() => {
+                    relay.mark(&mut unmarked).await
+                }
                 Some(first) = handed.recv() => {
                     // Lingers until a SendMessageBatch's worth is in, then
                     // takes whatever else already waits, up to a step's.
@@ -357,7 +439,7 @@ pub async fn run(
                         Vec::len,
                     )
                     .await;
-                    relay.publish(&batches.concat()).await
+                    relay.send_all(&batches.concat(), &mut unmarked).await
                 }
                 () = sweep.notified() => relay.recover().await,
             }
@@ -378,6 +460,10 @@ pub async fn run(
             delays = backoff();
             continue;
         };
+        // What SQS took before the failure is marked before the pause.
+        if let Err(e) = relay.mark(&mut unmarked).await {
+            tracing::warn!(error = %format!("{e:#}"), "could not mark published outbox rows; the sweep sends them again when their leases run out");
+        }
         let pause = delays.next().unwrap_or(Duration::from_secs(30));
         tracing::warn!(error = %failure, ?pause, "outbox relay step failed; pausing, and the sweep takes the rows let go");
         tokio::select! {
@@ -385,9 +471,21 @@ pub async fn run(
             () = tokio::time::sleep(pause) => {}
         }
     }
+    // Rows SQS took are marked before the leases still held are let go.
+    if let Err(e) = relay.mark(&mut unmarked).await {
+        tracing::warn!(error = %format!("{e:#}"), "could not mark published outbox rows at shutdown; the sweep sends them again");
+    }
     handed.close();
     relay.release().await;
     tracing::info!("outbox relay stopped");
+}
+
+/// Sleeps until `at` (forever when `None`: the branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the recovery sweep: on `schedule` (cron with seconds) it ticks

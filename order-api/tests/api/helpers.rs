@@ -19,7 +19,7 @@ pub struct TestApp {
     pub db: Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: TestQueues,
-    _api: Running,
+    running: Option<Running>,
 }
 
 /// Starts order-api on a free port against the real stack, with a fresh
@@ -47,7 +47,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
         db,
         sqs,
         queues,
-        _api: api,
+        running: Some(api),
     }
 }
 
@@ -61,6 +61,14 @@ impl std::ops::Deref for TestApp {
 }
 
 impl TestApp {
+    /// Stops order-api as SIGTERM does (its workers finish their steps);
+    /// the database and queues stay for the test to read.
+    pub async fn stop(&mut self) {
+        if let Some(api) = self.running.take() {
+            api.stop().await;
+        }
+    }
+
     pub async fn count(&self, collection: &str) -> u64 {
         self.db
             .collection::<mongodb::bson::Document>(collection)

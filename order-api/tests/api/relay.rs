@@ -1,5 +1,6 @@
 //! The relay on its own database and queue: leases between competing
-//! relays, FIFO queues, retention, and the sweep.
+//! relays, FIFO queues, retention, the sweep, and when accepted rows are
+//! marked published.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -323,4 +324,64 @@ async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
         .collect();
     let expected: HashSet<String> = orders.iter().map(|o| o.to_hex()).collect();
     assert_eq!(groups, expected);
+}
+
+/// Rows SQS accepted in separate steps are marked published by one update,
+/// once their events are on the queue already; a stopping relay marks
+/// what it holds before it lets go.
+#[tokio::test]
+async fn accepted_rows_are_marked_together_and_before_a_stop() {
+    let mut app = crate::helpers::spawn_app_with(|config| {
+        config.outbox.mark_within = Duration::from_secs(5);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let product = app.product(&admin, 1_000, 10).await;
+    for _ in 0..3 {
+        app.order(&customer, &product, 1).await;
+        // Past the linger: each order is its own SendMessageBatch.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    let bodies = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 3).await;
+    assert_eq!(
+        bodies.len(),
+        3,
+        "every event is on the queue before any mark"
+    );
+    let rows = app.db.collection::<mongodb::bson::Document>("outbox");
+    let statuses = |rows: Vec<mongodb::bson::Document>| -> Vec<String> {
+        rows.iter()
+            .map(|row| row.get_str("status").unwrap_or_default().to_string())
+            .collect()
+    };
+    let before: Vec<_> = rows
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("rows");
+    assert_eq!(statuses(before), ["PENDING"; 3], "marks wait for more");
+
+    app.stop().await;
+    let after: Vec<_> = rows
+        .find(doc! {})
+        .await
+        .expect("find")
+        .try_collect()
+        .await
+        .expect("rows");
+    let published_at: HashSet<_> = after
+        .iter()
+        .map(|row| row.get_datetime("published_at").copied().ok())
+        .collect();
+    assert_eq!(statuses(after), ["PUBLISHED"; 3], "marked at the stop");
+    assert_eq!(
+        published_at.len(),
+        1,
+        "one update marked all three: {published_at:?}"
+    );
+    assert!(!published_at.contains(&None));
 }
