@@ -70,7 +70,7 @@ pub enum EmailStatus {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailDelivery {
     pub status: EmailStatus,
     /// Deterministic, derived from the order id, so a resend after a crash
@@ -150,7 +150,7 @@ impl TimelineEvent {
 }
 
 /// One line of an order's timeline: what happened, the status after it, when.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
     pub event: TimelineEvent,
     pub status: OrderStatus,
@@ -247,7 +247,7 @@ impl EmailDelivery {
 
 /// One line of an order. Name and unit price are snapshots taken when the
 /// order was placed: later catalogue changes never touch existing orders.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderLine {
     pub product_id: ObjectId,
     pub sku: String,
@@ -258,7 +258,7 @@ pub struct OrderLine {
 }
 
 /// An order as stored in the `orders` collection.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     #[serde(rename = "_id")]
     pub id: ObjectId,

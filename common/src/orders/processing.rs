@@ -63,7 +63,7 @@ pub async fn process_and_claim(
         });
     update.insert(
         "$push",
-        doc! { TIMELINE: { "$each": first_delivery_entries(published_at, now)? } },
+        doc! { TIMELINE: { "$each": bson::to_bson(&first_delivery_entries(published_at, now)).map_err(MongoError::custom)? } },
     );
     crate::mongo::update_then_read(
         &super::collection(db),
@@ -78,33 +78,55 @@ pub async fn process_and_claim(
     .await
 }
 
+/// One order's first delivery of `order.created`, for
+/// [`process_and_claim_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct FirstDelivery<'a> {
+    pub id: ObjectId,
+    /// When SQS accepted the event, if known.
+    pub published_at: Option<DateTime>,
+    /// The order as placed, when the event carried it (`OrderEvent::placed`).
+    pub placed: Option<&'a Order>,
+}
+
 /// [`process_and_claim`] for the first deliveries of several orders at once,
 /// inside the caller's transaction: one update moves every order that is
-/// PENDING with its confirmation PENDING, and one read returns those it
-/// moved. An order in any other state is left alone and missing from the
-/// answer; the caller handles its event on its own.
+/// PENDING with its confirmation PENDING. An order in any other state is
+/// left alone and missing from the answer; the caller handles its event on
+/// its own.
+///
+/// The answer is the moved orders. When the update moved every one and each
+/// event carried its order as placed, they are those snapshots with the
+/// update's changes ([`first_delivered`]): the filter matched only orders
+/// still as placed, and inside the transaction nothing else moved them. A
+/// read of what it moved otherwise, one statement more.
 pub async fn process_and_claim_many(
     db: &Database,
     session: &mut ClientSession,
-    orders_published: &[(ObjectId, Option<DateTime>)],
+    deliveries: &[FirstDelivery<'_>],
     message_id_domain: &str,
     lease: Duration,
 ) -> mongodb::error::Result<Vec<Order>> {
     let kind = EmailKind::Confirmation;
     let field = fields::delivery(kind);
     let now = DateTime::now();
-    let ids: Vec<ObjectId> = orders_published.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<ObjectId> = deliveries.iter().map(|d| d.id).collect();
     let ids = ids.as_slice();
     let message_ids: Vec<String> = ids
         .iter()
         .map(|id| kind.message_id(id, message_id_domain))
         .collect();
     // Each order's own entries: its publication time is its message's.
-    let timelines: Vec<Bson> = orders_published
+    let timelines: Vec<Vec<TimelineEntry>> = deliveries
         .iter()
-        .map(|(_, published_at)| first_delivery_entries(*published_at, now).map(Bson::Array))
+        .map(|d| first_delivery_entries(d.published_at, now))
+        .collect();
+    let timelines_bson: Vec<Bson> = timelines
+        .iter()
+        .map(|entries| bson::to_bson(entries).map_err(MongoError::custom))
         .collect::<mongodb::error::Result<_>>()?;
-    super::collection(db)
+    let next_attempt_at = crate::mongo::later(now, lease);
+    let result = super::collection(db)
         .update_many(
             doc! {
                 ID: { "$in": ids },
@@ -118,15 +140,27 @@ pub async fn process_and_claim_many(
                     Delivery::Status.name(): "SENDING",
                     Delivery::MessageId.name(): crate::mongo::value_by_id(ids, &message_ids),
                     Delivery::AttemptedAt.name(): now,
-                    Delivery::NextAttemptAt.name(): crate::mongo::later(now, lease),
+                    Delivery::NextAttemptAt.name(): next_attempt_at,
                     Delivery::DueSince.name(): now,
                     Delivery::Attempts.name(): { "$add": [{ "$ifNull": [fields::value(&fields::of(kind, Delivery::Attempts)), 0] }, 1] },
                 }] },
-                TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(ids, &timelines)] },
+                TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(ids, &timelines_bson)] },
             } }],
         )
         .session(&mut *session)
         .await?;
+    let all_moved = usize::try_from(result.modified_count).is_ok_and(|n| n == ids.len());
+    let placed: Option<Vec<&Order>> = deliveries.iter().map(|d| d.placed).collect();
+    if let (true, Some(placed)) = (all_moved, placed) {
+        return Ok(placed
+            .into_iter()
+            .zip(message_ids)
+            .zip(timelines)
+            .map(|((order, message_id), timeline)| {
+                first_delivered(order.clone(), message_id, timeline, now, next_attempt_at)
+            })
+            .collect());
+    }
     // Inside the transaction nothing else can have moved these orders, so
     // SENDING claimed at exactly `now` is this update's work.
     let mut moved = super::collection(db)
@@ -141,36 +175,53 @@ pub async fn process_and_claim_many(
     moved.stream(session).try_collect().await
 }
 
+/// What [`process_and_claim_many`]'s update makes of an order as placed:
+/// PROCESSED at `now`, its confirmation claimed (SENDING as `message_id`,
+/// the claim running to `next_attempt_at`), `timeline` appended.
+fn first_delivered(
+    mut order: Order,
+    message_id: String,
+    timeline: Vec<TimelineEntry>,
+    now: DateTime,
+    next_attempt_at: DateTime,
+) -> Order {
+    order.status = OrderStatus::Processed;
+    order.updated_at = now;
+    let email = &mut order.email;
+    email.status = EmailStatus::Sending;
+    email.message_id = Some(message_id);
+    email.attempted_at = Some(now);
+    email.next_attempt_at = Some(next_attempt_at);
+    email.due_since = Some(now);
+    email.attempts += 1;
+    order.timeline.extend(timeline);
+    order
+}
+
 /// The timeline entries of an `order.created` event's first delivery: when
 /// SQS accepted it (if known), then PROCESSING and PROCESSED.
-fn first_delivery_entries(
-    published_at: Option<DateTime>,
-    now: DateTime,
-) -> mongodb::error::Result<Vec<Bson>> {
-    let mut entries = Vec::with_capacity(3);
-    if let Some(at) = published_at {
-        entries.push(published(at, OrderEventType::OrderCreated)?);
-    }
-    for status in [OrderStatus::Processing, OrderStatus::Processed] {
-        entries.push(entry(TimelineEvent::entering(status), status, now, None)?);
-    }
-    Ok(entries)
+fn first_delivery_entries(published_at: Option<DateTime>, now: DateTime) -> Vec<TimelineEntry> {
+    let published = published_at.map(|at| published(at, OrderEventType::OrderCreated));
+    published
+        .into_iter()
+        .chain(
+            [OrderStatus::Processing, OrderStatus::Processed]
+                .map(|status| TimelineEntry::new(TimelineEvent::entering(status), status, now)),
+        )
+        .collect()
 }
 
 /// The `published` entry of an event SQS accepted at `at`. Its status is the
 /// one the event announced: the order was PENDING when it was placed and
 /// CANCELLED when it was cancelled.
-fn published(at: DateTime, event_type: OrderEventType) -> mongodb::error::Result<Bson> {
+fn published(at: DateTime, event_type: OrderEventType) -> TimelineEntry {
     let status = match event_type {
         OrderEventType::OrderCreated => OrderStatus::Pending,
         OrderEventType::OrderCancelled => OrderStatus::Cancelled,
     };
-    entry(
-        TimelineEvent::Published,
-        status,
-        at,
-        Some(event_type.as_str()),
-    )
+    let mut entry = TimelineEntry::new(TimelineEvent::Published, status, at);
+    entry.detail = Some(event_type.as_str().to_string());
+    entry
 }
 
 /// Inside the caller's transaction: notes on the order's timeline that SQS
@@ -185,7 +236,7 @@ pub async fn note_published(
     super::collection(db)
         .update_one(
             doc! { ID: id },
-            doc! { "$push": { TIMELINE: published(at, event_type)? } },
+            doc! { "$push": { TIMELINE: bson::to_bson(&published(at, event_type)).map_err(MongoError::custom)? } },
         )
         .session(session)
         .await?;

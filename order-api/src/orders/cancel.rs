@@ -89,7 +89,7 @@ async fn write_cancellation(
     // Still in the request's task: its span is the request's.
     let traceparent = common::telemetry::traceparent(&tracing::Span::current());
     let rows = outbox::store::rows_for(
-        [(order.id, traceparent)],
+        [(order.id, traceparent, None)],
         OrderEventType::OrderCancelled,
         now,
         Some(lease),

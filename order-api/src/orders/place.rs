@@ -326,7 +326,7 @@ async fn write_batch(
     let rows = outbox::store::rows_for(
         placed
             .iter()
-            .map(|(i, order)| (order.id, batch[*i].traceparent.clone())),
+            .map(|(i, order)| (order.id, batch[*i].traceparent.clone(), Some(*order))),
         OrderEventType::OrderCreated,
         now,
         Some(lease),

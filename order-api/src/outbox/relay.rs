@@ -44,6 +44,13 @@ const CLAIM_BATCHES: i64 = 5;
 const HANDED_PER_STEP: usize = 100;
 /// Rows marked in one update, at most waiting (see `Relay::mark_within`).
 const MARK_AT: usize = 100;
+/// What one SendMessageBatch call carries at most, bodies and attributes of
+/// all its messages together: 256 KiB, SQS's limit until 2025 (it is 1 MiB
+/// now, as LocalStack enforces) and still that of compatible servers.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Room kept per message for its attributes (event type and id, trace
+/// context: well under this).
+const ATTRIBUTE_BYTES: usize = 1024;
 /// SendMessageBatch calls in flight at once (standard queues only: a FIFO
 /// queue gets its batches one after another, in order).
 const SENDS_IN_FLIGHT: usize = 4;
@@ -162,7 +169,7 @@ impl Relay {
         }
         let chunk = usize::try_from(self.batch_size).unwrap_or(10);
         let in_flight = if self.fifo { 1 } else { SENDS_IN_FLIGHT };
-        let batches: Vec<&[OutboxMessage]> = rows.chunks(chunk).collect();
+        let batches = sqs_batches(rows, chunk);
         // Built first: a stream over a closure trips the compiler's Send check.
         let calls: Vec<_> = batches.iter().map(|batch| self.send(batch)).collect();
         let results: Vec<Result<Sent, String>> = futures::stream::iter(calls)
@@ -480,6 +487,27 @@ pub async fn run(
     tracing::info!("outbox relay stopped");
 }
 
+/// `rows` in SendMessageBatch calls, in order: at most `per_call` rows and
+/// [`BATCH_BYTES`] a call (an `order.created` body carries the order, up to
+/// 50 lines and about 50 KB, so ten of the largest do not fit in one).
+fn sqs_batches(rows: &[OutboxMessage], per_call: usize) -> Vec<&[OutboxMessage]> {
+    let per_call = per_call.max(1);
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let size = row.body.len() + ATTRIBUTE_BYTES;
+        if i > start && (i - start == per_call || bytes + size > BATCH_BYTES) {
+            batches.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() {
+        batches.push(&rows[start..]);
+    }
+    batches
+}
+
 /// Sleeps until `at` (forever when `None`: the branch is disabled then).
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -496,4 +524,59 @@ pub async fn start_sweep(schedule: &str, sweep: Arc<Notify>) -> anyhow::Result<J
         async move { sweep.notify_one() }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use bson::oid::ObjectId;
+
+    use super::*;
+
+    fn with_bodies(bodies: &[usize]) -> Vec<OutboxMessage> {
+        store::rows_for(
+            bodies.iter().map(|_| (ObjectId::new(), None, None)),
+            common::event::OrderEventType::OrderCreated,
+            DateTime::now(),
+            None,
+        )
+        .into_iter()
+        .zip(bodies)
+        .map(|(mut row, bytes)| {
+            row.body = "x".repeat(*bytes);
+            row
+        })
+        .collect()
+    }
+
+    fn sizes(batches: &[&[OutboxMessage]]) -> Vec<usize> {
+        batches.iter().map(|batch| batch.len()).collect()
+    }
+
+    #[test]
+    fn batches_hold_at_most_per_call_rows_in_order() {
+        let rows = with_bodies(&[100; 23]);
+        let batches = sqs_batches(&rows, 10);
+        assert_eq!(sizes(&batches), [10, 10, 3]);
+        let ids: Vec<_> = batches.concat().iter().map(|row| row.id).collect();
+        assert_eq!(ids, rows.iter().map(|row| row.id).collect::<Vec<_>>());
+        assert!(sqs_batches(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn batches_stay_within_sqs_bytes_per_call() {
+        // 50 KiB bodies: five fit in 256 KiB with their attributes' room.
+        let rows = with_bodies(&[50 * 1024; 12]);
+        let batches = sqs_batches(&rows, 10);
+        assert_eq!(sizes(&batches), [5, 5, 2]);
+        for batch in batches {
+            let bytes: usize = batch.iter().map(|r| r.body.len() + ATTRIBUTE_BYTES).sum();
+            assert!(bytes <= BATCH_BYTES, "{bytes}");
+        }
+        // A row over the limit on its own still goes alone (SQS refuses it,
+        // recorded against that row only).
+        assert_eq!(
+            sizes(&sqs_batches(&with_bodies(&[BATCH_BYTES; 2]), 10)),
+            [1, 1]
+        );
+    }
 }

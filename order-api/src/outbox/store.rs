@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use common::event::{OrderEvent, OrderEventType};
+use common::{
+    domain::Order,
+    event::{OrderEvent, OrderEventType},
+};
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -93,36 +96,41 @@ pub async fn insert(
     Ok(())
 }
 
-/// The rows announcing `event_type` for each of `orders` (with the trace
-/// context of the request that changed it), written by [`insert`] or as
-/// part of a caller's bulk write. With a `lease`, the rows are written
-/// already held by that relay claim (see `outbox::handoff`).
-pub fn rows_for(
-    orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
+/// The rows announcing `event_type` for each of `orders`: its id, the trace
+/// context of the request that changed it, and for `order.created` the order
+/// as the same transaction inserts it (the event carries it:
+/// `OrderEvent::placed`). Written by [`insert`] or as part of a caller's
+/// bulk write. With a `lease`, the rows are written already held by that
+/// relay claim (see `outbox::handoff`).
+pub fn rows_for<'a>(
+    orders: impl IntoIterator<Item = (ObjectId, Option<String>, Option<&'a Order>)>,
     event_type: OrderEventType,
     occurred_at: DateTime,
     lease: Option<&Lease>,
 ) -> Vec<OutboxMessage> {
     orders
         .into_iter()
-        .map(|(order_id, traceparent)| row(order_id, event_type, occurred_at, traceparent, lease))
+        .map(|(order_id, traceparent, placed)| {
+            let id = ObjectId::new();
+            let event = OrderEvent {
+                event_id: id.to_hex(),
+                event_type,
+                order_id: order_id.to_hex(),
+                occurred_at: occurred_at.to_chrono(),
+                placed: placed.cloned().map(Box::new),
+            };
+            row(id, order_id, &event, traceparent, lease)
+        })
         .collect()
 }
 
 fn row(
+    id: ObjectId,
     order_id: ObjectId,
-    event_type: OrderEventType,
-    occurred_at: DateTime,
+    event: &OrderEvent,
     traceparent: Option<String>,
     lease: Option<&Lease>,
 ) -> OutboxMessage {
-    let id = ObjectId::new();
-    let event = OrderEvent {
-        event_id: id.to_hex(),
-        event_type,
-        order_id: order_id.to_hex(),
-        occurred_at: occurred_at.to_chrono(),
-    };
     OutboxMessage {
         id,
         order_id,

@@ -317,7 +317,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     let queues = test_support::create_queues(&sqs, &test_support::unique("relay"), 30).await;
     let outbox = order_api::outbox::store::collection(&db);
     let rows = order_api::outbox::store::rows_for(
-        [(mongodb::bson::oid::ObjectId::new(), None)],
+        [(mongodb::bson::oid::ObjectId::new(), None, None)],
         common::event::OrderEventType::OrderCreated,
         mongodb::bson::DateTime::now(),
         None,

@@ -58,7 +58,7 @@ async fn bench() -> Bench {
 /// Writes `n` order.created rows nobody holds, as committed orders whose
 /// relay died would leave them.
 async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
-    let orders = (0..n).map(|_| (ObjectId::new(), None));
+    let orders = (0..n).map(|_| (ObjectId::new(), None, None));
     let rows = store::rows_for(orders, OrderEventType::OrderCreated, DateTime::now(), None);
     store::collection(db)
         .insert_many(&rows)
@@ -384,4 +384,64 @@ async fn accepted_rows_are_marked_together_and_before_a_stop() {
         "one update marked all three: {published_at:?}"
     );
     assert!(!published_at.contains(&None));
+}
+
+/// `order.created` carries the order: the largest orders (50 lines,
+/// 200-character names of four-byte characters, about 50 KB of JSON each)
+/// reach the queue with it, ten in one relay step. Ten of them exceed the
+/// 256 KiB a SendMessageBatch took before SQS raised it to 1 MiB (which
+/// LocalStack enforces); the relay keeps each call under the lower figure
+/// (`sqs_batches`, unit-tested), so SQS-compatible servers still on it
+/// accept them too.
+#[tokio::test]
+async fn the_largest_orders_reach_the_queue_carrying_themselves() {
+    // A linger long enough for all ten to be one step of the relay.
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.outbox.linger = Duration::from_secs(1);
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let name = "\u{1D11E}".repeat(200);
+    let mut items = Vec::new();
+    for i in 0..50 {
+        let sku = format!("{}-{i:02}", "S".repeat(61));
+        let (status, product) = app
+            .post_json(
+                "/api/products",
+                Some(&admin),
+                &serde_json::json!({ "name": name, "sku": sku, "price": 100, "stock": 100 }),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{product}");
+        items.push(serde_json::json!({ "productId": product["id"], "quantity": 1 }));
+    }
+    let (_, customer) = app.customer().await;
+    let body = serde_json::json!({ "items": items });
+    let placed = futures::future::join_all(
+        (0..10).map(|_| app.post_json("/api/orders", Some(&customer), &body)),
+    )
+    .await;
+    for (status, answer) in &placed {
+        assert_eq!(*status, reqwest::StatusCode::CREATED, "{answer}");
+    }
+
+    let bodies = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 10).await;
+    assert_eq!(bodies.len(), 10, "every event reached the queue");
+    for body in &bodies {
+        let event = common::event::OrderEvent::from_json(body).expect("an event");
+        let order = event.placed.expect("carrying its order");
+        assert_eq!(order.lines.len(), 50);
+        assert!(
+            body.len() * 10 > 256 * 1024,
+            "ten of these exceed 256 KiB: {}",
+            body.len()
+        );
+    }
+    let failed = app
+        .db
+        .collection::<mongodb::bson::Document>("outbox")
+        .count_documents(doc! { "last_error": { "$ne": null } })
+        .await
+        .expect("count");
+    assert_eq!(failed, 0, "no call was refused");
 }

@@ -2,7 +2,8 @@
 //! the events of its batch that can share a transaction to one writer,
 //! which waits a moment (the linger) for other pollers' and applies them
 //! all in ONE transaction: PENDING → PROCESSED and the confirmations'
-//! claims, a round trip each for the lot. No inbox entry: the orders' own
+//! claims, one update for the lot (and no read back when the events carry
+//! their orders as placed), then the commit. No inbox entry: the orders' own
 //! state is what makes a redelivery change nothing.
 //!
 //! Why across pollers, and why wait: at a moderate rate each receive brings
@@ -135,12 +136,17 @@ async fn apply_first_deliveries(
                 // PENDING with their confirmation PENDING, so a redelivery
                 // matches nothing and takes the one-by-one path, which
                 // knows it from the order's timeline (`was_processed`).
-                let orders: Vec<(ObjectId, Option<DateTime>)> = candidates
+                let deliveries: Vec<processing::FirstDelivery> = candidates
                     .iter()
-                    .map(|(_, id, published_at)| (*id, *published_at))
+                    .map(|(event, id, published_at)| processing::FirstDelivery {
+                        id: *id,
+                        published_at: *published_at,
+                        placed: event.placed.as_deref().filter(|placed| placed.id == *id),
+                    })
                     .collect();
                 let moved =
-                    processing::process_and_claim_many(db, session, &orders, domain, lease).await?;
+                    processing::process_and_claim_many(db, session, &deliveries, domain, lease)
+                        .await?;
                 Ok(moved)
             }
             .boxed()

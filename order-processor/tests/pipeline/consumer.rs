@@ -423,3 +423,130 @@ async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_sent() {
 async fn sender_for(pipeline: &crate::helpers::Pipeline) -> order_processor::email::EmailSender {
     app_for(pipeline).await.sender().clone()
 }
+
+/// `order.created` carries the order exactly as its transaction stored it,
+/// and when the shared first-delivery update moves every order of its
+/// batch, the orders it answers are those snapshots with its changes, as
+/// stored, with no read back. An event without one is read back.
+#[tokio::test]
+async fn first_deliveries_answer_from_the_events_snapshot_without_a_read_back() {
+    use common::{
+        event::OrderEvent,
+        orders::{self, processing::FirstDelivery},
+    };
+
+    let pipeline = spawn_pipeline_without_processor(30).await;
+    let admin = pipeline.admin_token().await;
+    let product = pipeline.product(&admin, 700, 10).await;
+    let (_, customer) = pipeline.customer().await;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        let order = pipeline.order(&customer, &product, 2).await;
+        let id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id");
+        let row = pipeline
+            .db
+            .collection::<mongodb::bson::Document>("outbox")
+            .find_one(doc! { "order_id": id })
+            .await
+            .expect("find")
+            .expect("the order's outbox row");
+        let event = OrderEvent::from_json(row.get_str("body").expect("body")).expect("event");
+        let stored = orders::load(&pipeline.db, id)
+            .await
+            .expect("load")
+            .expect("stored");
+        let snapshot = event.placed.expect("order.created carries the order");
+        assert_eq!(*snapshot, stored, "the event's order is the stored one");
+        placed.push(*snapshot);
+    }
+    // The second's snapshot is doctored: an answer carrying the doctored
+    // name was built from the event, not read back.
+    let mut doctored = placed[1].clone();
+    doctored.customer_name = Some("from the event".into());
+
+    let published_at = Some(mongodb::bson::DateTime::now());
+    let moved = apply(
+        &pipeline.db,
+        vec![
+            FirstDelivery {
+                id: placed[0].id,
+                published_at,
+                placed: Some(&placed[0]),
+            },
+            FirstDelivery {
+                id: placed[1].id,
+                published_at,
+                placed: Some(&doctored),
+            },
+        ],
+    )
+    .await;
+    assert_eq!(moved.len(), 2);
+    let first = orders::load(&pipeline.db, placed[0].id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(first.status, OrderStatus::Processed);
+    assert_eq!(moved[0], first, "the answer is the order as stored");
+    assert_eq!(
+        moved[1].customer_name.as_deref(),
+        Some("from the event"),
+        "built from the snapshot, not read back"
+    );
+
+    // No snapshot: what the update moved is read back.
+    let moved = apply(
+        &pipeline.db,
+        vec![FirstDelivery {
+            id: placed[2].id,
+            published_at: None,
+            placed: None,
+        }],
+    )
+    .await;
+    let third = orders::load(&pipeline.db, placed[2].id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(moved, [third]);
+
+    // Already moved: nothing matches, nothing is answered, snapshot or not.
+    let moved = apply(
+        &pipeline.db,
+        vec![FirstDelivery {
+            id: placed[0].id,
+            published_at,
+            placed: Some(&placed[0]),
+        }],
+    )
+    .await;
+    assert!(moved.is_empty(), "{moved:?}");
+}
+
+/// The shared first-delivery update over `deliveries`, in its transaction.
+async fn apply(
+    db: &mongodb::Database,
+    deliveries: Vec<common::orders::processing::FirstDelivery<'_>>,
+) -> Vec<common::domain::Order> {
+    use futures::FutureExt;
+    common::mongo::transaction(
+        db,
+        "test",
+        (db, &deliveries),
+        |session, (db, deliveries)| {
+            async move {
+                common::orders::processing::process_and_claim_many(
+                    db,
+                    session,
+                    deliveries,
+                    "shop.test",
+                    Duration::from_secs(30),
+                )
+                .await
+            }
+            .boxed()
+        },
+    )
+    .await
+    .expect("the shared transaction")
+}
