@@ -67,6 +67,17 @@ async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
     rows.iter().map(|row| row.order_id).collect()
 }
 
+/// Every outbox row of `db`.
+async fn all_rows(db: &Database) -> Vec<store::OutboxMessage> {
+    store::collection(db)
+        .find(doc! {})
+        .await
+        .expect("query")
+        .try_collect()
+        .await
+        .expect("rows")
+}
+
 async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let mut all = Vec::new();
     for _ in 0..20 {
@@ -183,13 +194,7 @@ async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
     }
 
     stopping.release().await;
-    let rows: Vec<store::OutboxMessage> = store::collection(&bench.db)
-        .find(doc! {})
-        .await
-        .expect("query")
-        .try_collect()
-        .await
-        .expect("rows");
+    let rows = all_rows(&bench.db).await;
     for (i, order) in orders.iter().enumerate() {
         let row = rows.iter().find(|r| r.order_id == *order).expect("row");
         assert_eq!(
@@ -350,34 +355,24 @@ async fn accepted_rows_are_marked_together_and_before_a_stop() {
         3,
         "every event is on the queue before any mark"
     );
-    let rows = app.db.collection::<mongodb::bson::Document>("outbox");
-    let statuses = |rows: Vec<mongodb::bson::Document>| -> Vec<String> {
-        rows.iter()
-            .map(|row| row.get_str("status").unwrap_or_default().to_string())
-            .collect()
+    let statuses = |rows: &[store::OutboxMessage]| -> Vec<OutboxStatus> {
+        rows.iter().map(|row| row.status).collect()
     };
-    let before: Vec<_> = rows
-        .find(doc! {})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("rows");
-    assert_eq!(statuses(before), ["PENDING"; 3], "marks wait for more");
+    let before = all_rows(&app.db).await;
+    assert_eq!(
+        statuses(&before),
+        [OutboxStatus::Pending; 3],
+        "marks wait for more"
+    );
 
     app.stop().await;
-    let after: Vec<_> = rows
-        .find(doc! {})
-        .await
-        .expect("find")
-        .try_collect()
-        .await
-        .expect("rows");
-    let published_at: HashSet<_> = after
-        .iter()
-        .map(|row| row.get_datetime("published_at").copied().ok())
-        .collect();
-    assert_eq!(statuses(after), ["PUBLISHED"; 3], "marked at the stop");
+    let after = all_rows(&app.db).await;
+    let published_at: HashSet<_> = after.iter().map(|row| row.published_at).collect();
+    assert_eq!(
+        statuses(&after),
+        [OutboxStatus::Published; 3],
+        "marked at the stop"
+    );
     assert_eq!(
         published_at.len(),
         1,
