@@ -263,7 +263,16 @@ where
     let started = std::time::Instant::now();
     let within_limit = || started.elapsed() < TRANSACTION_RETRY_LIMIT;
     let before_deadline = || deadline.is_none_or(|d| tokio::time::Instant::now() < d);
-    let mut session = db.client().start_session().await?;
+    // Not causally consistent: the session is this transaction's alone, so
+    // there is nothing earlier in it to read after, and a causally
+    // consistent session makes a rerun's first statement carry
+    // `readConcern.afterClusterTime` (the failed run's operation time),
+    // which the bulkWrite command refuses when it opens a transaction.
+    let mut session = db
+        .client()
+        .start_session()
+        .causal_consistency(false)
+        .await?;
     let mut runs = 0_u64;
     let outcome = 'run: loop {
         runs += 1;

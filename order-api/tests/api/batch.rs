@@ -596,3 +596,44 @@ async fn a_product_withdrawn_behind_the_cache_is_refused_and_nothing_is_written(
     assert_eq!(app.count("orders").await, 1);
     assert_eq!(app.count("outbox").await, 1);
 }
+
+/// A placement whose products the API has already read opens its
+/// transaction with the bulkWrite itself. When another transaction holds a
+/// product, that first run meets a write conflict and is run again in the
+/// same session; the rerun's first statement must still be one the server
+/// takes (a causally consistent session would add `readConcern` to it,
+/// which the bulkWrite command refuses: a 500). Once the holder lets go,
+/// the order is placed.
+#[tokio::test]
+async fn a_placement_rerun_after_a_write_conflict_is_placed() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let (_, customer) = app.customer().await;
+    let product = app.product(&admin, 500, 10).await;
+    // The API now knows the product: the next placement reads nothing first.
+    app.order(&customer, &product, 1).await;
+
+    let mut holder = app.db.client().start_session().await.expect("session");
+    holder.start_transaction().await.expect("transaction");
+    app.db
+        .collection::<bson::Document>("products")
+        .update_one(
+            doc! { "_id": ObjectId::parse_str(&product).expect("id") },
+            doc! { "$set": { "held": true } },
+        )
+        .session(&mut holder)
+        .await
+        .expect("the holder's write");
+
+    let order = json!({ "items": [{ "productId": product, "quantity": 2 }] });
+    let placing = app.post("/api/orders", Some(&customer), &order);
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.abort_transaction().await.expect("abort the holder");
+    };
+    let (response, ()) = tokio::join!(placing, release);
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(app.stock_of(&product).await, 7);
+}
