@@ -519,6 +519,15 @@ impl<'a> Ctx<'a> {
                 .map(|(status, n)| format!("{n}x{status}"))
                 .collect();
             self.note("answered_5xx", answers.join(","));
+            // A fault is answered 503 (with Retry-After); any other 5xx is
+            // the API failing to say what happened.
+            for (status, n) in &ledger.server_errors {
+                if *status != 503 {
+                    figures.problems.push(format!(
+                        "{n} request(s) answered {status}: a fault must get 503 (the API's log has the error)"
+                    ));
+                }
+            }
         }
         if figures.dead_lettered > 0 {
             self.note("dead_lettered", figures.dead_lettered);
