@@ -184,12 +184,9 @@ impl Relay {
         for (batch, sent) in sends {
             match sent {
                 Ok(sent) => {
-                    unmarked.add(
-                        sent.accepted
-                            .into_iter()
-                            .filter_map(|(i, id)| Some((batch.get(i)?.clone(), id))),
-                        accepted_at,
-                    );
+                    unmarked.add(sent.accepted.into_iter().filter_map(|(i, sqs_message_id)| {
+                        Some(Accepted::of(batch.get(i)?, sqs_message_id, accepted_at))
+                    }));
                     refused.extend(
                         sent.refused
                             .into_iter()
@@ -231,25 +228,24 @@ impl Relay {
         }
         let tokens: BTreeSet<&str> = accepted
             .iter()
-            .filter_map(|(row, _, _)| row.lease_owner.as_deref())
+            .filter_map(|row| row.lease_owner.as_deref())
             .collect();
         let marked = store::mark_published(
             &self.db,
             &tokens.into_iter().collect::<Vec<_>>(),
             &accepted
                 .iter()
-                .map(|(row, message_id, _)| (row.id, message_id.as_str()))
+                .map(|row| (row.id, row.sqs_message_id.as_str()))
                 .collect::<Vec<_>>(),
             self.retention,
         )
         .await?;
-        for (row, sqs_message_id, accepted_at) in accepted {
+        for row in accepted {
             if marked.contains(&row.id) {
-                tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id, "outbox row published");
+                tracing::debug!(order_id = %row.order_id, event_id = %row.id, sqs_message_id = row.sqs_message_id, "outbox row published");
                 outcome.published += 1;
-                counter!(metrics::OUTBOX_PUBLISHED, "event_type" => row.event_type.clone())
-                    .increment(1);
-                let lag = accepted_at.timestamp_millis() - row.created_at.timestamp_millis();
+                counter!(metrics::OUTBOX_PUBLISHED, "event_type" => row.event_type).increment(1);
+                let lag = row.accepted_at.timestamp_millis() - row.created_at.timestamp_millis();
                 histogram!(metrics::OUTBOX_PUBLISH_LATENCY).record(lag.max(0) as f64 / 1000.0);
             } else {
                 tracing::warn!(order_id = %row.order_id, event_id = %row.id, "lease ran out before the row was marked; it may be sent again");
@@ -361,16 +357,15 @@ impl Relay {
 /// already: only a resend after a crash waits on the mark).
 #[derive(Default)]
 struct Unmarked {
-    rows: Vec<(OutboxMessage, String, DateTime)>,
+    rows: Vec<Accepted>,
     /// When the first of `rows` came.
     since: Option<Instant>,
 }
 
 impl Unmarked {
-    fn add(&mut self, rows: impl IntoIterator<Item = (OutboxMessage, String)>, at: DateTime) {
+    fn add(&mut self, rows: impl IntoIterator<Item = Accepted>) {
         let before = self.rows.len();
-        self.rows
-            .extend(rows.into_iter().map(|(row, id)| (row, id, at)));
+        self.rows.extend(rows);
         if before == 0 && !self.rows.is_empty() {
             self.since = Some(Instant::now());
         }
@@ -384,6 +379,32 @@ impl Unmarked {
             Some(Instant::now())
         } else {
             Some(since + within)
+        }
+    }
+}
+
+/// What marking a row SQS accepted needs of it: not its body, which
+/// carries the whole order.
+struct Accepted {
+    id: bson::oid::ObjectId,
+    order_id: bson::oid::ObjectId,
+    event_type: String,
+    lease_owner: Option<String>,
+    created_at: DateTime,
+    sqs_message_id: String,
+    accepted_at: DateTime,
+}
+
+impl Accepted {
+    fn of(row: &OutboxMessage, sqs_message_id: String, accepted_at: DateTime) -> Accepted {
+        Accepted {
+            id: row.id,
+            order_id: row.order_id,
+            event_type: row.event_type.clone(),
+            lease_owner: row.lease_owner.clone(),
+            created_at: row.created_at,
+            sqs_message_id,
+            accepted_at,
         }
     }
 }
