@@ -215,6 +215,12 @@ where
     }
 }
 
+/// `value` as BSON for a statement, a serialization failure as the
+/// driver's error (so it fails the statement's transaction like any other).
+pub fn bson_of<T: serde::Serialize + ?Sized>(value: &T) -> mongodb::error::Result<bson::Bson> {
+    bson::to_bson(value).map_err(mongodb::error::Error::custom)
+}
+
 /// `at` plus `span`, saturating instead of overflowing.
 pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
     let ms = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);

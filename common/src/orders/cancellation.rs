@@ -39,7 +39,7 @@ pub async fn cancel(
     let mut conditional = filter.clone();
     conditional.insert(STATUS, doc! { "$in": cancellable });
     let entry = TimelineEntry::new(TimelineEvent::Cancelled, OrderStatus::Cancelled, now);
-    let email = bson::to_bson(&EmailDelivery::due(now)).map_err(MongoError::custom)?;
+    let email = crate::mongo::bson_of(&EmailDelivery::due(now))?;
     let cancelled = crate::mongo::update_then_read(
         &super::collection(db),
         Some(&mut *session),
@@ -50,7 +50,7 @@ pub async fn cancel(
                 UPDATED_AT: now,
                 fields::delivery(EmailKind::Cancellation): email,
             },
-            "$push": { TIMELINE: bson::to_bson(&entry).map_err(MongoError::custom)? },
+            "$push": { TIMELINE: crate::mongo::bson_of(&entry)? },
         },
     )
     .await?;

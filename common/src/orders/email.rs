@@ -21,7 +21,6 @@ use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
     Database, IndexModel,
-    error::Error as MongoError,
     options::{FindOptions, IndexOptions, UpdateModifications},
 };
 
@@ -223,7 +222,7 @@ fn timeline_entry(
     };
     let mut entry = TimelineEntry::new(event, status, at);
     entry.detail = detail.map(str::to_string);
-    bson::to_bson(&entry).map_err(MongoError::custom)
+    crate::mongo::bson_of(&entry)
 }
 
 /// The SMTP server accepted `kind` of email of each of `accepted` (an

@@ -25,7 +25,7 @@ fn entry(
 ) -> mongodb::error::Result<Bson> {
     let mut entry = TimelineEntry::new(event, status, at);
     entry.detail = detail.map(str::to_string);
-    bson::to_bson(&entry).map_err(MongoError::custom)
+    crate::mongo::bson_of(&entry)
 }
 
 /// The event names an order that does not exist: retrying cannot help.
@@ -63,7 +63,7 @@ pub async fn process_and_claim(
         });
     update.insert(
         "$push",
-        doc! { TIMELINE: { "$each": bson::to_bson(&first_delivery_entries(published_at, now)).map_err(MongoError::custom)? } },
+        doc! { TIMELINE: { "$each": crate::mongo::bson_of(&first_delivery_entries(published_at, now))? } },
     );
     crate::mongo::update_then_read(
         &super::collection(db),
@@ -123,7 +123,7 @@ pub async fn process_and_claim_many(
         .collect();
     let timelines_bson: Vec<Bson> = timelines
         .iter()
-        .map(|entries| bson::to_bson(entries).map_err(MongoError::custom))
+        .map(crate::mongo::bson_of)
         .collect::<mongodb::error::Result<_>>()?;
     let next_attempt_at = crate::mongo::later(now, lease);
     let result = super::collection(db)
@@ -236,7 +236,7 @@ pub async fn note_published(
     super::collection(db)
         .update_one(
             doc! { ID: id },
-            doc! { "$push": { TIMELINE: bson::to_bson(&published(at, event_type)).map_err(MongoError::custom)? } },
+            doc! { "$push": { TIMELINE: crate::mongo::bson_of(&published(at, event_type))? } },
         )
         .session(session)
         .await?;
