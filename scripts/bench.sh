@@ -175,7 +175,8 @@ if ((smoke)); then
         (.scenarios | length) == 4
         and all(.scenarios[]; .accepted > 0 and .api_latency.count > 0
             and .end_to_end_processed.count == .accepted and .unfinished == 0
-            and .api_rss.peak_sampled_kib > 0 and .processor_rss.peak_sampled_kib > 0)
+            and .api_rss.peak_sampled_kib > 0 and .processor_rss.peak_sampled_kib > 0
+            and ([.statements[].service] | unique) == ["order-api", "order-processor"])
         and all(.scenarios[] | select(.name == "spread" or .name == "hot"); .ceiling.committed > 0)
         and ((.scenarios[] | select(.name == "mixed") | .mixed.logins.count) > 0)
     ' "$out/results.json" >/dev/null || die "the smoke run's numbers are incomplete; see $out/results.json"
