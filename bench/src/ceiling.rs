@@ -282,10 +282,10 @@ async fn write_statements(
 ) -> mongodb::error::Result<()> {
     let now = DateTime::now();
     // The decrement first, read back (a findAndModify would scan the whole
-    // collection on SecantusDB: see `common::mongo::update_then_read`).
+    // collection on SecantusDB: see `common::mongo::update_and_read`).
     let (filter, update) = decrement(product, now);
     let reserved =
-        common::mongo::update_then_read(&scratch.products, Some(&mut *session), filter, update)
+        common::mongo::update_and_read(&scratch.products, Some(&mut *session), filter, update)
             .await?
             .ok_or_else(|| mongodb::error::Error::custom("ceiling product sold out"))?;
     let (order, row) = order_and_row(user, &reserved, now);

@@ -73,7 +73,11 @@ impl Application {
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,
                 handoff: handoff.clone(),
-                bulk_write_refused: Default::default(),
+                bulk_write_refused: Arc::new(
+                    (common::mongo::server().order_writes
+                        == common::mongo::server::OrderWrites::OneStatementEach)
+                        .into(),
+                ),
                 products: Default::default(),
             },
         );

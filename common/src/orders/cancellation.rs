@@ -40,7 +40,7 @@ pub async fn cancel(
     conditional.insert(STATUS, doc! { "$in": cancellable });
     let entry = TimelineEntry::new(TimelineEvent::Cancelled, OrderStatus::Cancelled, now);
     let email = crate::mongo::bson_of(&EmailDelivery::due(now))?;
-    let cancelled = crate::mongo::update_then_read(
+    let cancelled = crate::mongo::update_and_read(
         &super::collection(db),
         Some(&mut *session),
         conditional,

@@ -133,7 +133,7 @@ pub async fn claim_due(
             (db, &filter, &update),
             |session, (db, filter, update)| {
                 async move {
-                    crate::mongo::update_then_read(
+                    crate::mongo::update_and_read(
                         &orders(db),
                         Some(session),
                         filter.clone(),
@@ -322,7 +322,9 @@ pub async fn record_failed(
 /// transient error; a plain single-document update would be a retryable
 /// write, and SecantusDB keeps a record of every retryable write and prunes
 /// that table on each one: with one per order it spent a third of its time
-/// sorting it under load.
+/// sorting it under load (local stand-in: "retryable-write bookkeeping",
+/// see `crate::mongo::server`; a commit round trip per email on a real
+/// server).
 async fn record_outcome(
     db: &Database,
     operation: &'static str,

@@ -65,7 +65,7 @@ pub async fn process_and_claim(
         "$push",
         doc! { TIMELINE: { "$each": crate::mongo::bson_of(&first_delivery_entries(published_at, now))? } },
     );
-    crate::mongo::update_then_read(
+    crate::mongo::update_and_read(
         &super::collection(db),
         Some(session),
         doc! {
@@ -263,7 +263,7 @@ pub async fn process(
                 set.insert(fields::of(kind, Delivery::NextAttemptAt), now);
                 set.insert(fields::of(kind, Delivery::DueSince), now);
             }
-            let advanced = crate::mongo::update_then_read(
+            let advanced = crate::mongo::update_and_read(
                 &super::collection(db),
                 Some(&mut *session),
                 doc! { ID: id, STATUS: order.status.as_str() },

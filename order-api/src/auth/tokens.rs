@@ -208,7 +208,7 @@ async fn rotate(
     // Claiming the token is one guarded update: two concurrent refreshes
     // with the same token cannot both succeed. What is read back (its user
     // and family) never changes.
-    let claimed = common::mongo::update_then_read(
+    let claimed = common::mongo::update_and_read(
         tokens,
         Some(&mut *session),
         doc! {

@@ -210,30 +210,35 @@ impl From<anyhow::Error> for ApiError {
 }
 
 impl From<mongodb::error::Error> for ApiError {
+    /// The API's column of `common::mongo::errors`' table.
     fn from(e: mongodb::error::Error) -> Self {
-        // Checked first: a commit cut off by a network error is also
-        // "unavailable", but its write may have landed, and a 503 would
-        // tell the client it did not.
-        if common::mongo::outcome_unknown(&e) {
-            tracing::error!(error = %e, "a commit's outcome is unknown");
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "outcome_unknown",
-                "the database did not confirm whether this change was made; retrying with the same Idempotency-Key is safe, otherwise check before retrying",
-            )
-        } else if e
-            .get_custom::<common::mongo::DeadlineBeforeCommit>()
-            .is_some()
-        {
-            tracing::warn!(operation_limit = ?common::mongo::REQUEST_WRITE_DEADLINE, "a write gave up before its commit");
-            ApiError::unavailable(
-                "the database is too busy to make this change now; nothing was written; retry shortly",
-            )
-        } else if common::mongo::is_unavailable(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::unavailable("the database is unavailable; retry shortly")
-        } else {
-            ApiError::internal(e.into())
+        use common::mongo::Failure;
+        match common::mongo::classify(&e) {
+            // Before "unavailable": a commit cut off by a network error is
+            // also unavailable, but its write may have landed, and a 503
+            // would tell the client it did not.
+            Failure::OutcomeUnknown => {
+                tracing::error!(error = %e, "a commit's outcome is unknown");
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "outcome_unknown",
+                    "the database did not confirm whether this change was made; retrying with the same Idempotency-Key is safe, otherwise check before retrying",
+                )
+            }
+            Failure::Unavailable
+                if e.get_custom::<common::mongo::DeadlineBeforeCommit>()
+                    .is_some() =>
+            {
+                tracing::warn!(operation_limit = ?common::mongo::REQUEST_WRITE_DEADLINE, "a write gave up before its commit");
+                ApiError::unavailable(
+                    "the database is too busy to make this change now; nothing was written; retry shortly",
+                )
+            }
+            Failure::Unavailable => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
+            Failure::FormRefused | Failure::Other => ApiError::internal(e.into()),
         }
     }
 }

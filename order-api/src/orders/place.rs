@@ -82,9 +82,11 @@ pub struct ShopSettings {
     pub deadline: Duration,
     /// Where committed orders' outbox rows go: this process's relay.
     pub handoff: Handoff,
-    /// Set once the server refuses bulkWrite (MongoDB, or its
-    /// featureCompatibilityVersion, below 8.0): from then on a batch's
-    /// writes are sent one statement each, in the same transaction.
+    /// Set when the server refuses bulkWrite (MongoDB, or its
+    /// featureCompatibilityVersion, below 8.0): as decided at start-up
+    /// (`common::mongo::server`), or on the first refusal met at run time.
+    /// A batch's writes are then sent one statement each, in the same
+    /// transaction.
     pub bulk_write_refused: Arc<AtomicBool>,
     /// What placing last knew of each product: a product it has is not
     /// read again (its guarded decrement checks it).
@@ -227,7 +229,7 @@ async fn place_batch(
         Some(deadline),
         (db, settings, batch, &lease),
         |session, (db, settings, batch, lease)| {
-            write_batch(db, session, settings, batch, lease).boxed()
+            write_batch(db, session, settings, batch, lease, deadline).boxed()
         },
     )
     .await?;
@@ -253,13 +255,15 @@ struct StaleProducts;
 
 /// The batch's transaction body; runs again from the start on a transient
 /// error. Products the cache has are not read: their guarded decrements
-/// check them (see [`products::cache`]).
+/// check them (see [`products::cache`]). Each statement is bounded by the
+/// time left before `deadline`.
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     settings: &ShopSettings,
     batch: &[&OrderRequest],
     lease: &Lease,
+    deadline: Instant,
 ) -> mongodb::error::Result<Written> {
     let now = DateTime::now();
     let mut wanted: Vec<ObjectId> = batch
@@ -275,7 +279,7 @@ async fn write_batch(
         .filter(|id| !guessed.contains(id))
         .copied()
         .collect();
-    read_products(db, session, &unknown, &mut catalogue).await?;
+    read_products(db, session, &unknown, &mut catalogue, deadline).await?;
     let mut outcomes = allocate(batch, &catalogue, settings, now);
 
     // A refusal is decided on what this transaction read, never on the
@@ -295,7 +299,7 @@ async fn write_batch(
             catalogue.remove(id);
             guessed.remove(id);
         }
-        read_products(db, session, &doubtful, &mut catalogue).await?;
+        read_products(db, session, &doubtful, &mut catalogue, deadline).await?;
         outcomes = allocate(batch, &catalogue, settings, now);
     }
 
@@ -373,6 +377,7 @@ async fn write_batch(
         }
     }
     let one_by_one = settings.bulk_write_refused.load(Ordering::Relaxed);
+    common::mongo::time_left(Some(deadline))?;
     let matched = write_all(db, session, writes, one_by_one)
         .await
         .map_err(|(write, error)| match write.and_then(|w| owners[w]) {
@@ -416,19 +421,22 @@ async fn write_batch(
     })
 }
 
-/// Reads `ids` into `catalogue`, inside the transaction; a product that
-/// does not exist is left out.
+/// Reads `ids` into `catalogue`, inside the transaction, bounded by the
+/// time left before `deadline`; a product that does not exist is left out.
 async fn read_products(
     db: &Database,
     session: &mut ClientSession,
     ids: &[ObjectId],
     catalogue: &mut HashMap<ObjectId, Product>,
+    deadline: Instant,
 ) -> mongodb::error::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
+    let left = common::mongo::time_left(Some(deadline))?.unwrap_or_default();
     let mut found = products::store::collection(db)
         .find(doc! { "_id": { "$in": ids } })
+        .max_time(left)
         .session(&mut *session)
         .await?;
     let mut stream = found.stream(&mut *session);

@@ -47,7 +47,7 @@ pub async fn update(
         "update_product",
         (collection(db), set),
         |session, (products, set)| {
-            common::mongo::update_then_read(
+            common::mongo::update_and_read(
                 products,
                 Some(session),
                 doc! { "_id": id },

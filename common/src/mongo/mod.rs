@@ -15,6 +15,12 @@ use secrecy::ExposeSecret;
 
 use crate::config::MongoConfig;
 
+pub mod errors;
+pub mod server;
+
+pub use errors::{Failure, classify};
+pub use server::server;
+
 pub const DUPLICATE_KEY: i32 = 11000;
 /// The server does not know the command.
 pub const COMMAND_NOT_FOUND: i32 = 59;
@@ -27,7 +33,9 @@ pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Dat
     let mut options = ClientOptions::parse(config.uri.expose_secret())
         .await
         .context("parsing MONGODB_URI")?;
-    options.app_name = Some(app_name.to_string());
+    // An `appName` in the URI wins: operators (and the fault-injection
+    // tests, whose fail points match it) name their clients there.
+    options.app_name.get_or_insert_with(|| app_name.to_string());
     options.server_selection_timeout = Some(config.server_selection_timeout);
     options.command_event_handler = Some(EventHandler::callback(count_command));
     let client = Client::with_options(options).context("building the MongoDB client")?;
@@ -38,68 +46,16 @@ pub async fn connect(config: &MongoConfig, app_name: &str) -> anyhow::Result<Dat
             config.server_selection_timeout
         )
     })?;
-    log_server(&client, app_name).await;
+    server::detect(&client, app_name).await;
     Ok(db)
 }
 
-/// Logs the server's version and featureCompatibilityVersion, and warns
-/// when either refuses the client bulkWrite the order batches use (MongoDB
-/// 8.0, FCV 8.0: a data volume upgraded from mongo:7 keeps FCV 7.0 until
-/// an operator raises it). Servers that do not answer these are logged as
-/// such; nothing here stops a start.
-async fn log_server(client: &Client, app_name: &str) {
-    let admin = client.database("admin");
-    let version = admin
-        .run_command(doc! { "buildInfo": 1 })
-        .await
-        .ok()
-        .and_then(|info| info.get_str("version").ok().map(str::to_string));
-    let fcv = admin
-        .run_command(doc! { "getParameter": 1, "featureCompatibilityVersion": 1 })
-        .await
-        .ok()
-        .and_then(|answer| {
-            let fcv = answer.get_document("featureCompatibilityVersion").ok()?;
-            fcv.get_str("version").ok().map(str::to_string)
-        });
-    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
-    tracing::info!(service = app_name, version = %shown(&version), feature_compatibility = %shown(&fcv), "connected to MongoDB");
-    let below_8 = |v: &Option<String>| v.as_deref().is_some_and(below_bulk_write);
-    if below_8(&version) || below_8(&fcv) {
-        tracing::warn!(
-            version = %shown(&version),
-            feature_compatibility = %shown(&fcv),
-            "MongoDB refuses bulkWrite below version 8.0 or featureCompatibilityVersion 8.0: \
-             order batches are written one statement at a time (slower; counted in \
-             order_batch_fallbacks_total). Raise it with \
-             db.adminCommand({{setFeatureCompatibilityVersion: \"8.0\", confirm: true}})"
-        );
-    }
-}
-
-/// Whether a server version or featureCompatibilityVersion ("7.0",
-/// "8.2.11") is below 8.0, where the client bulkWrite command arrived.
-fn below_bulk_write(version: &str) -> bool {
-    version
-        .split('.')
-        .next()
-        .and_then(|major| major.parse::<u32>().ok())
-        .is_some_and(|major| major < 8)
-}
-
 /// Whether `error` is the server (or the driver, for a server before 8.0)
-/// refusing the client bulkWrite command.
+/// refusing the client bulkWrite command, in any of its forms (59
+/// CommandNotFound, 115 CommandNotSupported at featureCompatibilityVersion
+/// 7.0, a message naming it).
 pub fn is_bulk_write_refused(error: &Error) -> bool {
-    match error.kind.as_ref() {
-        ErrorKind::IncompatibleServer { .. } => true,
-        // CommandNotFound, or a server that knows the command but not at
-        // this featureCompatibilityVersion.
-        ErrorKind::Command(e) => {
-            e.code == COMMAND_NOT_FOUND
-                || (e.message.contains("bulkWrite") && e.message.contains("feature"))
-        }
-        _ => false,
-    }
+    classify(error) == Failure::FormRefused
 }
 
 /// Every command sent, counted by its name and the collection it names
@@ -143,23 +99,6 @@ pub fn is_command_error(error: &Error, code: i32) -> bool {
     matches!(error.kind.as_ref(), ErrorKind::Command(e) if e.code == code)
 }
 
-/// Whether `error` means the database could not be reached (as opposed to
-/// a request it refused): the API answers 503 for these, not 500.
-pub fn is_unavailable(error: &Error) -> bool {
-    matches!(
-        error.kind.as_ref(),
-        ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-    ) || error.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
-}
-
-/// Whether `error` leaves a commit's outcome unknown: the commit was sent
-/// and no answer says whether it took effect. Never "not written".
-pub fn outcome_unknown(error: &Error) -> bool {
-    error.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
-}
-
 /// An aggregation expression for a pipeline update over several documents
 /// that gives each its own value: `values[i]` to the document whose `_id` is
 /// `ids[i]`. Both lists are literals, so no value is read as a field path.
@@ -174,20 +113,37 @@ pub fn value_by_id<V: Into<bson::Bson> + Clone>(
     ] }
 }
 
-/// What `find_one_and_update(filter, update)` with `ReturnDocument::After`
-/// answers, as two statements: the conditional update, then, if it matched,
-/// a read of that document by the filter's `_id` (which `filter` must name).
-/// Inside a transaction (`session` given, in one) the pair is as atomic as
-/// the single command. Without one, the read may also see a later writer's
-/// change: callers use it where the claim is the update and what they read
-/// back is the document's content.
-///
-/// Why not the one command: SecantusDB, the local stack's server, writes a
-/// findAndModify through the filter `{_id, $and: [filter]}` and answers that
-/// by scanning the whole collection. Measured against it (a transaction each,
-/// 500-byte documents): findAndModify 9.4 ms at 1,000 documents, 72 ms at
-/// 5,000 and 147 ms at 20,000; this pair 1.9, 1.5 and 2.0 ms.
-pub async fn update_then_read<T>(
+/// `find_one_and_update(filter, update)` with `ReturnDocument::After`: the
+/// conditional update, answering the document as it left it, or `None` when
+/// `filter` matched nothing. Sent in the form [`server`] chose.
+pub async fn update_and_read<T>(
+    collection: &Collection<T>,
+    session: Option<&mut ClientSession>,
+    filter: Document,
+    update: Document,
+) -> mongodb::error::Result<Option<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    update_and_read_as(
+        server().update_and_read,
+        collection,
+        session,
+        filter,
+        update,
+    )
+    .await
+}
+
+/// [`update_and_read`] in the form `form`. `UpdateThenRead` is two
+/// statements: the conditional update, then, if it matched, a read of that
+/// document by the filter's `_id` (which `filter` must name). Inside a
+/// transaction the pair is as atomic as the single command; without one,
+/// the read may also see a later writer's change: callers use it where the
+/// claim is the update and what they read back is the document's content.
+/// (Local stand-in: findAndModify scans; see [`server`].)
+pub async fn update_and_read_as<T>(
+    form: server::UpdateAndRead,
     collection: &Collection<T>,
     mut session: Option<&mut ClientSession>,
     filter: Document,
@@ -196,10 +152,19 @@ pub async fn update_then_read<T>(
 where
     T: serde::de::DeserializeOwned + Send + Sync,
 {
+    if form == server::UpdateAndRead::FindAndModify {
+        let modify = collection
+            .find_one_and_update(filter, update)
+            .return_document(mongodb::options::ReturnDocument::After);
+        return match session {
+            Some(session) => modify.session(session).await,
+            None => modify.await,
+        };
+    }
     let id = filter
         .get("_id")
         .cloned()
-        .ok_or_else(|| Error::custom("update_then_read needs a filter on _id"))?;
+        .ok_or_else(|| Error::custom("update_and_read needs a filter on _id"))?;
     let update = collection.update_one(filter, update);
     let updated = match session.as_deref_mut() {
         Some(session) => update.session(session).await?,
@@ -228,25 +193,66 @@ pub fn later(at: bson::DateTime, span: std::time::Duration) -> bson::DateTime {
 }
 
 /// A transaction's deadline passed before its commit was sent: it was
-/// aborted, nothing was written. (A commit once sent is never cut off by a
-/// deadline: its answer is waited for.)
+/// aborted on the server, nothing was written. (A commit once sent is never
+/// cut off by a deadline: its answer is waited for.)
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the deadline passed before the transaction could commit; nothing was written")]
 pub struct DeadlineBeforeCommit;
+
+/// What is left before `deadline`, as a statement's `maxTimeMS`; once it
+/// has passed, [`DeadlineBeforeCommit`]. A transaction body calls it before
+/// each statement: the server bounds a read by the time left, and a write
+/// inside a transaction waits for no lock (it meets a conflict at once), so
+/// no statement runs far past the deadline and none is ever dropped.
+pub fn time_left(
+    deadline: Option<tokio::time::Instant>,
+) -> mongodb::error::Result<Option<std::time::Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                Err(Error::custom(DeadlineBeforeCommit))
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
 
 /// How long a transaction is rerun on transient errors and its commit
 /// retried on an unknown result, as the driver's own `with_transaction`.
 const TRANSACTION_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// The pause before a transaction's rerun, as the driver's
+/// `with_transaction` (the convenient transaction API's backoff): 5 ms
+/// growing by 1.5 each rerun, capped at 500 ms, jittered, because on a hot
+/// document an immediate rerun mostly meets the same conflict again.
+fn rerun_backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(5))
+        .with_factor(1.5)
+        .with_max_delay(std::time::Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// Runs `body` in one transaction on a fresh session: committed whole, or
-/// aborted and run again from the start on TransientTransactionError, and
-/// its commit retried on UnknownTransactionCommitResult, for up to 120 s
-/// (the driver's `with_transaction` rules). Each rerun is counted in
-/// `transaction_retries_total{operation}`.
+/// aborted and run again from the start, after a backoff
+/// ([`rerun_backoff`]), on TransientTransactionError, and its commit
+/// retried on UnknownTransactionCommitResult (a writeConcernError 50
+/// included), for up to 120 s (the driver's `with_transaction` rules). Each
+/// rerun is counted in `transaction_retries_total{operation}`.
 ///
-/// `deadline` bounds the work before the commit: past it, the transaction
-/// is aborted and the error is [`DeadlineBeforeCommit`], which means nothing
-/// was written. Once the commit is sent its outcome is waited for and
+/// `deadline` bounds the work before the commit. The body bounds each of
+/// its statements by it ([`time_left`]); it is never cut off mid-statement,
+/// since a dropped first statement would leave the transaction open on the
+/// server (the driver aborts only what the server has heard of) with its
+/// locks, until its 60 s lifetime ends. Past the deadline, the transaction
+/// is aborted and the error is [`DeadlineBeforeCommit`]: nothing was
+/// written. Once the commit is sent its outcome is waited for and
 /// reported, so a commit that lands after the deadline is a success, and an
 /// error whose outcome is unknown carries UnknownTransactionCommitResult.
 ///
@@ -268,39 +274,42 @@ where
 {
     let started = std::time::Instant::now();
     let within_limit = || started.elapsed() < TRANSACTION_RETRY_LIMIT;
-    let before_deadline = || deadline.is_none_or(|d| tokio::time::Instant::now() < d);
+    let past_deadline = || time_left(deadline).is_err();
     // Not causally consistent: the session is this transaction's alone, so
-    // there is nothing earlier in it to read after, and a causally
-    // consistent session makes a rerun's first statement carry
-    // `readConcern.afterClusterTime` (the failed run's operation time),
-    // which the bulkWrite command refuses when it opens a transaction.
+    // there is nothing earlier in it to read after (and the local stand-in
+    // refuses afterClusterTime on a bulkWrite; see `server`).
     let mut session = db
         .client()
         .start_session()
         .causal_consistency(false)
         .await?;
+    let mut backoff = rerun_backoff();
     let mut runs = 0_u64;
     let outcome = 'run: loop {
         runs += 1;
-        if !before_deadline() {
+        if past_deadline() {
             break Err(Error::custom(DeadlineBeforeCommit));
         }
         if let Err(e) = session.start_transaction().await {
             break Err(e);
         }
-        let ran = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, body(&mut session, &mut context))
-                .await
-                .unwrap_or_else(|_| Err(Error::custom(DeadlineBeforeCommit))),
-            None => body(&mut session, &mut context).await,
-        };
-        let value = match ran {
+        let value = match body(&mut session, &mut context).await {
+            Ok(_) if past_deadline() => {
+                let _ = session.abort_transaction().await;
+                break Err(Error::custom(DeadlineBeforeCommit));
+            }
             Ok(value) => value,
             Err(e) => {
                 // A body error may have aborted it on the server already.
                 let _ = session.abort_transaction().await;
                 if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && within_limit() {
+                    let pause = backoff.next().unwrap_or_default();
+                    let resume = tokio::time::Instant::now() + pause;
+                    tokio::time::sleep_until(deadline.map_or(resume, |d| d.min(resume))).await;
                     continue 'run;
+                }
+                if deadline.is_some() && errors::is_time_limit(&e) {
+                    break Err(Error::custom(DeadlineBeforeCommit));
                 }
                 break Err(e);
             }
@@ -397,18 +406,4 @@ where
     ) -> futures::future::BoxFuture<'b, mongodb::error::Result<R>>,
 {
     transaction_until(db, operation, None, context, body).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bulk_write_needs_version_and_fcv_8() {
-        assert!(below_bulk_write("7.0"));
-        assert!(below_bulk_write("7.0.14"));
-        assert!(!below_bulk_write("8.0"));
-        assert!(!below_bulk_write("8.2.11"));
-        assert!(!below_bulk_write("garbage"));
-    }
 }
