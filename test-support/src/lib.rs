@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod fail_point;
 pub mod mailtrap;
 pub mod metrics;
 pub mod process;

@@ -37,7 +37,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
     let queues = test_support::create_queues(&sqs, &queue, 30).await;
     let mut config = apps::api_config(&database, &queue);
     configure(&mut config);
-    let db = common::mongo::connect(&config.mongo, "api-test")
+    // The test's own client is not the service's: a fail point set for
+    // the service's `appName` leaves the test's reads alone.
+    let db = common::mongo::connect(&test_support::mongo_config(&database), "api-test")
         .await
         .expect("connecting to MongoDB");
     let api = apps::start_api(config).await;

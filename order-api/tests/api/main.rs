@@ -13,6 +13,7 @@ mod orders;
 mod outage;
 mod products;
 mod rate_limit;
+mod real_server;
 mod relay;
 mod seed;
 mod startup;

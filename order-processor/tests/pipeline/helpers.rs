@@ -25,6 +25,15 @@ pub struct Pipeline {
 /// Starts both services on one fresh database and queue. `visibility_secs`
 /// is the queue's visibility timeout: short where a test waits on redelivery.
 pub async fn spawn_pipeline(visibility_secs: u32) -> Pipeline {
+    spawn_pipeline_with(visibility_secs, |_| {}, |_| {}).await
+}
+
+/// [`spawn_pipeline`] with each service's test configuration changed first.
+pub async fn spawn_pipeline_with(
+    visibility_secs: u32,
+    configure_api: impl FnOnce(&mut order_api::config::ApiConfig),
+    configure_processor: impl FnOnce(&mut order_processor::config::ProcessorConfig),
+) -> Pipeline {
     test_support::require_stack().await;
     let database = unique("pipeline").replace('-', "_");
     let queue = unique("orders");
@@ -33,8 +42,12 @@ pub async fn spawn_pipeline(visibility_secs: u32) -> Pipeline {
     let db = common::mongo::connect(&test_support::mongo_config(&database), "pipeline-test")
         .await
         .expect("connecting to MongoDB");
-    let api = apps::start_api(apps::api_config(&database, &queue)).await;
-    let processor = apps::start_processor(apps::processor_config(&database, &queue)).await;
+    let mut api_config = apps::api_config(&database, &queue);
+    configure_api(&mut api_config);
+    let mut processor_config = apps::processor_config(&database, &queue);
+    configure_processor(&mut processor_config);
+    let api = apps::start_api(api_config).await;
+    let processor = apps::start_processor(processor_config).await;
     Pipeline {
         client: ApiClient::new(&api.address()),
         db,

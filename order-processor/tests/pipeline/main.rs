@@ -8,4 +8,5 @@ mod expiry;
 mod helpers;
 mod mailtrap;
 mod observability;
+mod real_server;
 mod shutdown;
