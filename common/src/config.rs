@@ -127,6 +127,9 @@ pub struct MongoConfig {
 }
 
 impl MongoConfig {
+    /// The local stack's server. `maxIdleTimeMS`: it drops connections idle
+    /// for over 300 s (local stand-in, "idle connections dropped after
+    /// 300 s", see `crate::mongo::server`).
     pub const DEFAULT_URI: &'static str =
         "mongodb://127.0.0.1:27017/?replicaSet=secantus&maxIdleTimeMS=60000";
 

@@ -3,7 +3,8 @@
 //! time after which it may go in one date field; a scheduled sweep deletes
 //! what has passed, by an indexed range query, a bounded chunk at a time.
 //!
-//! Why not a TTL index: SecantusDB, the local stack's server, expires TTL
+//! Why not a TTL index (local stand-in: "TTL scans under a lock", see
+//! `crate::mongo::server`): SecantusDB, the local stack's server, expires TTL
 //! indexes every 60 s by scanning and decoding every document of every
 //! TTL-indexed collection on the server while it holds its storage lock.
 //! With the outbox and the inbox gaining a row per order, a 10-minute soak

@@ -14,7 +14,9 @@
 //! Every instance publishes what it writes, so no instance needs to hear of
 //! another's commits. (It used to follow the outbox's change stream for
 //! them; on SecantusDB a change stream answers a getMore on every write to
-//! any collection, which cost more than one database operation per order.)
+//! any collection, which cost more than one database operation per order:
+//! local stand-in, "change streams wake on every write", see
+//! `common::mongo::server`.)
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 

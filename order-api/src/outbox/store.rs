@@ -166,7 +166,8 @@ pub async fn claim(
     let now = DateTime::now();
     // Unleased (null) or lease run out: `$not: {$gte}` matches both. Not
     // `$or`, which SecantusDB answers by scanning every row, published ones
-    // included, instead of using the status index.
+    // included, instead of using the status index (local stand-in: "`$or`
+    // scans", see `common::mongo::server`; no cost on a real server).
     let free = doc! {
         "status": "PENDING",
         "lease_until": { "$not": { "$gte": now } },
@@ -216,7 +217,8 @@ pub async fn claim(
 /// One multi-document update per batch rather than one update per row: fewer
 /// round trips, and a multi-document update is not a retryable write, so
 /// the server keeps no per-write retry record for it (SecantusDB spent a
-/// third of its time pruning those). A failure is safe to repeat: the
+/// third of its time pruning those: local stand-in, "retryable-write
+/// bookkeeping", see `common::mongo::server`). A failure is safe to repeat: the
 /// update is conditional on the lease.
 pub async fn mark_published(
     db: &Database,
