@@ -120,6 +120,17 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Used only when APP_ENV=development and JWT_SECRET is unset.
 const DEVELOPMENT_JWT_SECRET: &str = "dev-only-secret-change-me-0123456789abcdef";
 
+/// Every secret value this repository publishes (`.env.example`,
+/// `docker-compose.yml`'s defaults, the Kubernetes local overlay, the bench
+/// tool's defaults): anyone who has read the repository knows them, so
+/// outside APP_ENV=development none is accepted as `JWT_SECRET` (it would
+/// let them sign an admin's token) or `ADMIN_PASSWORD`. A test reads those
+/// files and fails when one publishes a value missing here.
+pub const PUBLISHED_SECRETS: &[&str] = &[DEVELOPMENT_JWT_SECRET, "ChangeMe123!"];
+
+/// The rules registration applies to a password (`RegisterRequest`).
+pub const PASSWORD_LENGTH: std::ops::RangeInclusive<usize> = 8..=128;
+
 impl ApiConfig {
     /// Loopback: only this machine's scraper reads it unless a deployment
     /// says otherwise (`API_METRICS_ADDR=0.0.0.0:9100` in a pod).
@@ -129,6 +140,8 @@ impl ApiConfig {
     ));
 
     pub fn from_env() -> anyhow::Result<Self> {
+        // Unset is production: a deployment that forgets it is refused the
+        // development defaults, never given them.
         let development = config::optional("APP_ENV").is_some_and(|e| e == "development");
         let jwt_secret = match config::secret("JWT_SECRET") {
             Some(secret) => secret,
@@ -144,6 +157,14 @@ impl ApiConfig {
                 jwt_secret.expose_secret().len()
             );
         }
+        if !development && PUBLISHED_SECRETS.contains(&jwt_secret.expose_secret()) {
+            bail!(
+                "JWT_SECRET is a value published in this repository (.env.example, docker-compose.yml, \
+                 the local Kubernetes overlay): anyone could sign tokens with it. Set a fresh one of at \
+                 least {MIN_JWT_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`); only \
+                 APP_ENV=development accepts it"
+            );
+        }
         let admin = match (
             config::optional("ADMIN_EMAIL"),
             config::secret("ADMIN_PASSWORD"),
@@ -157,6 +178,23 @@ impl ApiConfig {
             (None, None) => None,
             _ => bail!("set both ADMIN_EMAIL and ADMIN_PASSWORD, or neither"),
         };
+        if let Some(admin) = &admin {
+            let password = admin.password.expose_secret();
+            if !PASSWORD_LENGTH.contains(&password.chars().count()) {
+                bail!(
+                    "ADMIN_PASSWORD must be {} to {} characters, as registration requires",
+                    PASSWORD_LENGTH.start(),
+                    PASSWORD_LENGTH.end()
+                );
+            }
+            if !development && PUBLISHED_SECRETS.contains(&password) {
+                bail!(
+                    "ADMIN_PASSWORD is a value published in this repository (.env.example, \
+                     docker-compose.yml, the local Kubernetes overlay): anyone could log in as the \
+                     admin. Set another; only APP_ENV=development accepts it"
+                );
+            }
+        }
         Ok(ApiConfig {
             host: config::optional("API_HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port: config::parsed_or("API_PORT", 8000)?,

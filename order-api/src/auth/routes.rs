@@ -61,6 +61,7 @@ pub struct RegisterRequest {
     #[validate(custom(function = "valid_email"))]
     #[schema(format = Email, max_length = 254)]
     email: String,
+    /// `crate::config::PASSWORD_LENGTH`: the admin's password is held to it too.
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
     #[schema(min_length = 8, max_length = 128)]
     password: String,

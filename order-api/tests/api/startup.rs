@@ -151,3 +151,132 @@ async fn sigterm_finishes_in_flight_work_and_exits_zero() {
     )
     .await;
 }
+
+/// Every JWT_SECRET and ADMIN_PASSWORD value the repository's deployment
+/// files publish: `NAME=value`, `NAME: value` and compose's
+/// `${NAME:-value}` forms, and the bench tool's `--admin-password` default.
+fn published_in_the_repository() -> Vec<(String, String)> {
+    let root = test_support::workspace_root();
+    let files = [
+        ".env.example",
+        "docker-compose.yml",
+        "deploy/k8s/overlays/local/kustomization.yaml",
+        "scripts/bench.sh",
+        "bench/src/main.rs",
+    ];
+    let assignment = regex_lite::Regex::new(
+        r#"(JWT_SECRET|ADMIN_PASSWORD)\s*[=:]\s*(?:\$\{[A-Z_]+:-)?['"]?([^\s}'"]+)"#,
+    )
+    .expect("regex");
+    let bench_flags = [
+        r#"--admin-password '([^']+)'"#,
+        r#"default_value = "([^"]+)"\)\]\s*admin_password"#,
+    ]
+    .map(|r| regex_lite::Regex::new(r).expect("regex"));
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).expect("a deployment file");
+        for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            if let Some(c) = assignment.captures(line) {
+                found.push((format!("{file}: {}", &c[1]), c[2].to_string()));
+            }
+        }
+        for c in bench_flags.iter().flat_map(|r| r.captures_iter(&text)) {
+            found.push((format!("{file}: admin password"), c[1].to_string()));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_secret_the_repository_publishes_is_on_the_refused_list() {
+    let published = published_in_the_repository();
+    let names: Vec<&str> = published.iter().map(|(at, _)| at.as_str()).collect();
+    for wanted in [
+        ".env.example: JWT_SECRET",
+        ".env.example: ADMIN_PASSWORD",
+        "docker-compose.yml: JWT_SECRET",
+        "docker-compose.yml: ADMIN_PASSWORD",
+        "deploy/k8s/overlays/local/kustomization.yaml: JWT_SECRET",
+        "bench/src/main.rs: admin password",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} was read: {published:?}");
+    }
+    for (at, value) in &published {
+        assert!(
+            order_api::config::PUBLISHED_SECRETS.contains(&value.as_str()),
+            "{at} publishes {value:?}, which PUBLISHED_SECRETS (order-api/src/config.rs) lacks"
+        );
+    }
+}
+
+#[test]
+fn outside_development_no_published_secret_is_accepted() {
+    let strong_secret = "a-fresh-secret-nobody-has-read-0123456789";
+    for app_env in [Some("production"), None] {
+        for secret in order_api::config::PUBLISHED_SECRETS {
+            let mut env = vec![("JWT_SECRET", *secret), NO_DATABASE, QUICK_DATABASE_TIMEOUT];
+            env.extend(app_env.map(|e| ("APP_ENV", e)));
+            for args in [&["check-config"][..], &[][..]] {
+                let output = run_order_api(args, &env);
+                let stderr = stderr(&output);
+                assert!(!output.status.success(), "{args:?} {app_env:?}: {stderr}");
+                // One too short to be a secret is refused by that rule first.
+                let why = if secret.len() >= 32 {
+                    "JWT_SECRET is a value published"
+                } else {
+                    "JWT_SECRET is 12 bytes"
+                };
+                assert!(stderr.contains(why), "{stderr}");
+            }
+            let mut env = vec![
+                ("JWT_SECRET", strong_secret),
+                ("ADMIN_EMAIL", "admin@shop.test"),
+                ("ADMIN_PASSWORD", *secret),
+                NO_DATABASE,
+                QUICK_DATABASE_TIMEOUT,
+            ];
+            env.extend(app_env.map(|e| ("APP_ENV", e)));
+            let output = run_order_api(&["check-config"], &env);
+            let stderr = stderr(&output);
+            assert!(!output.status.success(), "{stderr}");
+            assert!(
+                stderr.contains("ADMIN_PASSWORD is a value published")
+                    || stderr.contains("ADMIN_PASSWORD must be 8 to 128"),
+                "{stderr}"
+            );
+        }
+    }
+    let short = run_order_api(
+        &["check-config"],
+        &[
+            ("APP_ENV", "development"),
+            ("ADMIN_EMAIL", "admin@shop.test"),
+            ("ADMIN_PASSWORD", "short"),
+            NO_DATABASE,
+        ],
+    );
+    assert!(!short.status.success());
+    assert!(
+        stderr(&short).contains("ADMIN_PASSWORD must be 8 to 128"),
+        "{}",
+        stderr(&short)
+    );
+}
+
+/// The control: in development the published values pass the check, so
+/// `make run`, compose and the local overlay keep working.
+#[test]
+fn development_accepts_the_published_values() {
+    let output = run_order_api(
+        &["check-config"],
+        &[
+            ("APP_ENV", "development"),
+            ("JWT_SECRET", order_api::config::PUBLISHED_SECRETS[0]),
+            ("ADMIN_EMAIL", "admin@shop.test"),
+            ("ADMIN_PASSWORD", "ChangeMe123!"),
+            NO_DATABASE,
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}
