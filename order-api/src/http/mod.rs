@@ -11,13 +11,14 @@ pub mod state;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request},
-    http::HeaderName,
+    http::{HeaderName, HeaderValue, header},
     middleware,
     routing::get,
 };
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
 
@@ -59,12 +60,32 @@ pub fn router(state: AppState, docs: Router<AppState>) -> Router {
     with_http_layers(routes)
 }
 
+/// The headers every response gets unless its route set its own (OWASP's
+/// REST Security Cheat Sheet): no MIME sniffing, never framed, no Referer
+/// leaving with a link, and never stored by a cache, since responses carry
+/// tokens (RFC 6749 5.1) or a customer's orders. Strict-Transport-Security
+/// belongs to the TLS-terminating proxy (README, Security), not plain HTTP.
+pub const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
 /// What every request passes through, outermost last: a request id (set,
 /// then echoed on the response), a span carrying it and the matched route,
-/// `requestId` in 5xx bodies, panics turned into the opaque 500, and the
-/// body size limit. Its own function so tests can wrap a tiny router in
-/// exactly these layers.
+/// `requestId` in 5xx bodies, panics turned into the opaque 500, the body
+/// size limit, and [`SECURITY_HEADERS`]. Its own function so tests can wrap
+/// a tiny router in exactly these layers.
 pub fn with_http_layers(routes: Router) -> Router {
+    let routes = SECURITY_HEADERS
+        .into_iter()
+        .fold(routes, |routes, (name, value)| {
+            routes.layer(SetResponseHeaderLayer::if_not_present(
+                name,
+                HeaderValue::from_static(value),
+            ))
+        });
     routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside the request-id middleware, so a panic's 500 gets the id too.

@@ -5,6 +5,7 @@ mod auth;
 mod batch;
 mod cancel;
 mod expiry;
+mod headers;
 mod helpers;
 mod idempotency;
 mod listing;
