@@ -204,19 +204,12 @@ pub struct DeadlineBeforeCommit;
 /// each statement: the server bounds a read by the time left, and a write
 /// inside a transaction waits for no lock (it meets a conflict at once), so
 /// no statement runs far past the deadline and none is ever dropped.
-pub fn time_left(
-    deadline: Option<tokio::time::Instant>,
-) -> mongodb::error::Result<Option<std::time::Duration>> {
-    match deadline {
-        None => Ok(None),
-        Some(deadline) => {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
-                Err(Error::custom(DeadlineBeforeCommit))
-            } else {
-                Ok(Some(left))
-            }
-        }
+pub fn time_left(deadline: tokio::time::Instant) -> mongodb::error::Result<std::time::Duration> {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if left.is_zero() {
+        Err(Error::custom(DeadlineBeforeCommit))
+    } else {
+        Ok(left)
     }
 }
 
@@ -274,7 +267,7 @@ where
 {
     let started = std::time::Instant::now();
     let within_limit = || started.elapsed() < TRANSACTION_RETRY_LIMIT;
-    let past_deadline = || time_left(deadline).is_err();
+    let past_deadline = || deadline.is_some_and(|d| time_left(d).is_err());
     // Not causally consistent: the session is this transaction's alone, so
     // there is nothing earlier in it to read after (and the local stand-in
     // refuses afterClusterTime on a bulkWrite; see `server`).

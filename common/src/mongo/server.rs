@@ -79,13 +79,14 @@ pub struct Server {
 
 static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
 
-/// The server this process connected to; before any connection, an
-/// unknown server (every form that is right on a real MongoDB 8.0).
-pub fn server() -> Server {
-    SERVER
-        .get()
-        .cloned()
-        .unwrap_or_else(|| Server::decide(None, None, false))
+/// Before any connection: an unknown server, every form that is right on a
+/// real MongoDB 8.0.
+static UNKNOWN: std::sync::LazyLock<Server> =
+    std::sync::LazyLock::new(|| Server::decide(None, None, false));
+
+/// The server this process connected to (read on every claim: no copy).
+pub fn server() -> &'static Server {
+    SERVER.get().unwrap_or(&UNKNOWN)
 }
 
 /// Reads what the server is, once per process, and logs the decision.

@@ -377,7 +377,7 @@ async fn write_batch(
         }
     }
     let one_by_one = settings.bulk_write_refused.load(Ordering::Relaxed);
-    common::mongo::time_left(Some(deadline))?;
+    common::mongo::time_left(deadline)?;
     let matched = write_all(db, session, writes, one_by_one)
         .await
         .map_err(|(write, error)| match write.and_then(|w| owners[w]) {
@@ -433,7 +433,7 @@ async fn read_products(
     if ids.is_empty() {
         return Ok(());
     }
-    let left = common::mongo::time_left(Some(deadline))?.unwrap_or_default();
+    let left = common::mongo::time_left(deadline)?;
     let mut found = products::store::collection(db)
         .find(doc! { "_id": { "$in": ids } })
         .max_time(left)
