@@ -6,7 +6,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test chaos bench bench-smoke stack-up stack-down stack-status build lint fmt check-compose check-k8s test-only seed
+.PHONY: help run test chaos bench bench-smoke stack-up stack-down stack-status build lint fmt check-compose check-k8s test-only seed browser
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -14,7 +14,7 @@ help: ## list targets
 run: ## start the local stack and both services (Ctrl-C stops the services)
 	scripts/run.sh
 
-test: stack-up lint check-compose check-k8s test-only ## the whole suite: fmt, clippy, compose file, k8s manifests, all tests
+test: stack-up browser lint check-compose check-k8s test-only ## the whole suite: fmt, clippy, compose file, k8s manifests, all tests
 
 test-only: ## cargo tests against the running stack
 	cargo test --workspace --all-targets --no-fail-fast
@@ -60,6 +60,9 @@ check-compose: ## validate docker-compose.yml and the Dockerfiles it names
 
 check-k8s: ## render deploy/k8s and validate it offline (Kubernetes 1.32 schemas, KEDA's CRDs, policy)
 	scripts/check-k8s.sh
+
+browser: ## install Debian's headless Chromium when missing (the docs page test opens /api/docs in it)
+	scripts/install-chromium.sh
 
 stack-up: ## install (first time) and start MongoDB, LocalStack SQS and MailDev on 127.0.0.1
 	scripts/stack.sh up

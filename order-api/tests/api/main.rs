@@ -4,6 +4,7 @@
 mod auth;
 mod batch;
 mod cancel;
+mod docs_page;
 mod expiry;
 mod headers;
 mod helpers;

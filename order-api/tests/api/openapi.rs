@@ -376,8 +376,22 @@ async fn the_docs_page_is_served() {
     let app = spawn_app().await;
     let response = app.get("/api/docs", None).await;
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok()),
+        Some(order_api::openapi::DOCS_CONTENT_SECURITY_POLICY)
+    );
     let html = response.text().await.expect("html");
-    assert!(html.contains("<html") && html.contains("openapi"), "{html}");
+    assert!(
+        html.contains("<html") && html.contains("swagger-ui"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("://"),
+        "nothing loaded from elsewhere: {html}"
+    );
 }
 
 /// schemathesis (installed, pinned, by `scripts/stack.sh up` into
