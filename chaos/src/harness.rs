@@ -127,12 +127,6 @@ impl Report {
         self.extras.push((name.to_string(), value.to_string()));
     }
 
-    /// A guarantee found broken after `Ctx::finish`.
-    pub fn fail(&mut self, problem: String) {
-        self.problems.push(problem);
-        self.passed = false;
-    }
-
     pub fn failed(scenario: &str, error: &anyhow::Error, logs: String, elapsed: Duration) -> Self {
         Report {
             scenario: scenario.to_string(),
@@ -228,11 +222,7 @@ impl<'a> Ctx<'a> {
             let mut vars = shared(api_sqs_port);
             vars.extend(
                 [
-                    // Debug for the relay: "outbox row published" per send.
-                    (
-                        "RUST_LOG",
-                        "info,tokio_cron_scheduler=warn,order_api::outbox=debug".to_string(),
-                    ),
+                    ("RUST_LOG", "info,tokio_cron_scheduler=warn".to_string()),
                     ("API_HOST", "127.0.0.1".into()),
                     ("API_PORT", port.to_string()),
                     // Instances side by side: each scrape listener on a free port.
@@ -269,11 +259,7 @@ impl<'a> Ctx<'a> {
         let settings = &env.settings;
         vars.extend(
             [
-                // Debug for the consumer: "message handled" per delivery.
-                (
-                    "RUST_LOG",
-                    "info,order_processor::consumer=debug".to_string(),
-                ),
+                ("RUST_LOG", "info".to_string()),
                 ("PROCESSOR_HOST", "127.0.0.1".into()),
                 ("PROCESSOR_METRICS_ADDR", "127.0.0.1:0".into()),
                 ("SMTP_HOST", "127.0.0.1".into()),

@@ -50,6 +50,9 @@ pub struct Service {
     pub launch: Launch,
     child: Option<Child>,
     starts: u32,
+    /// Every process id this service has run as: what its records in the
+    /// database name it by (`<pid>-<random>`).
+    pub pids: Vec<u32>,
 }
 
 /// A port nothing listens on now (the OS picks it).
@@ -64,11 +67,22 @@ impl Service {
             launch,
             child: None,
             starts: 0,
+            pids: Vec::new(),
         }
     }
 
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.launch.port)
+    }
+
+    /// Whether `name` (a published row's `published_by`, an inbox entry's
+    /// `handled_by`) is one of this service's processes.
+    pub fn wrote(&self, name: &str) -> bool {
+        let pid = name
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok());
+        pid.is_some_and(|pid| self.pids.contains(&pid))
     }
 
     /// Starts the process and waits until its health endpoint answers.
@@ -96,6 +110,7 @@ impl Service {
         let child = command
             .spawn()
             .with_context(|| format!("spawning {}", self.launch.binary.display()))?;
+        self.pids.extend(child.id());
         self.child = Some(child);
         self.wait_healthy(http, &log_path).await
     }

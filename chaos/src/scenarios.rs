@@ -4,7 +4,7 @@
 //! `ctx.note` and `ctx.problems`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -492,33 +492,71 @@ async fn two_apis(env: &Env, name: &str) -> anyhow::Result<Report> {
     let _ = load.await;
     cancel_stop.raise();
     ctx.cancelled = cancels.await.unwrap_or_default();
-    let mut report = ctx.finish().await;
-    note_relays(&mut report, 2)?;
-    Ok(report)
+    audit::wait_settled(&ctx.db, Duration::from_secs(90)).await;
+    note_shares(&mut ctx).await?;
+    Ok(ctx.finish().await)
 }
 
-/// The relays' figures from the logs of `apis` instances (`api-1.`...):
-/// events published, sends by each API, and events sent more than once
-/// (`double_published`, which must be 0: a lease hands a row to one relay
-/// at a time). Returns the sends by each API.
-fn note_relays(report: &mut Report, apis: usize) -> anyhow::Result<Vec<usize>> {
-    let mut by_api = Vec::new();
-    let mut sends: HashMap<String, u32> = HashMap::new();
-    for n in 1..=apis {
-        let events = relay_sends(&report.logs, &format!("api-{n}."))?;
-        by_api.push(events.len());
-        for event in events {
-            *sends.entry(event).or_default() += 1;
+/// Each instance's share of the work, from the database: the outbox rows
+/// each API's relay published (`published_by`) and the events each
+/// processor handled (its inbox entries' `handled_by`); every instance must
+/// have done some. Also the events SQS carried as two messages (an inbox
+/// entry with two message ids: a relay died between SQS's answer and its
+/// mark), which the inbox made change nothing.
+async fn note_shares(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let published = field_values(&ctx.db, "outbox", "published_by").await?;
+    let handled = field_values(&ctx.db, "inbox", "handled_by").await?;
+    let by_api: Vec<usize> = ctx
+        .apis
+        .iter()
+        .map(|api| published.iter().filter(|name| api.wrote(name)).count())
+        .collect();
+    let by_processor: Vec<usize> = ctx
+        .processors
+        .iter()
+        .map(|processor| handled.iter().filter(|name| processor.wrote(name)).count())
+        .collect();
+    let carried_twice = ctx
+        .db
+        .collection::<Document>("inbox")
+        .count_documents(doc! { "sqs_message_ids.1": { "$exists": true } })
+        .await?;
+    ctx.note("events_published", published.len());
+    ctx.note("published_by_api", joined(&by_api));
+    ctx.note("handled_by_processor", joined(&by_processor));
+    ctx.note("events_carried_twice", carried_twice);
+    for (n, count) in by_api.iter().enumerate() {
+        if *count == 0 {
+            ctx.problems
+                .push(format!("api-{} published nothing", n + 1));
         }
     }
-    let double: u32 = sends.values().map(|n| n - 1).sum();
-    report.note("events_published", sends.len());
-    report.note("sends_by_api", joined(&by_api));
-    report.note("double_published", double);
-    if double > 0 {
-        report.fail(format!("{double} outbox row(s) published twice"));
+    for (n, count) in by_processor.iter().enumerate() {
+        if by_processor.len() > 1 && *count == 0 {
+            ctx.problems
+                .push(format!("processor-{} handled no message", n + 1));
+        }
     }
-    Ok(by_api)
+    Ok(())
+}
+
+/// The string `field` of every document of `collection` that has one.
+async fn field_values(
+    db: &mongodb::Database,
+    collection: &str,
+    field: &str,
+) -> anyhow::Result<Vec<String>> {
+    let documents: Vec<Document> = db
+        .collection::<Document>(collection)
+        .find(doc! { field: { "$exists": true } })
+        .projection(doc! { field: 1 })
+        .await?
+        .try_collect()
+        .await?;
+    Ok(documents
+        .iter()
+        .filter_map(|d| d.get_str(field).ok().map(str::to_string))
+        .collect())
 }
 
 fn joined(counts: &[usize]) -> String {
@@ -527,19 +565,6 @@ fn joined(counts: &[usize]) -> String {
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join("+")
-}
-
-/// Lines saying `message` in the logs whose names start with `prefix`.
-fn log_lines(dir: &str, prefix: &str, message: &str) -> anyhow::Result<usize> {
-    let quoted = format!("\"{message}\"");
-    let mut count = 0;
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix) {
-            let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-            count += log.lines().filter(|l| l.contains(&quoted)).count();
-        }
-    }
-    Ok(count)
 }
 
 /// How long the fleet is broken for, under load.
@@ -678,30 +703,11 @@ async fn fleet(env: &Env, name: &str) -> anyhow::Result<Report> {
     ctx.note("interrupted_sends", interrupted.len());
     ctx.note("left_leased", leased);
     ctx.note("left_claimed", claimed);
+    note_shares(&mut ctx).await?;
 
     let mut report = ctx.finish().await;
     let after_accept = report.figures.duplicate_orders.len();
     report.note("between_smtp_accept_and_sent", after_accept);
-    let by_api = note_relays(&mut report, 3)?;
-    let mut handled = Vec::new();
-    for n in 1..=3 {
-        handled.push(log_lines(
-            &report.logs,
-            &format!("processor-{n}."),
-            "message handled",
-        )?);
-    }
-    report.note("handled_by_processor", joined(&handled));
-    for (n, sends) in by_api.iter().enumerate() {
-        if *sends == 0 {
-            report.fail(format!("api-{} published nothing", n + 1));
-        }
-    }
-    for (n, count) in handled.iter().enumerate() {
-        if *count == 0 {
-            report.fail(format!("processor-{} handled no message", n + 1));
-        }
-    }
     // Debug binaries (make chaos), on this machine's one database.
     report.note(
         "throughput_1x1",
@@ -712,35 +718,6 @@ async fn fleet(env: &Env, name: &str) -> anyhow::Result<Report> {
         format!("{rate_3:.1}/s (settled {:.1}s)", settled_3.as_secs_f64()),
     );
     Ok(report)
-}
-
-/// Event ids SQS accepted from the relays whose logs start with `prefix`:
-/// "outbox row published", or sent but "lease ran out" before it was marked.
-fn relay_sends(dir: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
-    let mut events = Vec::new();
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(prefix) {
-            continue;
-        }
-        let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        events.extend(
-            log.lines()
-                .filter(|l| {
-                    l.contains("\"outbox row published\"") || l.contains("\"lease ran out before")
-                })
-                .filter_map(|l| json_field(l, "event_id")),
-        );
-    }
-    Ok(events)
-}
-
-/// A top-level string or number field of one JSON log line.
-fn json_field(line: &str, name: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    match value.get(name)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
 }
 
 /// One oversell client's retries.

@@ -3,7 +3,8 @@
 //! names), never overriding variables already set.
 
 use std::{
-    collections::BTreeSet,
+    cell::RefCell,
+    collections::{BTreeSet, HashMap},
     path::PathBuf,
     str::FromStr,
     sync::{Mutex, PoisonError},
@@ -48,13 +49,36 @@ pub fn required(name: &str) -> anyhow::Result<String> {
 /// Every setting this process has looked up, set or not.
 static READ: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+thread_local! {
+    /// Values standing in for the environment's while a configuration is
+    /// read on this thread ([`with_overrides`]).
+    static OVERRIDES: RefCell<Option<HashMap<String, String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `read` (a service's `from_env`) with `overrides` in place of the
+/// environment's values for those names (an empty value counts as unset):
+/// how tests configure a service, through the loader production uses.
+pub fn with_overrides<T>(overrides: &[(&str, &str)], read: impl FnOnce() -> T) -> T {
+    let values = overrides
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let outer = OVERRIDES.replace(Some(values));
+    let read = read();
+    OVERRIDES.set(outer);
+    read
+}
+
 /// A variable that may be absent; empty counts as absent. Every setting is
 /// read through here, so `names_read` knows them all.
 pub fn optional(name: &str) -> Option<String> {
     READ.lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(name.to_string());
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    OVERRIDES
+        .with_borrow(|overrides| overrides.as_ref()?.get(name).cloned())
+        .or_else(|| std::env::var(name).ok())
+        .filter(|v| !v.trim().is_empty())
 }
 
 /// The settings looked up so far, sorted: after a service has read its

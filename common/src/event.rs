@@ -1,14 +1,12 @@
 //! The event that travels on the queue. The outbox row stores it; the relay
 //! sends its JSON as the SQS message body; the processor parses it back.
 //! The order document stays the source of truth: the event names the order,
-//! and `order.created` carries the order as placed only so that the
-//! consumer need not read back what its conditional update moved (see
-//! `orders::processing::process_and_claim_many`).
+//! and the consumer reads it in its transaction. Fields the consumer does
+//! not know are ignored (an older writer's `placed`, a newer one's
+//! additions), so either service can be upgraded first.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-use crate::domain::Order;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderEventType {
@@ -30,7 +28,7 @@ impl OrderEventType {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OrderEvent {
     /// The outbox row's id: unique per event, stable across redeliveries.
     pub event_id: String,
@@ -38,14 +36,6 @@ pub struct OrderEvent {
     pub event_type: OrderEventType,
     pub order_id: String,
     pub occurred_at: DateTime<Utc>,
-    /// `order.created`: the order exactly as the same transaction inserted
-    /// it. The first delivery's update moves only an order still in that
-    /// state (PENDING, its confirmation PENDING), which nothing but a move
-    /// out of it changes; so an order it moved is this plus the update's
-    /// own changes. Absent from `order.cancelled` and from events written
-    /// before it was carried: the consumer reads the order then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placed: Option<Box<Order>>,
 }
 
 impl OrderEvent {
@@ -70,7 +60,6 @@ mod tests {
             event_type: OrderEventType::OrderCreated,
             order_id: "o1".into(),
             occurred_at: DateTime::from_timestamp(1_700_000_000, 0).expect("valid"),
-            placed: None,
         };
         let json = event.to_json();
         assert!(json.contains("\"type\":\"order.created\""), "{json}");

@@ -2,6 +2,7 @@
 //! the outside world: domain types, the queue event, configuration, MongoDB and
 //! SQS clients, telemetry and the shutdown signal.
 
+pub mod backoff;
 pub mod batching;
 pub mod config;
 pub mod domain;

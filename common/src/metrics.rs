@@ -11,6 +11,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// Whole transactions run again after a transient error, by `operation`.
 pub const TRANSACTION_RETRIES: &str = "transaction_retries_total";
 
+/// Batches written another way, by `reason` (`bulk_write_refused`: see
+/// `mongo::bulk`; order-api adds its own reasons).
+pub const BATCH_FALLBACKS: &str = "order_batch_fallbacks_total";
+
 /// Commands sent to MongoDB, by `command` and `collection`.
 pub const MONGODB_COMMANDS: &str = "mongodb_commands_total";
 

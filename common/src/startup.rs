@@ -4,19 +4,7 @@
 use std::{future::Future, time::Duration};
 
 use anyhow::Context;
-use backon::{ExponentialBuilder, Retryable};
-
-/// The pause schedule of a worker loop whose step failed: 200 ms doubling to
-/// 30 s, jittered, without end (the loop stops on shutdown, not on a count).
-pub fn worker_backoff() -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+use backon::Retryable;
 
 /// Runs `attempt` until it succeeds or `within` has been spent waiting.
 pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, attempt: F) -> anyhow::Result<T>
@@ -24,12 +12,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .with_total_delay(Some(within))
-        .without_max_times();
+    let backoff = crate::backoff::Schedule::new(Duration::from_millis(250), Duration::from_secs(5))
+        .builder()
+        .with_total_delay(Some(within));
     attempt
         .retry(backoff)
         .notify(|error, delay| {

@@ -156,6 +156,16 @@ fn traceparent_of(context: &Context) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// This process's name where records say who wrote them (the relay's
+/// published rows, the processor's inbox): its pid and a random part, so
+/// no two share one, in one process or across restarts and machines.
+pub fn instance_name() -> String {
+    // An ObjectId's bytes 4 to 8 are random per process, and 9 to 11 a
+    // counter: no two calls share them.
+    let random = bson::oid::ObjectId::new().to_hex();
+    format!("{}-{}", std::process::id(), &random[8..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

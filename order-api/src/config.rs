@@ -98,21 +98,14 @@ impl LoginRateLimits {
 
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
-    /// Rows a relay sends per SendMessageBatch (SQS allows at most 10).
-    pub batch_size: i64,
-    /// Cron schedule (with seconds) of the safety-net sweep.
+    /// Cron schedule (with seconds) of the sweep that wakes the relay for
+    /// rows no commit of this process woke it for.
     pub sweep_schedule: String,
     /// How long a relay owns the rows it claimed; an instance that dies
     /// holding rows releases them when this runs out.
     pub lease: Duration,
     /// Published rows are deleted this long after publication (TTL index).
     pub retention: Duration,
-    /// After a first row handed over, how long the relay waits for more
-    /// before it publishes (`OUTBOX_LINGER_MS`).
-    pub linger: Duration,
-    /// How long rows SQS accepted may wait to be marked published together
-    /// (`OUTBOX_MARK_WITHIN_MS`).
-    pub mark_within: Duration,
 }
 
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -225,13 +218,10 @@ impl ApiConfig {
             admin,
             shop: ShopConfig::from_env()?,
             outbox: OutboxConfig {
-                batch_size: 10,
                 sweep_schedule: config::optional("OUTBOX_SWEEP_SCHEDULE")
                     .unwrap_or_else(|| "*/5 * * * * *".into()),
                 lease: config::seconds_or("OUTBOX_LEASE_SECS", 30)?,
                 retention: config::seconds_or("OUTBOX_RETENTION_SECS", 7 * 24 * 3600)?,
-                linger: config::millis_up_to("OUTBOX_LINGER_MS", 25, 1000)?,
-                mark_within: config::millis_up_to("OUTBOX_MARK_WITHIN_MS", 200, 5000)?,
             },
             expiry_schedule: common::expiry::schedule_from_env(),
             startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,

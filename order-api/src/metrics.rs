@@ -24,7 +24,7 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const ORDERS_CREATED: &str = "orders_created_total";
 pub const ORDERS_CANCELLED: &str = "orders_cancelled_total";
 pub const ORDERS_REFUSED: &str = "orders_refused_total";
-pub const ORDER_BATCH_FALLBACKS: &str = "order_batch_fallbacks_total";
+pub use common::metrics::BATCH_FALLBACKS as ORDER_BATCH_FALLBACKS;
 pub const OUTBOX_PENDING: &str = "outbox_pending_rows";
 pub const OUTBOX_OLDEST_PENDING_AGE: &str = "outbox_oldest_pending_age_seconds";
 pub const OUTBOX_BACKLOG_READ: &str = "outbox_backlog_read_ok";
@@ -59,7 +59,7 @@ pub fn describe() {
     );
     describe_counter!(
         ORDER_BATCH_FALLBACKS,
-        "Order batches written another way, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0, batches go one statement at a time from then on; one_order_failed: the batch ran again without the order that failed it; stale_product: a cached product had changed, the batch ran again from a fresh read)"
+        "Order batches written another way, by reason (bulk_write_refused: MongoDB or its featureCompatibilityVersion below 8.0, batches go one statement at a time from then on; one_order_failed: the batch ran again without the order that failed it)"
     );
     describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet published to SQS");
     describe_gauge!(
@@ -95,7 +95,7 @@ pub fn describe() {
     ] {
         counter!(ORDERS_REFUSED, "reason" => reason).increment(0);
     }
-    for reason in ["bulk_write_refused", "one_order_failed", "stale_product"] {
+    for reason in ["bulk_write_refused", "one_order_failed"] {
         counter!(ORDER_BATCH_FALLBACKS, "reason" => reason).increment(0);
     }
     for event_type in ["order.created", "order.cancelled"] {

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -25,8 +25,6 @@ pub struct Application {
     metrics_port: u16,
     state: AppState,
     relay: outbox::Relay,
-    /// Rows the order writer hands to the relay.
-    handed: tokio::sync::mpsc::Receiver<Vec<outbox::store::OutboxMessage>>,
 }
 
 impl Application {
@@ -65,27 +63,21 @@ impl Application {
             queue_url.clone(),
         ));
         let relay = outbox::Relay::new(db.clone(), sqs, queue_url, &config.outbox);
-        let (handoff, handed) = relay.handoff();
         let orders = orders::batch::OrderBatcher::start(
             db.clone(),
             orders::place::ShopSettings {
                 currency: config.shop.currency.clone(),
                 tax_rate: config.shop.tax_rate,
                 deadline: config.shop.order_deadline,
-                handoff: handoff.clone(),
-                bulk_write_refused: Arc::new(
-                    (common::mongo::server().order_writes
-                        == common::mongo::server::OrderWrites::OneStatementEach)
-                        .into(),
-                ),
-                products: Default::default(),
+                relay: relay.waker(),
+                writes: common::mongo::bulk::Writes::as_decided(),
             },
         );
         let state = AppState {
             db,
             config: Arc::new(config),
             auth,
-            outbox: handoff,
+            relay: relay.waker(),
             readiness,
             orders,
         };
@@ -96,7 +88,6 @@ impl Application {
             metrics_port,
             state,
             relay,
-            handed,
         })
     }
 
@@ -115,16 +106,10 @@ impl Application {
     /// Serves requests and runs the relay until `shutdown` is cancelled,
     /// then drains in-flight requests and stops the relay.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tick = Arc::new(Notify::new());
         let sweep =
-            outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, tick.clone())
+            outbox::relay::start_sweep(&self.state.config.outbox.sweep_schedule, &self.relay)
                 .await?;
-        let relay = tokio::spawn(outbox::relay::run(
-            self.relay,
-            self.handed,
-            tick,
-            shutdown.clone(),
-        ));
+        let relay = tokio::spawn(outbox::relay::run(self.relay, shutdown.clone()));
         let expiry = common::expiry::start_sweep(
             &self.state.config.expiry_schedule,
             expiring(&self.state.db),

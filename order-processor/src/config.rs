@@ -88,11 +88,11 @@ pub struct ShopEmailConfig {
     pub template_dir: Option<PathBuf>,
 }
 
-/// How the sender treats email as durable work (`email::sender`).
+/// How the email worker treats email as durable work (`email::worker`).
 #[derive(Debug, Clone)]
 pub struct EmailConfig {
     /// How long a claim holds an email (`EMAIL_STALE_SEND_SECS`): a
-    /// `SENDING` email older than this belongs to a crashed sender and is
+    /// `SENDING` email older than this belongs to a crashed worker and is
     /// sent again (same Message-ID).
     pub lease: Duration,
     /// A transiently refused email is `FAILED` once due this long (3 days).
@@ -105,15 +105,8 @@ pub struct EmailConfig {
     /// The breaker's probes: from `probe_base`, doubling, up to `probe_cap`.
     pub probe_base: Duration,
     pub probe_cap: Duration,
-    /// How often the sweep looks for due emails when nothing wakes it.
+    /// How often the email worker looks for due emails when nothing wakes it.
     pub poll_interval: Duration,
-    /// Emails claimed per sweep.
-    pub batch: usize,
-    /// How long the SENT writer waits after a first record for others
-    /// (`EMAIL_SENT_LINGER_MS`). The email has already arrived, so this
-    /// costs the customer nothing; it is the window in which a crash makes
-    /// an accepted email go out again (same Message-ID).
-    pub sent_linger: Duration,
 }
 
 impl SmtpConfig {
@@ -129,19 +122,15 @@ pub struct ConsumerConfig {
     pub wait_time: Duration,
     /// Messages per receive (1 to 10).
     pub max_messages: i32,
-    /// Orders handled at once within a batch.
-    pub concurrency: usize,
     /// Receive loops running side by side (1 to 16); at most
     /// `pollers × max_messages` messages are in hand at once.
     pub pollers: usize,
-    /// A handler still running after this is abandoned; the message is retried.
+    /// A batch's transaction not committed by then is given up (nothing is
+    /// written) and its messages are retried.
     pub handler_timeout: Duration,
     /// First retry delay after a transient failure; doubles per receive.
     pub retry_base: Duration,
     pub retry_cap: Duration,
-    /// How long the shared writer of first deliveries waits after a first
-    /// item for others before it writes (0 to 1000 ms).
-    pub linger: Duration,
     /// How long handled event ids are remembered. Must cover the queue's
     /// message retention, or a late redelivery could be processed twice.
     pub inbox_retention: Duration,
@@ -173,14 +162,6 @@ impl ProcessorConfig {
         let pollers: usize = config::parsed_or("CONSUMER_POLLERS", 4)?;
         if !(1..=16).contains(&pollers) {
             bail!("CONSUMER_POLLERS must be 1 to 16");
-        }
-        let sent_linger_ms: u64 = config::parsed_or("EMAIL_SENT_LINGER_MS", 100)?;
-        if sent_linger_ms > 1000 {
-            bail!("EMAIL_SENT_LINGER_MS must be 0 to 1000");
-        }
-        let linger_ms: u64 = config::parsed_or("CONSUMER_LINGER_MS", 20)?;
-        if linger_ms > 1000 {
-            bail!("CONSUMER_LINGER_MS must be 0 to 1000");
         }
         let max_connections: usize = config::parsed_or("SMTP_MAX_CONNECTIONS", 10)?;
         if !(1..=100).contains(&max_connections) {
@@ -221,12 +202,10 @@ impl ProcessorConfig {
             consumer: ConsumerConfig {
                 wait_time: Duration::from_secs(wait_secs),
                 max_messages,
-                concurrency: config::parsed_or("CONSUMER_CONCURRENCY", 10)?,
                 pollers,
                 handler_timeout: config::seconds_or("HANDLER_TIMEOUT_SECS", 120)?,
                 retry_base: config::seconds_or("RETRY_BASE_SECS", 2)?,
                 retry_cap: config::seconds_or("RETRY_CAP_SECS", 300)?,
-                linger: Duration::from_millis(linger_ms),
                 inbox_retention: config::seconds_or("INBOX_RETENTION_SECS", 14 * 24 * 3600)?,
                 startup_timeout: config::seconds_or("STARTUP_TIMEOUT_SECS", 60)?,
             },
@@ -239,8 +218,6 @@ impl ProcessorConfig {
                 probe_base: Duration::from_secs(1),
                 probe_cap: config::seconds_or("EMAIL_PROBE_CAP_SECS", 8)?,
                 poll_interval: Duration::from_millis(config::parsed_or("EMAIL_POLL_MS", 1000)?),
-                batch: config::parsed_or("EMAIL_BATCH", 20)?,
-                sent_linger: Duration::from_millis(sent_linger_ms),
             },
             shop: ShopEmailConfig {
                 name: config::optional("SHOP_NAME").unwrap_or_else(|| "Order Pipeline".into()),

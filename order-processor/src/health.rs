@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     dlq::Queues,
-    email::gate::{BreakerState, Gate},
+    email::{BreakerState, Policy},
     metrics,
 };
 
@@ -23,7 +23,7 @@ pub struct HealthState {
     pub db: mongodb::Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: Queues,
-    pub gate: Gate,
+    pub policy: Policy,
 }
 
 async fn health() -> Json<Value> {
@@ -38,15 +38,15 @@ async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let mut body = report.to_json("order-processor");
-    body["email"] = email_detail(&state.gate);
+    body["email"] = email_detail(&state.policy);
     (status, Json(body))
 }
 
-/// The sender's state. A mail server that is down or refuses does not make
+/// The email worker's state. A mail server that is down or refuses does not make
 /// the processor unready: orders are still processed, only email waits, and
 /// this names the provider and its reply.
-fn email_detail(gate: &Gate) -> Value {
-    let report = gate.report();
+fn email_detail(policy: &Policy) -> Value {
+    let report = policy.report();
     let mut detail = json!({ "state": report.state.as_str(), "provider": report.provider });
     if report.state != BreakerState::Closed {
         detail["reason"] = json!(report.reason);

@@ -4,11 +4,17 @@
 //! configured retention, which start-up checks is at least the queue's
 //! message retention (a message can never outlive its inbox row).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
-use bson::{DateTime, doc};
-use mongodb::{ClientSession, Collection, Database};
+use bson::{DateTime, Document, doc};
+use futures::TryStreamExt;
+use mongodb::{
+    ClientSession, Collection, Database,
+    options::{InsertOneModel, UpdateOneModel},
+};
 use serde::{Deserialize, Serialize};
+
+use crate::consumer::Event;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxEntry {
@@ -18,6 +24,11 @@ pub struct InboxEntry {
     pub event_type: String,
     pub order_id: String,
     pub handled_at: DateTime,
+    /// The processor that handled it (`<pid>-<random>`).
+    pub handled_by: String,
+    /// The SQS messages that carried the event: one, unless it was
+    /// published twice (a relay died between SQS's answer and its mark).
+    pub sqs_message_ids: Vec<String>,
     pub expires_at: DateTime,
 }
 
@@ -34,38 +45,59 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     expiring(db).create_index().await
 }
 
-/// Records the event inside the caller's transaction. `Ok(false)` when it was
-/// already recorded: the caller must then change nothing.
-///
-/// Inserts without looking first: the usual first delivery costs one round
-/// trip. A duplicate `_id` fails the write, and a failed write aborts the
-/// transaction on the server, so on `Ok(false)` the caller must end the
-/// transaction (return [`AlreadyHandled`] from it) rather than go on. Two
-/// deliveries racing here conflict on the same `_id` and the driver retries
-/// the loser, which then meets the winner's row.
-pub async fn record_first(
+/// Which of `event_ids` the inbox has, read in the caller's transaction
+/// and bounded by the time left before `deadline`.
+pub async fn handled(
     db: &Database,
     session: &mut ClientSession,
-    entry: &InboxEntry,
-) -> mongodb::error::Result<bool> {
-    match collection(db).insert_one(entry).session(session).await {
-        Ok(_) => Ok(true),
-        Err(e) if common::mongo::is_duplicate_key(&e) => Ok(false),
-        Err(e) => Err(e),
+    event_ids: &[&str],
+    deadline: tokio::time::Instant,
+) -> mongodb::error::Result<HashSet<String>> {
+    let mut found = db
+        .collection::<Document>(collection(db).name())
+        .find(doc! { "_id": { "$in": event_ids } })
+        .projection(doc! { "_id": 1 })
+        .max_time(common::mongo::time_left(deadline)?)
+        .session(&mut *session)
+        .await?;
+    let mut handled = HashSet::new();
+    let mut stream = found.stream(&mut *session);
+    while let Some(entry) = stream.try_next().await? {
+        if let Ok(id) = entry.get_str("_id") {
+            handled.insert(id.to_string());
+        }
+    }
+    Ok(handled)
+}
+
+/// The insert of `entry`, for the caller's write. Two deliveries of one
+/// event processed at once conflict on its `_id`; the transaction that
+/// loses runs again and finds the winner's entry.
+pub fn insert_model(db: &Database, entry: &InboxEntry) -> mongodb::error::Result<InsertOneModel> {
+    collection(db).insert_one_model(entry)
+}
+
+/// The entry for `event`, received in SQS message `message_id` by the
+/// processor `handled_by`.
+pub fn entry(event: &Event, handled_by: &str, retention: Duration) -> InboxEntry {
+    let now = DateTime::now();
+    InboxEntry {
+        event_id: event.event.event_id.clone(),
+        event_type: event.event.event_type.as_str().to_string(),
+        order_id: event.event.order_id.clone(),
+        handled_at: now,
+        handled_by: handled_by.to_string(),
+        sqs_message_ids: vec![event.message_id.clone()],
+        expires_at: common::mongo::later(now, retention),
     }
 }
 
-/// Ends a transaction whose event the inbox already had: nothing was written.
-#[derive(Debug, Clone, Copy)]
-pub struct AlreadyHandled;
-
-pub fn entry(event_id: &str, event_type: &str, order_id: &str, retention: Duration) -> InboxEntry {
-    let now = DateTime::now();
-    InboxEntry {
-        event_id: event_id.to_string(),
-        event_type: event_type.to_string(),
-        order_id: order_id.to_string(),
-        handled_at: now,
-        expires_at: common::mongo::later(now, retention),
-    }
+/// For an event the inbox already has: notes the SQS message that carried
+/// it again (no change when it is the same message, redelivered).
+pub fn note_message(db: &Database, event: &Event) -> UpdateOneModel {
+    UpdateOneModel::builder()
+        .namespace(collection(db).namespace())
+        .filter(doc! { "_id": &event.event.event_id })
+        .update(doc! { "$addToSet": { "sqs_message_ids": &event.message_id } })
+        .build()
 }

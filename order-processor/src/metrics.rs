@@ -54,7 +54,7 @@ pub fn describe() {
     describe_histogram!(
         HANDLE_DURATION,
         ::metrics::Unit::Seconds,
-        "Time to handle one message (the order change; emails are sent apart from it)"
+        "Time to process one received batch of messages (one transaction; emails are sent apart from it)"
     );
     describe_histogram!(
         EVENT_AGE,
@@ -76,7 +76,7 @@ pub fn describe() {
     );
     describe_gauge!(
         EMAIL_SENDER_STATE,
-        "1 for the sender's current state (closed: sending; open: the server failed N times in a row, probing; refusing: it refuses every email, e.g. 535, probing)"
+        "1 for the email worker's current state (closed: sending; open: the server failed N times in a row, probing; refusing: it refuses every email, e.g. 535, probing)"
     );
     describe_gauge!(
         EMAILS_DUE,
@@ -133,7 +133,8 @@ pub fn describe() {
         counter!(EMAIL_REPLIES, "class" => class).increment(0);
     }
     for operation in [
-        "apply_event",
+        "process_events",
+        "claim_emails",
         "record_email_sent",
         "record_email_retry",
         "record_email_failed",

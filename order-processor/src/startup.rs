@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::QueueAttributeName;
+use common::backoff::Schedule;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -11,10 +12,7 @@ use crate::{
     config::ProcessorConfig,
     consumer::Consumer,
     dlq::Queues,
-    email::{
-        EmailSender, Mailer, SenderSettings, Shop, Templates,
-        gate::{Gate, GateSettings},
-    },
+    email::{EmailWorker, Mailer, Policy, PolicySettings, Shop, Templates, WorkerSettings},
     health, inbox,
 };
 
@@ -25,7 +23,7 @@ pub struct Application {
     metrics_listener: TcpListener,
     metrics_port: u16,
     consumer: Consumer,
-    sender: EmailSender,
+    emails: EmailWorker,
     health: health::HealthState,
     /// Inbox entries past their retention, and when to delete them.
     expiring: Vec<common::expiry::Expiring>,
@@ -65,7 +63,7 @@ impl Application {
         .await?;
         let settings = queue_settings(&sqs, &queues.main).await?;
         check_settings(&config, settings)?;
-        let sender = build_sender(&config, db.clone())?;
+        let emails = build_email_worker(&config, db.clone())?;
         let expiring = vec![inbox::expiring(&db)];
         let health = health::HealthState {
             probe: common::readiness::ReadinessProbe::new(
@@ -76,16 +74,14 @@ impl Application {
             db: db.clone(),
             sqs: sqs.clone(),
             queues: queues.clone(),
-            gate: sender.gate().clone(),
+            policy: emails.policy().clone(),
         };
         let consumer = Consumer::new(
             db,
             sqs,
             queues,
-            sender.clone(),
+            emails.clone(),
             config.consumer.clone(),
-            config.email.lease,
-            config.smtp.message_id_domain().to_string(),
             settings.visibility_timeout,
         );
         let listener = TcpListener::bind((config.host.as_str(), config.port))
@@ -102,7 +98,7 @@ impl Application {
             metrics_listener,
             metrics_port,
             consumer,
-            sender,
+            emails,
             health,
             expiring,
             expiry_schedule: config.expiry_schedule,
@@ -121,8 +117,8 @@ impl Application {
         &self.consumer
     }
 
-    pub fn sender(&self) -> &EmailSender {
-        &self.sender
+    pub fn emails(&self) -> &EmailWorker {
+        &self.emails
     }
 
     /// Consumes and serves health until `shutdown`, then lets the batch in
@@ -130,7 +126,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let expiry = common::expiry::start_sweep(&self.expiry_schedule, self.expiring).await?;
         let consumer = tokio::spawn(crate::consumer::run(self.consumer, shutdown.clone()));
-        let sender = tokio::spawn(self.sender.run(shutdown.clone()));
+        let emails = tokio::spawn(self.emails.run(shutdown.clone()));
         let metrics_shutdown = shutdown.clone();
         let scrapes = tokio::spawn(
             axum::serve(
@@ -152,11 +148,11 @@ impl Application {
         {
             tracing::warn!("consumer did not stop within 30 s");
         }
-        if tokio::time::timeout(Duration::from_secs(30), sender)
+        if tokio::time::timeout(Duration::from_secs(30), emails)
             .await
             .is_err()
         {
-            tracing::warn!("email sender did not stop within 30 s");
+            tracing::warn!("email worker did not stop within 30 s");
         }
         match scrapes.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "serving /metrics"),
@@ -169,22 +165,23 @@ impl Application {
     }
 }
 
-/// The email sender as the settings describe it: templates, SMTP, the gate
-/// (pace, breaker) and the durable work's schedule.
-pub fn build_sender(
+/// The email worker as the settings describe it: templates, SMTP, and its
+/// policy (pace, breaker, retry schedule).
+pub fn build_email_worker(
     config: &ProcessorConfig,
     db: mongodb::Database,
-) -> anyhow::Result<EmailSender> {
+) -> anyhow::Result<EmailWorker> {
     let smtp = &config.smtp;
     let email = &config.email;
     let mailer = Mailer::new(smtp)?;
-    let gate = Gate::new(
-        GateSettings {
+    let policy = Policy::new(
+        PolicySettings {
             rate: smtp.rate_limit.map(|n| (n, smtp.rate_period)),
             throttle_cooldown: smtp.rate_period,
             breaker_threshold: email.breaker_threshold,
-            probe_base: email.probe_base,
-            probe_cap: email.probe_cap,
+            probes: Schedule::new(email.probe_base, email.probe_cap),
+            retries: Schedule::new(email.retry_base, email.retry_cap),
+            give_up_after: email.give_up_after,
         },
         &Mailer::provider(smtp),
     );
@@ -198,23 +195,16 @@ pub fn build_sender(
         },
         shop.template_dir.as_deref(),
     )?;
-    Ok(EmailSender::new(
+    Ok(EmailWorker::new(
         db,
         mailer,
         templates,
-        gate,
-        SenderSettings {
+        policy,
+        WorkerSettings {
             lease: email.lease,
-            give_up_after: email.give_up_after,
-            retry_base: email.retry_base,
-            retry_cap: email.retry_cap,
             poll_interval: email.poll_interval,
-            batch: email.batch,
             concurrency: smtp.max_connections,
-            smtp_timeout: smtp.timeout,
             message_id_domain: smtp.message_id_domain().to_string(),
-            linger: email.sent_linger,
-            throttle_retry: smtp.rate_period,
         },
     ))
 }

@@ -3,12 +3,8 @@
 
 use std::{num::NonZeroU32, time::Duration};
 
-use order_api::config::{
-    AdminSeed, ApiConfig, AuthConfig, LoginRateLimits, OutboxConfig, ShopConfig,
-};
-use order_processor::config::{
-    ConsumerConfig, EmailConfig, ProcessorConfig, ShopEmailConfig, SmtpConfig, SmtpTls,
-};
+use order_api::config::ApiConfig;
+use order_processor::config::ProcessorConfig;
 use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_EMAIL: &str = "admin@shop.test";
@@ -61,104 +57,82 @@ impl Drop for Running {
 /// Every second, so a test sees expired documents go within a few.
 pub const EXPIRY_SCHEDULE: &str = "*/1 * * * * *";
 
+/// The settings every test service shares: loopback on free ports, the
+/// local stack, its own database and queue.
+fn shared(database: &str, queue: &str) -> Vec<(&'static str, String)> {
+    [
+        ("MONGODB_URI", crate::mongo_uri()),
+        ("MONGODB_DATABASE", database.to_string()),
+        ("AWS_ENDPOINT_URL_SQS", crate::sqs_endpoint()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("SQS_QUEUE_NAME", queue.to_string()),
+        ("SQS_DLQ_NAME", format!("{queue}-dlq")),
+        ("EXPIRY_SWEEP_SCHEDULE", EXPIRY_SCHEDULE.into()),
+        ("STARTUP_TIMEOUT_SECS", "5".into()),
+    ]
+    .into()
+}
+
+/// Reads a configuration through its service's own loader, with `settings`
+/// in place of the environment's.
+fn load<T>(settings: Vec<(&'static str, String)>, read: impl FnOnce() -> anyhow::Result<T>) -> T {
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    common::config::with_overrides(&settings, read).expect("the tests' settings are valid")
+}
+
 pub fn api_config(database: &str, queue: &str) -> ApiConfig {
-    ApiConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        metrics_addr: FREE_LOOPBACK_PORT,
-        development: true,
-        mongo: crate::mongo_config(database),
-        sqs: crate::sqs_config(queue),
-        auth: AuthConfig {
-            jwt_secret: JWT_SECRET.into(),
-            access_token_ttl: Duration::from_secs(900),
-            refresh_token_ttl: Duration::from_secs(3600),
-            cookie_secure: false,
-            max_concurrent_hashes: 2,
-            login_rate: LoginRateLimits {
-                per_ip_per_minute: TEST_LOGIN_RATE,
-                per_account_per_minute: TEST_LOGIN_RATE,
-            },
-        },
-        admin: Some(AdminSeed {
-            username: "admin".into(),
-            email: common::domain::EmailAddress::parse(ADMIN_EMAIL).expect("a valid address"),
-            password: ADMIN_PASSWORD.into(),
-        }),
-        shop: ShopConfig {
-            currency: "INR".into(),
-            tax_rate: common::domain::TaxRate::GST_18,
-            order_deadline: Duration::from_secs(10),
-        },
-        outbox: OutboxConfig {
-            batch_size: 10,
-            sweep_schedule: "*/1 * * * * *".into(),
-            lease: Duration::from_secs(30),
-            retention: Duration::from_secs(7 * 24 * 3600),
-            linger: Duration::from_millis(25),
-            mark_within: Duration::from_millis(200),
-        },
-        expiry_schedule: EXPIRY_SCHEDULE.into(),
-        startup_timeout: Duration::from_secs(5),
-    }
+    let rate = TEST_LOGIN_RATE.to_string();
+    let mut settings = shared(database, queue);
+    settings.extend([
+        ("APP_ENV", "development".into()),
+        ("API_HOST", "127.0.0.1".into()),
+        ("API_PORT", "0".into()),
+        ("API_METRICS_ADDR", FREE_LOOPBACK_PORT.to_string()),
+        ("JWT_SECRET", JWT_SECRET.into()),
+        ("REFRESH_TOKEN_TTL_SECS", "3600".into()),
+        ("COOKIE_SECURE", "false".into()),
+        ("MAX_CONCURRENT_HASHES", "2".into()),
+        ("LOGIN_RATE_PER_MINUTE_PER_IP", rate.clone()),
+        ("LOGIN_RATE_PER_MINUTE_PER_ACCOUNT", rate),
+        ("ADMIN_EMAIL", ADMIN_EMAIL.into()),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        ("OUTBOX_SWEEP_SCHEDULE", "*/1 * * * * *".into()),
+    ]);
+    load(settings, ApiConfig::from_env)
 }
 
 pub fn processor_config(database: &str, queue: &str) -> ProcessorConfig {
-    ProcessorConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        metrics_addr: FREE_LOOPBACK_PORT,
-        mongo: crate::mongo_config(database),
-        sqs: crate::sqs_config(queue),
-        smtp: SmtpConfig {
-            host: crate::SMTP_HOST.into(),
-            port: crate::SMTP_PORT,
-            tls: SmtpTls::None,
-            username: None,
-            password: None,
-            from: "Order Pipeline Tests <orders@shop.test>"
-                .parse()
-                .expect("valid mailbox"),
-            timeout: Duration::from_secs(10),
-            tls_ca_file: None,
-            rate_limit: None,
-            rate_period: Duration::from_secs(10),
-            max_connections: 4,
-            max_messages_per_connection: 100,
-        },
-        consumer: ConsumerConfig {
-            wait_time: Duration::from_secs(1),
-            max_messages: 10,
-            concurrency: 4,
-            pollers: 2,
-            handler_timeout: Duration::from_secs(30),
-            retry_base: Duration::from_secs(1),
-            retry_cap: Duration::from_secs(5),
-            linger: Duration::from_millis(5),
-            inbox_retention: Duration::from_secs(14 * 24 * 3600),
-            startup_timeout: Duration::from_secs(5),
-        },
-        shop: ShopEmailConfig {
-            name: "Test Shop".into(),
-            support_email: "help@shop.test".into(),
-            order_url: Some("http://127.0.0.1/orders/{order_id}".into()),
-            tax_label: "GST (18%)".into(),
-            template_dir: None,
-        },
-        email: EmailConfig {
-            lease: Duration::from_secs(60),
-            give_up_after: Duration::from_secs(3 * 24 * 3600),
-            retry_base: Duration::from_secs(1),
-            retry_cap: Duration::from_secs(5),
-            breaker_threshold: 5,
-            probe_base: Duration::from_millis(500),
-            probe_cap: Duration::from_secs(2),
-            poll_interval: Duration::from_millis(200),
-            batch: 20,
-            sent_linger: Duration::from_millis(100),
-        },
-        expiry_schedule: EXPIRY_SCHEDULE.into(),
-    }
+    let mut settings = shared(database, queue);
+    settings.extend([
+        ("PROCESSOR_HOST", "127.0.0.1".into()),
+        ("PROCESSOR_PORT", "0".into()),
+        ("PROCESSOR_METRICS_ADDR", FREE_LOOPBACK_PORT.to_string()),
+        ("SMTP_HOST", crate::SMTP_HOST.into()),
+        ("SMTP_PORT", crate::SMTP_PORT.to_string()),
+        (
+            "MAIL_FROM",
+            "Order Pipeline Tests <orders@shop.test>".into(),
+        ),
+        ("SMTP_MAX_CONNECTIONS", "4".into()),
+        ("SQS_WAIT_TIME_SECS", "1".into()),
+        ("CONSUMER_POLLERS", "2".into()),
+        ("HANDLER_TIMEOUT_SECS", "30".into()),
+        ("RETRY_BASE_SECS", "1".into()),
+        ("RETRY_CAP_SECS", "5".into()),
+        ("SHOP_NAME", "Test Shop".into()),
+        ("SHOP_SUPPORT_EMAIL", "help@shop.test".into()),
+        (
+            "SHOP_ORDER_URL",
+            "http://127.0.0.1/orders/{order_id}".into(),
+        ),
+        ("EMAIL_RETRY_BASE_SECS", "1".into()),
+        ("EMAIL_RETRY_CAP_SECS", "5".into()),
+        ("EMAIL_PROBE_CAP_SECS", "2".into()),
+        ("EMAIL_POLL_MS", "200".into()),
+    ]);
+    load(settings, ProcessorConfig::from_env)
 }
 
 pub async fn start_api(config: ApiConfig) -> Running {

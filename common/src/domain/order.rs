@@ -286,13 +286,9 @@ pub struct Order {
 }
 
 impl Order {
-    /// Whether an `order.created` delivery ever moved this order on: its
-    /// timeline has the step into PROCESSING (a cancellation later does not
-    /// take it away).
-    pub fn was_processed(&self) -> bool {
-        self.timeline
-            .iter()
-            .any(|entry| entry.event == TimelineEvent::Processing)
+    /// Whether `event` is on the order's timeline.
+    pub fn has(&self, event: TimelineEvent) -> bool {
+        self.timeline.iter().any(|entry| entry.event == event)
     }
 
     pub fn delivery(&self, kind: EmailKind) -> Option<&EmailDelivery> {

@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::MongoConfig;
 
+pub mod bulk;
 pub mod errors;
 pub mod server;
 
@@ -221,20 +222,15 @@ const TRANSACTION_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_s
 /// `with_transaction` (the convenient transaction API's backoff): 5 ms
 /// growing by 1.5 each rerun, capped at 500 ms, jittered, because on a hot
 /// document an immediate rerun mostly meets the same conflict again.
-fn rerun_backoff() -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::new()
-        .with_min_delay(std::time::Duration::from_millis(5))
-        .with_factor(1.5)
-        .with_max_delay(std::time::Duration::from_millis(500))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+const RERUN: crate::backoff::Schedule = crate::backoff::Schedule::new(
+    std::time::Duration::from_millis(5),
+    std::time::Duration::from_millis(500),
+)
+.factor(1.5);
 
 /// Runs `body` in one transaction on a fresh session: committed whole, or
 /// aborted and run again from the start, after a backoff
-/// ([`rerun_backoff`]), on TransientTransactionError, and its commit
+/// ([`RERUN`]), on TransientTransactionError, and its commit
 /// retried on UnknownTransactionCommitResult (a writeConcernError 50
 /// included), for up to 120 s (the driver's `with_transaction` rules). Each
 /// rerun is counted in `transaction_retries_total{operation}`.
@@ -276,7 +272,7 @@ where
         .start_session()
         .causal_consistency(false)
         .await?;
-    let mut backoff = rerun_backoff();
+    let mut backoff = RERUN.delays();
     let mut runs = 0_u64;
     let outcome = 'run: loop {
         runs += 1;

@@ -8,20 +8,21 @@
 //!    └── retry: refused for now, parked ─────────┤──> SENT
 //!                                                └──> FAILED (refused for good, gave up)
 //! ```
-//! `next_attempt_at` is set exactly while there is work: the sender's one
+//! `next_attempt_at` is set exactly while there is work: the worker's one
 //! query is `next_attempt_at <= now` on an index, and it finds both due
-//! emails and claims whose lease ran out (a crashed sender's). A claim is a
-//! compare-and-set on the `next_attempt_at` it saw, so two senders never
-//! claim one email; the claim's `attempted_at` is its token afterwards.
+//! emails and claims whose lease ran out (a crashed worker's). A claim reads
+//! and claims in one transaction, so two workers never claim one email; the
+//! claim's `attempted_at` is its token afterwards.
 
 use std::time::Duration;
 
-use crate::domain::{EmailKind, Order, OrderStatus, TimelineEntry};
+use crate::domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry};
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
 use futures::{FutureExt, TryStreamExt};
 use mongodb::{
-    Database, IndexModel,
-    options::{FindOptions, IndexOptions, UpdateModifications},
+    ClientSession, Database, IndexModel,
+    error::Error as MongoError,
+    options::{IndexOptions, UpdateModifications},
 };
 
 use super::{
@@ -73,86 +74,49 @@ pub async fn create_indexes(db: &Database) -> mongodb::error::Result<()> {
     Ok(())
 }
 
-/// The update that claims `kind` of email at `now` for `lease`: `SENDING`,
-/// its Message-ID, the claim's token, when the lease runs out, and one more
+/// Claims up to `limit` due emails (oldest due first, confirmations before
+/// cancellations), each for `lease`: `SENDING`, its Message-ID, the
+/// claim's token (`attempted_at`), when the lease runs out, and one more
 /// attempt (counted at the claim, so a send a crash interrupted counts too;
-/// an email parked without being sent gives it back). Used by the
-/// processing transaction (an email born claimed) and by [`claim_due`].
-pub fn claim_update(kind: EmailKind, message_id: &str, now: DateTime, lease: Duration) -> Document {
-    doc! {
-        "$set": {
-            fields::of(kind, Delivery::Status): "SENDING",
-            fields::of(kind, Delivery::MessageId): message_id,
-            fields::of(kind, Delivery::AttemptedAt): now,
-            fields::of(kind, Delivery::NextAttemptAt): crate::mongo::later(now, lease),
-        },
-        "$inc": { fields::of(kind, Delivery::Attempts): 1 },
-    }
-}
-
-/// Claims up to `limit` due emails of `kind` (oldest due first), each for
-/// `lease`. What another sender claimed first is skipped.
+/// an email parked without being sent gives it back). Emails whose lease
+/// ran out (a crashed sender's) are due too.
 pub async fn claim_due(
     db: &Database,
-    kind: EmailKind,
     now: DateTime,
     limit: usize,
     lease: Duration,
     message_id_domain: &str,
 ) -> mongodb::error::Result<Vec<Claimed>> {
-    let due_at = fields::of(kind, Delivery::NextAttemptAt);
-    let options = FindOptions::builder()
-        .sort(doc! { due_at.as_str(): 1 })
-        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-        .projection(doc! { ID: 1, due_at.as_str(): 1 })
-        .build();
-    let due: Vec<Document> = db
-        .collection::<Document>(orders(db).name())
-        .find(doc! { due_at.as_str(): { "$lte": now } })
-        .with_options(options)
-        .await?
-        .try_collect()
-        .await?;
-    let mut claimed = Vec::with_capacity(due.len());
-    for seen in due {
-        let (Ok(id), Some(was_due)) = (seen.get_object_id(ID), field(&seen, kind)) else {
-            continue;
-        };
-        let message_id = kind.message_id(&id, message_id_domain);
-        let filter = doc! { ID: id, due_at.as_str(): was_due };
-        let update = claim_update(kind, &message_id, now, lease);
-        // In a transaction with a deadline, not as a plain write: a plain
-        // write waits, with no limit, behind a transaction a killed
-        // process left open on this order (its SENT write, say), and the
-        // whole sweep would wait with it. Here that email is skipped until
-        // the next sweep.
+    let mut claimed = Vec::new();
+    for kind in [EmailKind::Confirmation, EmailKind::Cancellation] {
+        let room = limit.saturating_sub(claimed.len());
+        if room == 0 {
+            break;
+        }
+        // In a transaction with a deadline, not as plain writes: a plain
+        // write waits, with no limit, behind a transaction a killed process
+        // left open on an order, and the worker would wait with it. Here
+        // the claim is given up and tried again next step.
         let claim = crate::mongo::transaction_until(
             db,
-            "claim_email",
+            "claim_emails",
             Some(tokio::time::Instant::now() + CLAIM_DEADLINE),
-            (db, &filter, &update),
-            |session, (db, filter, update)| {
-                async move {
-                    crate::mongo::update_and_read(
-                        &orders(db),
-                        Some(session),
-                        filter.clone(),
-                        update.clone(),
-                    )
-                    .await
-                }
-                .boxed()
+            (db, kind, now, room, lease, message_id_domain),
+            |session, (db, kind, now, room, lease, domain)| {
+                claim_kind(db, session, *kind, *now, *room, *lease, domain).boxed()
             },
         )
         .await;
         match claim {
-            Ok(Some(order)) => claimed.push(Claimed { order, kind }),
-            Ok(None) => {}
+            Ok(orders) => claimed.extend(orders.into_iter().map(|order| Claimed { order, kind })),
             Err(e)
                 if e.get_custom::<crate::mongo::DeadlineBeforeCommit>()
                     .is_some() =>
             {
-                tracing::warn!(order_id = %id, email = kind.as_str(), "a due email is held by another transaction; it is tried again next sweep");
+                tracing::warn!(
+                    email = kind.as_str(),
+                    "due emails are held by another transaction; they are tried again next step"
+                );
             }
             Err(e) => return Err(e),
         }
@@ -160,17 +124,71 @@ pub async fn claim_due(
     Ok(claimed)
 }
 
-/// How long one claim may wait for an order another transaction holds.
-const CLAIM_DEADLINE: Duration = Duration::from_secs(2);
-
-/// The `next_attempt_at` of `kind` in a projected order document.
-fn field(document: &Document, kind: EmailKind) -> Option<Bson> {
-    document
-        .get_document(fields::delivery(kind))
-        .ok()?
-        .get(Delivery::NextAttemptAt.name())
-        .cloned()
+/// The claim's transaction body: the due orders are read and claimed in
+/// one update, so what was read is what was claimed (another sender's
+/// claim of one of them is a write conflict, and the transaction runs
+/// again). Returns the orders as the claim left them.
+async fn claim_kind(
+    db: &Database,
+    session: &mut ClientSession,
+    kind: EmailKind,
+    now: DateTime,
+    limit: usize,
+    lease: Duration,
+    message_id_domain: &str,
+) -> mongodb::error::Result<Vec<Order>> {
+    let due_at = fields::of(kind, Delivery::NextAttemptAt);
+    let mut found = orders(db)
+        .find(doc! { due_at.as_str(): { "$lte": now } })
+        .sort(doc! { due_at.as_str(): 1 })
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .session(&mut *session)
+        .await?;
+    let mut due: Vec<Order> = found.stream(&mut *session).try_collect().await?;
+    if due.is_empty() {
+        return Ok(due);
+    }
+    let ids: Vec<ObjectId> = due.iter().map(|order| order.id).collect();
+    let message_ids: Vec<String> = ids
+        .iter()
+        .map(|id| kind.message_id(id, message_id_domain))
+        .collect();
+    let until = crate::mongo::later(now, lease);
+    let field = fields::delivery(kind);
+    let claimed = orders(db)
+        .update_many(
+            doc! { ID: { "$in": &ids }, due_at.as_str(): { "$lte": now } },
+            vec![doc! { "$set": {
+                field: { "$mergeObjects": [fields::value(field), {
+                    Delivery::Status.name(): "SENDING",
+                    Delivery::MessageId.name(): crate::mongo::value_by_id(&ids, &message_ids),
+                    Delivery::AttemptedAt.name(): now,
+                    Delivery::NextAttemptAt.name(): until,
+                    Delivery::Attempts.name(): { "$add": [{ "$ifNull": [fields::value(&fields::of(kind, Delivery::Attempts)), 0] }, 1] },
+                }] },
+            } }],
+        )
+        .session(&mut *session)
+        .await?;
+    if usize::try_from(claimed.modified_count).ok() != Some(due.len()) {
+        return Err(MongoError::custom(
+            "due emails changed inside their claim's transaction",
+        ));
+    }
+    for (order, message_id) in due.iter_mut().zip(message_ids) {
+        if let Some(email) = order.delivery_mut(kind) {
+            email.status = EmailStatus::Sending;
+            email.message_id = Some(message_id);
+            email.attempted_at = Some(now);
+            email.next_attempt_at = Some(until);
+            email.attempts += 1;
+        }
+    }
+    Ok(due)
 }
+
+/// How long one claim may wait for orders another transaction holds.
+const CLAIM_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The filter that matches an email only while `claim` still holds it.
 fn still_claimed(claim: &Claimed) -> Document {
@@ -182,30 +200,6 @@ fn still_claimed(claim: &Claimed) -> Document {
         filter.insert(fields::of(claim.kind, Delivery::AttemptedAt), at);
     }
     filter
-}
-
-/// Extends a claim's lease from `now` (before a send that waited for the
-/// pace). `false` when the claim was lost to another sender.
-pub async fn renew(
-    db: &Database,
-    claim: &mut Claimed,
-    now: DateTime,
-    lease: Duration,
-) -> mongodb::error::Result<bool> {
-    let until = crate::mongo::later(now, lease);
-    let renewed = orders(db)
-        .update_one(
-            still_claimed(claim),
-            doc! { "$set": { fields::of(claim.kind, Delivery::NextAttemptAt): until } },
-        )
-        .await?;
-    if renewed.matched_count == 0 {
-        return Ok(false);
-    }
-    if let Some(delivery) = claim.order.delivery_mut(claim.kind) {
-        delivery.next_attempt_at = Some(until);
-    }
-    Ok(true)
 }
 
 fn timeline_entry(
@@ -225,42 +219,26 @@ fn timeline_entry(
     crate::mongo::bson_of(&entry)
 }
 
-/// The SMTP server accepted `kind` of email of each of `accepted` (an
-/// order, and when the server accepted its email), orders that were all
-/// `status` when it was sent: one write for all of them, each order getting
-/// its own `sent_at`. Only emails still `SENDING` change, so repeating it
-/// changes nothing.
+/// The SMTP server accepted the claimed email at `at`: `SENT`, recorded at
+/// once. Only an email still so claimed changes, so repeating it changes
+/// nothing.
 pub async fn record_sent(
     db: &Database,
-    accepted: &[(ObjectId, DateTime)],
-    kind: EmailKind,
-    status: OrderStatus,
+    claim: &Claimed,
+    at: DateTime,
 ) -> mongodb::error::Result<()> {
-    let ids: Vec<ObjectId> = accepted.iter().map(|(id, _)| *id).collect();
-    let times: Vec<DateTime> = accepted.iter().map(|(_, at)| *at).collect();
-    let entries: Vec<Bson> = accepted
-        .iter()
-        .map(|(_, at)| timeline_entry(kind, true, status, *at, None).map(|e| Bson::Array(vec![e])))
-        .collect::<mongodb::error::Result<_>>()?;
-    let field = fields::delivery(kind);
-    record_outcome(
-        db,
-        "record_email_sent",
-        doc! { ID: { "$in": &ids }, fields::of(kind, Delivery::Status): "SENDING" },
-        vec![
-            doc! { "$set": {
-                field: { "$mergeObjects": [fields::value(field), {
-                    Delivery::Status.name(): "SENT",
-                    Delivery::SentAt.name(): crate::mongo::value_by_id(&ids, &times),
-                    Delivery::LastError.name(): null,
-                }] },
-                UPDATED_AT: DateTime::now(),
-                TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(&ids, &entries)] },
-            } },
-            doc! { "$unset": fields::of(kind, Delivery::NextAttemptAt) },
-        ],
-    )
-    .await
+    let kind = claim.kind;
+    let update = doc! {
+        "$set": {
+            fields::of(kind, Delivery::Status): "SENT",
+            fields::of(kind, Delivery::SentAt): at,
+            fields::of(kind, Delivery::LastError): null,
+            UPDATED_AT: at,
+        },
+        "$unset": { fields::of(kind, Delivery::NextAttemptAt): "" },
+        "$push": { TIMELINE: timeline_entry(kind, true, claim.order.status, at, None)? },
+    };
+    record_outcome(db, "record_email_sent", still_claimed(claim), update).await
 }
 
 /// Back to `PENDING`, due at `next_attempt_at`, with why, unless the claim

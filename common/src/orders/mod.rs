@@ -9,6 +9,8 @@ pub mod email;
 pub mod fields;
 pub mod processing;
 
+use std::collections::HashMap;
+
 use bson::{Document, doc, oid::ObjectId};
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
@@ -45,16 +47,25 @@ pub async fn load(db: &Database, id: ObjectId) -> mongodb::error::Result<Option<
     collection(db).find_one(doc! { ID: id }).await
 }
 
-/// [`load`] inside the caller's transaction.
-pub async fn load_in(
+/// The orders of `ids` that exist, read in the caller's transaction and
+/// bounded by the time left before `deadline`.
+pub async fn load_many(
     db: &Database,
     session: &mut ClientSession,
-    id: ObjectId,
-) -> mongodb::error::Result<Option<Order>> {
-    collection(db)
-        .find_one(doc! { ID: id })
-        .session(session)
-        .await
+    ids: &[ObjectId],
+    deadline: tokio::time::Instant,
+) -> mongodb::error::Result<HashMap<ObjectId, Order>> {
+    let mut found = collection(db)
+        .find(doc! { ID: { "$in": ids } })
+        .max_time(crate::mongo::time_left(deadline)?)
+        .session(&mut *session)
+        .await?;
+    let mut orders = HashMap::new();
+    let mut stream = found.stream(&mut *session);
+    while let Some(order) = stream.try_next().await? {
+        orders.insert(order.id, order);
+    }
+    Ok(orders)
 }
 
 /// One order, if `owner` (when given) placed it: someone else's order is

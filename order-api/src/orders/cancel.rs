@@ -1,23 +1,21 @@
 //! Cancelling an order: in ONE transaction the order becomes CANCELLED
 //! (`common::orders::cancellation`), every line's stock is put back, and an
-//! `order.cancelled` outbox row is written,
-//! handed to this process's relay once committed (as a placed order's is).
+//! `order.cancelled` outbox row is written; once committed, this process's
+//! relay is woken for it (as for a placed order's).
 //! The cancellation email is written due in the same transaction: the
 //! processor's sender takes it from there (the event only wakes it), so the
 //! customer hears of the cancellation even while SQS is unreachable.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bson::{DateTime, doc, oid::ObjectId};
 pub use common::orders::cancellation::CancelRefused;
 use common::{domain::Order, event::OrderEventType, orders};
 use futures::FutureExt;
 use mongodb::{ClientSession, Database, error::Error as MongoError};
+use tokio::sync::Notify;
 
-use crate::{
-    outbox::{self, Handoff, store::Lease},
-    products::store as products,
-};
+use crate::{outbox, products::store as products};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -33,20 +31,17 @@ pub enum CancelError {
 /// `None` is an admin, who may cancel any order.
 pub async fn cancel_order(
     db: &Database,
-    handoff: &Handoff,
+    relay: &Arc<Notify>,
     order_id: ObjectId,
     owner: Option<ObjectId>,
     deadline: Duration,
 ) -> Result<Order, CancelError> {
-    let lease = handoff.lease();
-    let (order, rows) = common::mongo::transaction_until(
+    let order = common::mongo::transaction_until(
         db,
         "cancel_order",
         Some(tokio::time::Instant::now() + deadline),
-        (db, order_id, owner, &lease),
-        |session, (db, order_id, owner, lease)| {
-            write_cancellation(db, session, *order_id, *owner, lease).boxed()
-        },
+        (db, order_id, owner),
+        |session, (db, order_id, owner)| write_cancellation(db, session, *order_id, *owner).boxed(),
     )
     .await
     .map_err(|e| {
@@ -61,7 +56,7 @@ pub async fn cancel_order(
             CancelError::Database(e)
         }
     })?;
-    handoff.give(db, rows).await;
+    relay.notify_one();
     Ok(order)
 }
 
@@ -70,8 +65,7 @@ async fn write_cancellation(
     session: &mut ClientSession,
     order_id: ObjectId,
     owner: Option<ObjectId>,
-    lease: &Lease,
-) -> mongodb::error::Result<(Order, Vec<outbox::store::OutboxMessage>)> {
+) -> mongodb::error::Result<Order> {
     let now = DateTime::now();
     let order = orders::cancellation::cancel(db, session, order_id, owner, now).await?;
     for line in &order.lines {
@@ -89,11 +83,10 @@ async fn write_cancellation(
     // Still in the request's task: its span is the request's.
     let traceparent = common::telemetry::traceparent(&tracing::Span::current());
     let rows = outbox::store::rows_for(
-        [(order.id, traceparent, None)],
+        [(order.id, traceparent)],
         OrderEventType::OrderCancelled,
         now,
-        Some(lease),
     );
     outbox::store::insert(db, session, &rows).await?;
-    Ok((order, rows))
+    Ok(order)
 }

@@ -1,24 +1,16 @@
 //! Placing orders: ONE transaction for a batch of N ≥ 1 orders (a lone
-//! order is a batch of one). It reads the products it has no cached copy
-//! of, allocates their stock greedily in arrival order, and writes in one
-//! command a guarded decrement per product (which also checks a cached
-//! copy: `products::cache`), the placed orders, their outbox rows and their
+//! order is a batch of one). It reads the batch's products, allocates their
+//! stock greedily in arrival order, and writes in one command a guarded
+//! decrement per product, the placed orders, their outbox rows and their
 //! Idempotency-Key records. Each order is all-or-nothing and gets its own
 //! answer: placed, or refused for its own reason.
 //!
 //! A batch that fails because of one order (a repeated Idempotency-Key, say)
 //! is run again without it, and that order gets the failure as its answer.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use bson::{DateTime, Document, doc, oid::ObjectId};
+use bson::{DateTime, doc, oid::ObjectId};
 use common::{
     domain::{
         EmailAddress, EmailDelivery, Order, OrderLine, OrderStatus, Product, Quantity, TaxRate,
@@ -30,19 +22,13 @@ use futures::{FutureExt, TryStreamExt};
 use metrics::counter;
 use mongodb::{
     ClientSession, Database,
-    error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR},
+    error::{Error as MongoError, TRANSIENT_TRANSACTION_ERROR},
     options::{UpdateOneModel, WriteModel},
 };
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use super::idempotency::{self, KeyedRequest};
-use crate::{
-    outbox::{
-        self, Handoff,
-        store::{Lease, OutboxMessage},
-    },
-    products::{self, cache::ProductCache},
-};
+use crate::{outbox, products};
 
 /// One requested line, already parsed.
 #[derive(Debug, Clone, Copy)]
@@ -80,17 +66,11 @@ pub struct ShopSettings {
     /// contended product. A commit once sent is waited for, so the answer
     /// is always true.
     pub deadline: Duration,
-    /// Where committed orders' outbox rows go: this process's relay.
-    pub handoff: Handoff,
-    /// Set when the server refuses bulkWrite (MongoDB, or its
-    /// featureCompatibilityVersion, below 8.0): as decided at start-up
-    /// (`common::mongo::server`), or on the first refusal met at run time.
-    /// A batch's writes are then sent one statement each, in the same
-    /// transaction.
-    pub bulk_write_refused: Arc<AtomicBool>,
-    /// What placing last knew of each product: a product it has is not
-    /// read again (its guarded decrement checks it).
-    pub products: ProductCache,
+    /// This process's relay, woken once a batch's outbox rows are
+    /// committed.
+    pub relay: Arc<Notify>,
+    /// bulkWrite, or one statement each where the server refuses it.
+    pub writes: common::mongo::bulk::Writes,
 }
 
 /// Why an order was refused. Carried out of the transaction body as the
@@ -144,9 +124,9 @@ struct OneOrderFailed {
     error: MongoError,
 }
 
-/// Places `requests` as ONE transaction and answers each, in order; three
+/// Places `requests` as ONE transaction and answers each, in order: three
 /// round trips (read the products, one bulk write, commit) for any number
-/// of orders, two when the products are cached. The step the batcher runs; tests call it directly.
+/// of orders. The step the batcher runs; tests call it directly.
 pub async fn place_together(
     db: &Database,
     settings: &ShopSettings,
@@ -168,15 +148,7 @@ pub async fn place_together(
             }
             Err(error) => error,
         };
-        if error.get_custom::<StaleProducts>().is_some() {
-            // The stale products are read fresh from now on.
-            tracing::debug!(
-                orders = batch.len(),
-                "a cached product was stale; placing the batch again from a fresh read"
-            );
-            counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "stale_product")
-                .increment(1);
-        } else if let Some(failed) = error.get_custom::<OneOrderFailed>() {
+        if let Some(failed) = error.get_custom::<OneOrderFailed>() {
             if batch.len() > 1 {
                 tracing::info!(orders = batch.len(), error = %failed.error, "one order failed its batch; placing the others without it");
                 counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "one_order_failed")
@@ -184,12 +156,8 @@ pub async fn place_together(
             }
             let i = pending.remove(failed.index);
             answers[i] = Some(Err(PlaceError::Database(failed.error.clone())));
-        } else if common::mongo::is_bulk_write_refused(&error)
-            && !settings.bulk_write_refused.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(error = %error, "the server refuses bulkWrite (MongoDB or its featureCompatibilityVersion below 8.0); order batches are written one statement at a time");
-            counter!(crate::metrics::ORDER_BATCH_FALLBACKS, "reason" => "bulk_write_refused")
-                .increment(1);
+        } else if common::mongo::is_bulk_write_refused(&error) {
+            // `write_all` goes one statement each from now on.
         } else {
             // Nothing was written (the deadline passed before the commit),
             // or the database is out of reach, or the commit's outcome is
@@ -215,56 +183,39 @@ pub async fn place_together(
 }
 
 /// One attempt at the batch's transaction, retried as a whole on transient
-/// errors; on commit, its outbox rows go to the relay.
+/// errors; on commit, the relay is woken for its outbox rows.
 async fn place_batch(
     db: &Database,
     settings: &ShopSettings,
     batch: &[&OrderRequest],
     deadline: Instant,
 ) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
-    let lease = settings.handoff.lease();
     let written = common::mongo::transaction_until(
         db,
         "place_order_batch",
         Some(deadline),
-        (db, settings, batch, &lease),
-        |session, (db, settings, batch, lease)| {
-            write_batch(db, session, settings, batch, lease, deadline).boxed()
+        (db, settings, batch),
+        |session, (db, settings, batch)| {
+            write_batch(db, session, settings, batch, deadline).boxed()
         },
     )
     .await?;
-    settings.products.remember(written.products);
-    settings.handoff.give(db, written.rows).await;
-    Ok(written.outcomes)
+    if written.iter().any(Result::is_ok) {
+        settings.relay.notify_one();
+    }
+    Ok(written)
 }
-
-/// What one run of the batch's transaction body wrote: each order's
-/// outcome, in arrival order, the outbox rows written under the lease, and
-/// the products as the commit leaves them (for the cache).
-struct Written {
-    outcomes: Vec<Result<Order, PlaceOrderError>>,
-    rows: Vec<OutboxMessage>,
-    products: Vec<Product>,
-}
-
-/// Some products' cached copies were stale (their guarded decrements
-/// matched nothing): the batch's transaction is given up, and the batch is
-/// placed again from a fresh read.
-#[derive(Debug, Clone)]
-struct StaleProducts;
 
 /// The batch's transaction body; runs again from the start on a transient
-/// error. Products the cache has are not read: their guarded decrements
-/// check them (see [`products::cache`]). Each statement is bounded by the
-/// time left before `deadline`.
+/// error. Each statement is bounded by the time left before `deadline`.
+/// Returns each order's outcome, in arrival order.
 async fn write_batch(
     db: &Database,
     session: &mut ClientSession,
     settings: &ShopSettings,
     batch: &[&OrderRequest],
-    lease: &Lease,
     deadline: Instant,
-) -> mongodb::error::Result<Written> {
+) -> mongodb::error::Result<Vec<Result<Order, PlaceOrderError>>> {
     let now = DateTime::now();
     let mut wanted: Vec<ObjectId> = batch
         .iter()
@@ -272,36 +223,8 @@ async fn write_batch(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let mut catalogue = settings.products.get_many(&wanted);
-    let mut guessed: HashSet<ObjectId> = catalogue.keys().copied().collect();
-    let unknown: Vec<ObjectId> = wanted
-        .iter()
-        .filter(|id| !guessed.contains(id))
-        .copied()
-        .collect();
-    read_products(db, session, &unknown, &mut catalogue, deadline).await?;
-    let mut outcomes = allocate(batch, &catalogue, settings, now);
-
-    // A refusal is decided on what this transaction read, never on the
-    // cache: the cached products of refused orders are read, and the batch
-    // allocated again.
-    let mut doubtful: Vec<ObjectId> = batch
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, outcome)| outcome.is_err())
-        .flat_map(|(request, _)| request.lines.iter().map(|l| l.product_id))
-        .filter(|id| guessed.contains(id))
-        .collect();
-    if !doubtful.is_empty() {
-        doubtful.sort_unstable();
-        doubtful.dedup();
-        for id in &doubtful {
-            catalogue.remove(id);
-            guessed.remove(id);
-        }
-        read_products(db, session, &doubtful, &mut catalogue, deadline).await?;
-        outcomes = allocate(batch, &catalogue, settings, now);
-    }
+    let catalogue = read_products(db, session, &wanted, deadline).await?;
+    let outcomes = allocate(batch, &catalogue, settings, now);
 
     // One guarded decrement per product, for what the placed orders take.
     let mut taken: HashMap<ObjectId, i64> = HashMap::new();
@@ -311,15 +234,7 @@ async fn write_batch(
         }
     }
     if taken.is_empty() {
-        let products = catalogue
-            .into_values()
-            .filter(|p| !guessed.contains(&p.id))
-            .collect();
-        return Ok(Written {
-            outcomes,
-            rows: Vec::new(),
-            products,
-        });
+        return Ok(outcomes);
     }
     let taken: Vec<(ObjectId, i64)> = taken.into_iter().collect();
     let placed: Vec<(usize, &Order)> = outcomes
@@ -330,10 +245,9 @@ async fn write_batch(
     let rows = outbox::store::rows_for(
         placed
             .iter()
-            .map(|(i, order)| (order.id, batch[*i].traceparent.clone(), Some(*order))),
+            .map(|(i, order)| (order.id, batch[*i].traceparent.clone())),
         OrderEventType::OrderCreated,
         now,
-        Some(lease),
     );
 
     // Every write of the batch in ONE bulkWrite command, in this order:
@@ -346,13 +260,10 @@ async fn write_batch(
     let mut writes: Vec<WriteModel> = Vec::new();
     let mut owners: Vec<Option<usize>> = Vec::new();
     for (product_id, quantity) in &taken {
-        let product = catalogue.get(product_id).ok_or_else(|| {
-            MongoError::custom(format!("product {product_id} was taken without being read"))
-        })?;
         writes.push(
             UpdateOneModel::builder()
                 .namespace(stock.namespace())
-                .filter(products::cache::guard(product, *quantity))
+                .filter(doc! { "_id": product_id, "active": true, "stock": { "$gte": quantity } })
                 .update(doc! { "$inc": { "stock": -quantity }, "$set": { "updated_at": now } })
                 .build()
                 .into(),
@@ -376,74 +287,52 @@ async fn write_batch(
             owners.push(Some(*i));
         }
     }
-    let one_by_one = settings.bulk_write_refused.load(Ordering::Relaxed);
     common::mongo::time_left(deadline)?;
-    let matched = write_all(db, session, writes, one_by_one)
+    let matched = common::mongo::bulk::write_all(&settings.writes, db, session, writes)
         .await
-        .map_err(|(write, error)| match write.and_then(|w| owners[w]) {
-            Some(index) if !error.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
-                MongoError::custom(OneOrderFailed { index, error })
+        .map_err(|common::mongo::bulk::Failed { index, error }| {
+            match index.and_then(|w| owners[w]) {
+                Some(index) if !error.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                    MongoError::custom(OneOrderFailed { index, error })
+                }
+                _ => error,
             }
-            _ => error,
         })?;
-    let missed: Vec<ObjectId> = taken
+    // Every decrement matches: the products were read in this transaction,
+    // and a concurrent change would have been a write conflict. A miss is
+    // refused rather than risk overselling.
+    if let Some((index, (product, _))) = taken
         .iter()
         .enumerate()
-        .filter(|(index, _)| matched.get(index) != Some(&1))
-        .map(|(_, (product_id, _))| *product_id)
-        .collect();
-    if let Some(read) = missed.iter().find(|id| !guessed.contains(id)) {
-        // Cannot happen for a product read inside the transaction (a
-        // concurrent change is a write conflict); refuse the batch rather
-        // than oversell.
+        .find(|(index, _)| matched.get(index) != Some(&1))
+    {
         return Err(MongoError::custom(format!(
-            "stock of {read} changed inside a batch transaction"
+            "stock of {product} changed inside a batch transaction (write {index})"
         )));
     }
-    if !missed.is_empty() {
-        settings.products.found_stale(&missed);
-        return Err(MongoError::custom(StaleProducts));
-    }
-    let products = catalogue
-        .into_values()
-        .map(|mut product| {
-            if let Some((_, quantity)) = taken.iter().find(|(id, _)| *id == product.id) {
-                product.stock -= quantity;
-                product.updated_at = now;
-            }
-            product
-        })
-        .collect();
-    Ok(Written {
-        outcomes,
-        rows,
-        products,
-    })
+    Ok(outcomes)
 }
 
-/// Reads `ids` into `catalogue`, inside the transaction, bounded by the
-/// time left before `deadline`; a product that does not exist is left out.
+/// The products of `ids` that exist, read inside the transaction and
+/// bounded by the time left before `deadline`.
 async fn read_products(
     db: &Database,
     session: &mut ClientSession,
     ids: &[ObjectId],
-    catalogue: &mut HashMap<ObjectId, Product>,
     deadline: Instant,
-) -> mongodb::error::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
+) -> mongodb::error::Result<HashMap<ObjectId, Product>> {
     let left = common::mongo::time_left(deadline)?;
     let mut found = products::store::collection(db)
         .find(doc! { "_id": { "$in": ids } })
         .max_time(left)
         .session(&mut *session)
         .await?;
+    let mut catalogue = HashMap::new();
     let mut stream = found.stream(&mut *session);
     while let Some(product) = stream.try_next().await? {
         catalogue.insert(product.id, product);
     }
-    Ok(())
+    Ok(catalogue)
 }
 
 /// Greedy, in arrival order: an order is placed if every line fits in what
@@ -475,63 +364,6 @@ fn allocate(
         outcomes.push(outcome);
     }
     outcomes
-}
-
-/// Sends `writes` in one bulkWrite, or `one_by_one`, one statement each.
-/// Returns each update's matched count by its index; on failure, the index
-/// of the write that failed when it is known.
-async fn write_all(
-    db: &Database,
-    session: &mut ClientSession,
-    writes: Vec<WriteModel>,
-    one_by_one: bool,
-) -> Result<HashMap<usize, u64>, (Option<usize>, MongoError)> {
-    if !one_by_one {
-        return match db
-            .client()
-            .bulk_write(writes)
-            .verbose_results()
-            .session(&mut *session)
-            .await
-        {
-            Ok(written) => Ok(written
-                .update_results
-                .iter()
-                .map(|(index, result)| (*index, result.matched_count))
-                .collect()),
-            Err(error) => {
-                let failed = match error.kind.as_ref() {
-                    ErrorKind::BulkWrite(e) => e.write_errors.keys().min().copied(),
-                    _ => None,
-                };
-                Err((failed, error))
-            }
-        };
-    }
-    let mut matched = HashMap::new();
-    for (index, write) in writes.into_iter().enumerate() {
-        let written = match write {
-            WriteModel::InsertOne(m) => db
-                .collection::<Document>(&m.namespace.coll)
-                .insert_one(m.document)
-                .session(&mut *session)
-                .await
-                .map(|_| ()),
-            WriteModel::UpdateOne(m) => db
-                .collection::<Document>(&m.namespace.coll)
-                .update_one(m.filter, m.update)
-                .session(&mut *session)
-                .await
-                .map(|result| {
-                    matched.insert(index, result.matched_count);
-                }),
-            other => Err(MongoError::custom(format!(
-                "no statement form for {other:?}"
-            ))),
-        };
-        written.map_err(|error| (Some(index), error))?;
-    }
-    Ok(matched)
 }
 
 /// The order document for `lines`, each with the product as it was when its

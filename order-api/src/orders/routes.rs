@@ -353,7 +353,7 @@ pub async fn cancel(
 ) -> ApiResult<JsonResponse<OrderView>> {
     let order = cancel::cancel_order(
         &state.db,
-        &state.outbox,
+        &state.relay,
         id,
         visibility(&user),
         state.config.shop.order_deadline,

@@ -1,10 +1,8 @@
-//! The transactional outbox: rows written in the order's transaction, and
-//! the relay that publishes them to SQS (an order's row handed to it
-//! straight from the transaction that wrote it).
+//! The transactional outbox: rows written in the same transaction as the
+//! change they announce (`store`), and the relay that publishes them to
+//! SQS (`relay`).
 
-pub mod handoff;
 pub mod relay;
 pub mod store;
 
-pub use handoff::Handoff;
 pub use relay::{PublishOutcome, Relay};

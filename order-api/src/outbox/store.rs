@@ -5,10 +5,7 @@
 use std::time::Duration;
 
 use bson::{DateTime, Document, doc, oid::ObjectId};
-use common::{
-    domain::Order,
-    event::{OrderEvent, OrderEventType},
-};
+use common::event::{OrderEvent, OrderEventType};
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -43,6 +40,9 @@ pub struct OutboxMessage {
     pub published_at: Option<DateTime>,
     #[serde(default)]
     pub sqs_message_id: Option<String>,
+    /// The relay that published it (`<pid>-<random>` of its process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_by: Option<String>,
     /// The W3C trace context of the request that wrote the row; sent with
     /// the message so the processor's work joins that trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,13 +76,6 @@ pub fn expiring(db: &Database) -> common::expiry::Expiring {
     common::expiry::Expiring::new(db, collection(db).name(), "expire_at")
 }
 
-/// A relay's hold on rows: its claim token and when the hold runs out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: String,
-    pub until: DateTime,
-}
-
 /// Writes `rows` (made by [`rows_for`]) inside the caller's transaction:
 /// the events exist exactly when the changes they announce do.
 pub async fn insert(
@@ -96,57 +89,43 @@ pub async fn insert(
     Ok(())
 }
 
-/// The rows announcing `event_type` for each of `orders`: its id, the trace
-/// context of the request that changed it, and for `order.created` the order
-/// as the same transaction inserts it (the event carries it:
-/// `OrderEvent::placed`). Written by [`insert`] or as part of a caller's
-/// bulk write. With a `lease`, the rows are written already held by that
-/// relay claim (see `outbox::handoff`).
-pub fn rows_for<'a>(
-    orders: impl IntoIterator<Item = (ObjectId, Option<String>, Option<&'a Order>)>,
+/// The rows announcing `event_type` for each of `orders` (its id and the
+/// trace context of the request that changed it), for [`insert`] or a
+/// caller's bulk write.
+pub fn rows_for(
+    orders: impl IntoIterator<Item = (ObjectId, Option<String>)>,
     event_type: OrderEventType,
     occurred_at: DateTime,
-    lease: Option<&Lease>,
 ) -> Vec<OutboxMessage> {
     orders
         .into_iter()
-        .map(|(order_id, traceparent, placed)| {
+        .map(|(order_id, traceparent)| {
             let id = ObjectId::new();
             let event = OrderEvent {
                 event_id: id.to_hex(),
                 event_type,
                 order_id: order_id.to_hex(),
                 occurred_at: occurred_at.to_chrono(),
-                placed: placed.cloned().map(Box::new),
             };
-            row(id, order_id, &event, traceparent, lease)
+            OutboxMessage {
+                id,
+                order_id,
+                event_type: event_type.as_str().to_string(),
+                body: event.to_json(),
+                status: OutboxStatus::Pending,
+                attempts: 0,
+                last_error: None,
+                created_at: DateTime::now(),
+                lease_owner: None,
+                lease_until: None,
+                published_at: None,
+                sqs_message_id: None,
+                published_by: None,
+                traceparent,
+                expire_at: None,
+            }
         })
         .collect()
-}
-
-fn row(
-    id: ObjectId,
-    order_id: ObjectId,
-    event: &OrderEvent,
-    traceparent: Option<String>,
-    lease: Option<&Lease>,
-) -> OutboxMessage {
-    OutboxMessage {
-        id,
-        order_id,
-        event_type: event.event_type.as_str().to_string(),
-        body: event.to_json(),
-        status: OutboxStatus::Pending,
-        attempts: 0,
-        last_error: None,
-        created_at: DateTime::now(),
-        lease_owner: lease.map(|l| l.owner.clone()),
-        lease_until: lease.map(|l| l.until),
-        published_at: None,
-        sqs_message_id: None,
-        traceparent,
-        expire_at: None,
-    }
 }
 
 /// Claims up to `limit` of the oldest pending rows that nobody holds (or
@@ -210,7 +189,7 @@ pub async fn claim(
 }
 
 /// Marks the rows SQS accepted published, each with its SQS message id, in
-/// one update, but only those one of `tokens` still holds. Returns the ids it marked;
+/// one update, but only those the claim `token` still holds. Returns the ids it marked;
 /// a row missing from them lost its lease (another relay may publish it
 /// again: the consumer's inbox makes that harmless).
 ///
@@ -222,7 +201,7 @@ pub async fn claim(
 /// update is conditional on the lease.
 pub async fn mark_published(
     db: &Database,
-    tokens: &[&str],
+    token: &str,
     sent: &[(ObjectId, &str)],
     retention: Duration,
 ) -> mongodb::error::Result<Vec<ObjectId>> {
@@ -234,13 +213,14 @@ pub async fn mark_published(
     let now = DateTime::now();
     let result = collection(db)
         .update_many(
-            doc! { "_id": { "$in": &ids }, "status": "PENDING", "lease_owner": { "$in": tokens } },
+            doc! { "_id": { "$in": &ids }, "status": "PENDING", "lease_owner": token },
             vec![
                 doc! { "$set": {
                     "status": "PUBLISHED",
                     "published_at": now,
                     "sqs_message_id": common::mongo::value_by_id(&ids, &message_ids),
                     "expire_at": common::mongo::later(now, retention),
+                    "published_by": token.split(':').next().unwrap_or_default(),
                     "attempts": { "$add": [{ "$ifNull": ["$attempts", 0] }, 1] },
                 } },
                 doc! { "$unset": ["lease_owner", "lease_until"] },
@@ -284,17 +264,6 @@ pub async fn record_failure(
         )
         .await?;
     Ok(())
-}
-
-/// Lets go of the rows one claim holds, for any relay to take.
-pub async fn release_lease(db: &Database, token: &str) -> mongodb::error::Result<u64> {
-    let result = collection(db)
-        .update_many(
-            doc! { "status": "PENDING", "lease_owner": token },
-            doc! { "$unset": { "lease_owner": "", "lease_until": "" } },
-        )
-        .await?;
-    Ok(result.modified_count)
 }
 
 /// Lets go of every row this relay instance still holds (at shutdown).

@@ -1,7 +1,6 @@
 //! The catalogue: admins add and change products (or seed them from a file);
 //! anyone may browse.
 
-pub mod cache;
 pub mod requests;
 pub(crate) mod routes;
 pub mod seed;

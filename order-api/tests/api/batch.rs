@@ -2,7 +2,7 @@
 //! The batch step is called directly so that a batch is certain; the HTTP
 //! tests at the end race real requests through the batcher.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use common::domain::{Quantity, TaxRate};
@@ -14,14 +14,11 @@ use order_api::{
             self, Customer, LineRequest, OrderRequest, PlaceError, PlaceOrderError, ShopSettings,
         },
     },
-    outbox::{
-        Handoff, Relay,
-        store::{self, OutboxMessage},
-    },
+    outbox::store::{self, OutboxMessage},
 };
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
@@ -30,10 +27,9 @@ fn settings() -> ShopSettings {
         currency: "INR".into(),
         tax_rate: TaxRate::GST_18,
         deadline: Duration::from_secs(10),
-        // No relay takes them: the rows are let go for a sweep.
-        handoff: Handoff::new("no-relay", Duration::from_secs(30), 1).0,
-        bulk_write_refused: Default::default(),
-        products: Default::default(),
+        // No relay listens: the rows wait for a sweep.
+        relay: Default::default(),
+        writes: common::mongo::bulk::Writes::as_decided(),
     }
 }
 
@@ -286,27 +282,28 @@ async fn many_concurrent_buyers_of_one_product_get_exactly_the_stock_over_http()
     assert_eq!(units, 100 - stock, "orders hold exactly what was sold");
 }
 
-/// A hand-off to a relay this test plays: `depth` batches at most.
-fn handing_off(
-    depth: usize,
-) -> (
-    ShopSettings,
-    tokio::sync::mpsc::Receiver<Vec<OutboxMessage>>,
-) {
-    let (handoff, handed) = Handoff::new("test-relay", Duration::from_secs(30), depth);
+/// Settings whose relay wake-up this test watches.
+fn watched() -> (ShopSettings, Arc<Notify>) {
+    let relay = Arc::new(Notify::new());
     let settings = ShopSettings {
-        handoff,
+        relay: relay.clone(),
         ..settings()
     };
-    (settings, handed)
+    (settings, relay)
+}
+
+async fn woken(relay: &Notify) -> bool {
+    tokio::time::timeout(Duration::from_millis(200), relay.notified())
+        .await
+        .is_ok()
 }
 
 #[tokio::test]
-async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
+async fn a_committed_batch_and_a_cancellation_wake_the_relay_for_their_rows() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 2).await;
-    let (settings, mut handed) = handing_off(4);
+    let (settings, relay) = watched();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let requests = [
@@ -317,116 +314,51 @@ async fn a_committed_batch_hands_its_rows_to_the_relay_already_leased() {
     let outcomes = place::place_together(&app.db, &settings, &requests, deadline).await;
     let placed: Vec<ObjectId> = outcomes.iter().flatten().map(|o| o.id).collect();
     assert_eq!(placed.len(), 2, "{outcomes:?}");
-
-    let rows = handed
-        .try_recv()
-        .expect("the committed rows were handed over");
+    assert!(woken(&relay).await, "the commit woke the relay");
+    let rows = |app: &TestApp| {
+        let db = app.db.clone();
+        async move {
+            store::collection(&db)
+                .find(doc! {})
+                .sort(doc! { "_id": 1 })
+                .await
+                .expect("query")
+                .try_collect::<Vec<OutboxMessage>>()
+                .await
+                .expect("rows")
+        }
+    };
+    let stored = rows(&app).await;
     assert_eq!(
-        rows.iter().map(|r| r.order_id).collect::<Vec<_>>(),
+        stored.iter().map(|r| r.order_id).collect::<Vec<_>>(),
         placed,
         "one row per placed order, none for the refused one"
     );
-    let owner = rows[0].lease_owner.clone().expect("handed rows are leased");
-    assert!(owner.starts_with("test-relay:"), "{owner}");
-    let stored: Vec<OutboxMessage> = store::collection(&app.db)
-        .find(doc! {})
-        .await
-        .expect("query")
-        .try_collect()
-        .await
-        .expect("rows");
-    assert_eq!(stored.len(), 2);
     for row in &stored {
-        assert!(rows.iter().any(|r| r.id == row.id), "handed what committed");
-        assert_eq!(row.lease_owner.as_deref(), Some(owner.as_str()));
-        assert!(row.lease_until.expect("lease") > bson::DateTime::now());
+        assert_eq!(row.status, store::OutboxStatus::Pending);
+        assert_eq!(row.lease_owner, None, "any relay may take it");
     }
-    // Another relay cannot take them while the lease holds.
-    let other = Relay::new(
-        app.db.clone(),
-        app.sqs.clone(),
-        app.queues.queue_url.clone(),
-        &test_support::apps::api_config("unused", "unused").outbox,
-    );
-    assert_eq!(other.recover().await.expect("step").published, 0);
-    // The relay that holds them publishes them without claiming.
-    let outcome = other.publish(&rows).await.expect("publishes");
-    assert_eq!(outcome.published, 2, "{outcome:?}");
-    let unpublished = store::collection(&app.db)
-        .count_documents(doc! { "status": "PENDING" })
-        .await
-        .expect("count");
-    assert_eq!(unpublished, 0);
-}
-
-#[tokio::test]
-async fn when_the_relay_cannot_take_more_the_rows_are_let_go_for_the_sweep() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 100, 10).await;
-    let (settings, mut handed) = handing_off(1);
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first =
-        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
-    let second =
-        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
-    let second = second[0].as_ref().expect("placed").id;
-    assert!(first[0].is_ok());
-
-    // The queue held one batch: the second order's row is free for any relay.
-    assert_eq!(handed.try_recv().expect("first batch").len(), 1);
-    assert!(handed.try_recv().is_err(), "nothing else was queued");
-    let row = store::collection(&app.db)
-        .find_one(doc! { "order_id": second })
-        .await
-        .expect("query")
-        .expect("row");
-    assert_eq!(row.lease_owner, None);
-    assert_eq!(row.lease_until, None);
-}
-
-#[tokio::test]
-async fn a_cancellation_hands_its_row_to_the_relay_as_an_order_does() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 100, 10).await;
-    let (settings, mut handed) = handing_off(4);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let placed =
-        place::place_together(&app.db, &settings, &[request(&[(&product, 1)])], deadline).await;
-    let order = placed[0].as_ref().expect("placed").id;
-    assert_eq!(handed.try_recv().expect("the order's row").len(), 1);
 
     let cancelled = order_api::orders::cancel::cancel_order(
         &app.db,
-        &settings.handoff,
-        order,
+        &settings.relay,
+        placed[0],
         None,
         Duration::from_secs(10),
     )
     .await
     .expect("cancelled");
-    assert_eq!(cancelled.id, order);
-    let rows = handed
-        .try_recv()
-        .expect("the cancellation's row was handed over");
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].order_id, order);
-    assert_eq!(rows[0].event_type, "order.cancelled");
-    let owner = rows[0].lease_owner.clone().expect("handed rows are leased");
-    assert!(owner.starts_with("test-relay:"), "{owner}");
-    let stored = store::collection(&app.db)
-        .find_one(doc! { "_id": rows[0].id })
-        .await
-        .expect("query")
-        .expect("committed");
-    assert_eq!(stored.lease_owner.as_deref(), Some(owner.as_str()));
+    assert_eq!(cancelled.id, placed[0]);
+    assert!(woken(&relay).await, "the cancellation woke the relay");
+    let stored = rows(&app).await;
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2].event_type, "order.cancelled");
+    assert_eq!(stored[2].order_id, placed[0]);
 }
 
 #[tokio::test]
 async fn an_order_and_its_cancellation_over_http_reach_the_queue_with_no_sweep() {
-    // The sweep effectively off: only the hand-off can publish them.
+    // The sweep effectively off: only the commits' wake-ups publish them.
     let app = spawn_app_with(|config| config.outbox.sweep_schedule = "0 0 0 1 1 *".into()).await;
     let admin = app.admin_token().await;
     let product = app.product(&admin, 100, 10).await;
@@ -460,157 +392,18 @@ async fn an_order_and_its_cancellation_over_http_reach_the_queue_with_no_sweep()
     .await;
 }
 
-// The product cache: a product placing has seen is not read again; its
-// guarded decrement checks it. Each test changes the product behind one
-// placer's cache (as an admin, a cancellation or a second order-api does)
-// and checks the next order sees the product as it is.
-
-/// Places `requests` with `settings` (and so with its product cache).
-async fn place_with(
-    app: &TestApp,
-    settings: &ShopSettings,
-    requests: &[OrderRequest],
-) -> Vec<Result<common::domain::Order, PlaceError>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    place::place_together(&app.db, settings, requests, deadline).await
-}
-
-async fn patch_product(app: &TestApp, admin: &str, product: &str, patch: serde_json::Value) {
-    let patched = app
-        .patch(&format!("/api/products/{product}"), Some(admin), &patch)
-        .await;
-    assert_eq!(patched.status(), StatusCode::OK, "patch {patch}");
-}
-
-#[tokio::test]
-async fn the_cache_holds_what_the_commit_left_and_a_changed_price_and_name_are_what_the_next_order_snapshots()
- {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 1_000, 10).await;
-    let id = ObjectId::parse_str(&product).expect("id");
-    let placer = settings();
-
-    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
-    assert!(first[0].is_ok(), "{:?}", first[0]);
-    let cached = placer.products.get_many(&[id]);
-    assert_eq!(
-        cached.get(&id).map(|p| p.stock),
-        Some(9),
-        "the cache holds the stock the commit left"
-    );
-
-    patch_product(
-        &app,
-        &admin,
-        &product,
-        json!({ "price": 1_500, "name": "Renamed" }),
-    )
-    .await;
-    let second = place_with(&app, &placer, &[request(&[(&product, 2)])]).await;
-    let order = second[0].as_ref().expect("placed at the new price");
-    assert_eq!(order.lines[0].unit_price.minor(), 1_500);
-    assert_eq!(order.lines[0].name, "Renamed");
-    assert_eq!(order.subtotal.minor(), 3_000);
-    assert_eq!(app.stock_of(&product).await, 7);
-    assert_eq!(app.count("orders").await, 2);
-    assert_eq!(app.count("outbox").await, 2, "the stale try wrote nothing");
-    assert_eq!(
-        placer.products.get_many(&[id]).get(&id).map(|p| p.stock),
-        None,
-        "a product found stale is read fresh for a while"
-    );
-}
-
-#[tokio::test]
-async fn stock_added_behind_the_cache_is_sold_not_refused() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 100, 2).await;
-    let placer = settings();
-
-    let first = place_with(&app, &placer, &[request(&[(&product, 2)])]).await;
-    assert!(first[0].is_ok(), "{:?}", first[0]);
-    patch_product(&app, &admin, &product, json!({ "stock": 5 })).await;
-
-    let second = place_with(&app, &placer, &[request(&[(&product, 3)])]).await;
-    assert!(
-        second[0].is_ok(),
-        "the cache said 0 left; the product has 5: {:?}",
-        second[0]
-    );
-    assert_eq!(app.stock_of(&product).await, 2);
-}
-
-#[tokio::test]
-async fn stock_taken_behind_the_cache_is_never_oversold_and_the_refusal_says_what_is_left() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 100, 5).await;
-    let id = ObjectId::parse_str(&product).expect("id");
-    let placer = settings();
-
-    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
-    assert!(first[0].is_ok(), "{:?}", first[0]);
-    // Another order-api sells 3 of the 4 this placer thinks are left.
-    app.db
-        .collection::<bson::Document>("products")
-        .update_one(doc! { "_id": id }, doc! { "$inc": { "stock": -3 } })
-        .await
-        .expect("taken elsewhere");
-
-    let outcomes = place_with(
-        &app,
-        &placer,
-        &[request(&[(&product, 2)]), request(&[(&product, 1)])],
-    )
-    .await;
-    assert_eq!(available_of(&outcomes[0]), Some(1), "{:?}", outcomes[0]);
-    assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
-    assert_eq!(app.stock_of(&product).await, 0);
-    assert_eq!(app.count("orders").await, 2);
-    assert_eq!(app.count("outbox").await, 2);
-}
-
-#[tokio::test]
-async fn a_product_withdrawn_behind_the_cache_is_refused_and_nothing_is_written() {
-    let app = spawn_app().await;
-    let admin = app.admin_token().await;
-    let product = app.product(&admin, 100, 5).await;
-    let placer = settings();
-
-    let first = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
-    assert!(first[0].is_ok(), "{:?}", first[0]);
-    patch_product(&app, &admin, &product, json!({ "active": false })).await;
-
-    let second = place_with(&app, &placer, &[request(&[(&product, 1)])]).await;
-    assert!(
-        matches!(
-            second[0],
-            Err(PlaceError::Refused(PlaceOrderError::InactiveProduct { .. }))
-        ),
-        "{:?}",
-        second[0]
-    );
-    assert_eq!(app.stock_of(&product).await, 4);
-    assert_eq!(app.count("orders").await, 1);
-    assert_eq!(app.count("outbox").await, 1);
-}
-
-/// A placement whose products the API has already read opens its
-/// transaction with the bulkWrite itself. When another transaction holds a
-/// product, that first run meets a write conflict and is run again in the
-/// same session; the rerun's first statement must still be one the server
-/// takes (a causally consistent session would add `readConcern` to it,
-/// which the bulkWrite command refuses: a 500). Once the holder lets go,
-/// the order is placed.
+/// When another transaction holds a product, a placement's bulkWrite meets
+/// a write conflict and the transaction runs again in the same session;
+/// each rerun's statements must be ones the server takes (a causally
+/// consistent session would add `readConcern.afterClusterTime`, which the
+/// stand-in's bulkWrite refuses: a 500). Once the holder lets go, the
+/// order is placed.
 #[tokio::test]
 async fn a_placement_rerun_after_a_write_conflict_is_placed() {
     let app = spawn_app().await;
     let admin = app.admin_token().await;
     let (_, customer) = app.customer().await;
     let product = app.product(&admin, 500, 10).await;
-    // The API now knows the product: the next placement reads nothing first.
     app.order(&customer, &product, 1).await;
 
     let mut holder = app.db.client().start_session().await.expect("session");

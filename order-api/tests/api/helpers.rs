@@ -19,7 +19,8 @@ pub struct TestApp {
     pub db: Database,
     pub sqs: aws_sdk_sqs::Client,
     pub queues: TestQueues,
-    running: Option<Running>,
+    /// Kept until the test ends: dropping it stops the service.
+    _running: Running,
 }
 
 /// Starts order-api on a free port against the real stack, with a fresh
@@ -49,7 +50,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ApiConfig)) -> TestApp {
         db,
         sqs,
         queues,
-        running: Some(api),
+        _running: api,
     }
 }
 
@@ -63,14 +64,6 @@ impl std::ops::Deref for TestApp {
 }
 
 impl TestApp {
-    /// Stops order-api as SIGTERM does (its workers finish their steps);
-    /// the database and queues stay for the test to read.
-    pub async fn stop(&mut self) {
-        if let Some(api) = self.running.take() {
-            api.stop().await;
-        }
-    }
-
     pub async fn count(&self, collection: &str) -> u64 {
         self.db
             .collection::<mongodb::bson::Document>(collection)

@@ -317,10 +317,9 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     let queues = test_support::create_queues(&sqs, &test_support::unique("relay"), 30).await;
     let outbox = order_api::outbox::store::collection(&db);
     let rows = order_api::outbox::store::rows_for(
-        [(mongodb::bson::oid::ObjectId::new(), None, None)],
+        [(mongodb::bson::oid::ObjectId::new(), None)],
         common::event::OrderEventType::OrderCreated,
         mongodb::bson::DateTime::now(),
-        None,
     );
     outbox.insert_many(&rows).await.expect("enqueue");
 
@@ -328,7 +327,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     let gone = format!("{}-gone", queues.queue_url);
     let config = test_support::apps::api_config(&database, "unused").outbox;
     let broken = order_api::outbox::Relay::new(db.clone(), sqs.clone(), gone, &config);
-    let result = broken.recover().await;
+    let result = broken.publish_step().await;
     assert!(result.is_err(), "{result:?}");
     let row = outbox
         .find_one(mongodb::bson::doc! {})
@@ -347,7 +346,7 @@ async fn a_failed_send_leaves_the_row_pending_with_the_error_recorded() {
     // The next attempt, with SQS reachable, publishes it.
     let relay =
         order_api::outbox::Relay::new(db.clone(), sqs.clone(), queues.queue_url.clone(), &config);
-    let outcome = relay.recover().await.expect("publishes");
+    let outcome = relay.publish_step().await.expect("publishes");
     assert_eq!(outcome.published, 1);
     let row = outbox
         .find_one(mongodb::bson::doc! {})

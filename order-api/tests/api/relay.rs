@@ -58,8 +58,8 @@ async fn bench() -> Bench {
 /// Writes `n` order.created rows nobody holds, as committed orders whose
 /// relay died would leave them.
 async fn enqueue(db: &Database, n: usize) -> Vec<ObjectId> {
-    let orders = (0..n).map(|_| (ObjectId::new(), None, None));
-    let rows = store::rows_for(orders, OrderEventType::OrderCreated, DateTime::now(), None);
+    let orders = (0..n).map(|_| (ObjectId::new(), None));
+    let rows = store::rows_for(orders, OrderEventType::OrderCreated, DateTime::now());
     store::collection(db)
         .insert_many(&rows)
         .await
@@ -107,7 +107,7 @@ async fn two_relays_racing_publish_every_row_exactly_once() {
     let run = |relay: Relay| async move {
         let mut published = 0;
         for _ in 0..20 {
-            let outcome = relay.recover().await.expect("publishes");
+            let outcome = relay.publish_step().await.expect("publishes");
             published += outcome.published;
             if outcome.published == 0 && !outcome.more_pending {
                 break;
@@ -146,13 +146,13 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
 
     let relay = bench.relay();
     assert_eq!(
-        relay.recover().await.expect("step").published,
+        relay.publish_step().await.expect("step").published,
         0,
         "leased rows are left alone"
     );
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(
-        relay.recover().await.expect("step").published,
+        relay.publish_step().await.expect("step").published,
         3,
         "expired leases are taken over"
     );
@@ -166,7 +166,7 @@ async fn a_dead_relays_rows_are_taken_over_when_its_lease_runs_out() {
     assert_eq!(row.status, OutboxStatus::Published);
     let marked = store::mark_published(
         &bench.db,
-        &[dead],
+        dead,
         &[(row.id, "late")],
         Duration::from_secs(60),
     )
@@ -183,11 +183,12 @@ async fn a_stopping_relay_lets_go_of_its_rows_and_only_its_own() {
     // Two rows held by each relay, each under a claim of its own.
     for (i, order) in orders.iter().enumerate() {
         let holder = if i % 2 == 0 { &stopping } else { &other };
-        let lease = holder.handoff().0.lease();
+        let owner = format!("{}:claim-{i}", holder.instance());
+        let until = DateTime::from_millis(DateTime::now().timestamp_millis() + 30_000);
         store::collection(&bench.db)
             .update_one(
                 doc! { "order_id": order },
-                doc! { "$set": { "lease_owner": &lease.owner, "lease_until": lease.until } },
+                doc! { "$set": { "lease_owner": owner, "lease_until": until } },
             )
             .await
             .expect("lease");
@@ -211,21 +212,14 @@ async fn a_relay_told_to_stop_finishes_its_step_and_starts_no_other() {
     // More than one recovery claim takes (five SQS batches of 10).
     enqueue(&bench.db, 120).await;
     let relay = bench.relay();
-    let (_handoff, handed) = relay.handoff();
     let shutdown = tokio_util::sync::CancellationToken::new();
     shutdown.cancel();
-    order_api::outbox::relay::run(
-        relay,
-        handed,
-        std::sync::Arc::new(tokio::sync::Notify::new()),
-        shutdown,
-    )
-    .await;
+    order_api::outbox::relay::run(relay, shutdown).await;
     let published = store::collection(&bench.db)
         .count_documents(doc! { "status": "PUBLISHED" })
         .await
         .expect("count");
-    assert_eq!(published, 50, "the first claim only, not the whole backlog");
+    assert_eq!(published, 50, "the first step only, not the whole backlog");
 }
 
 #[tokio::test]
@@ -233,7 +227,7 @@ async fn published_rows_carry_their_expiry() {
     let bench = bench().await;
     enqueue(&bench.db, 1).await;
     let relay = bench.relay();
-    relay.recover().await.expect("publishes");
+    relay.publish_step().await.expect("publishes");
     let row = store::collection(&bench.db)
         .find_one(doc! {})
         .await
@@ -260,7 +254,7 @@ async fn each_published_row_records_the_sqs_id_of_its_own_message() {
     let bench = bench().await;
     enqueue(&bench.db, 7).await;
     let relay = bench.relay();
-    assert_eq!(relay.recover().await.expect("step").published, 7);
+    assert_eq!(relay.publish_step().await.expect("step").published, 7);
 
     let sent: HashSet<(String, String)> = drain(&bench.sqs, &bench.queue_url)
         .await
@@ -308,14 +302,14 @@ async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
         fifo_url.clone(),
         &bench.config,
     );
-    assert_eq!(relay.recover().await.expect("publishes").published, 2);
+    assert_eq!(relay.publish_step().await.expect("publishes").published, 2);
 
     // Sent again (say a relay lost its lease after sending): deduplicated.
     store::collection(&bench.db)
         .update_many(doc! {}, doc! { "$set": { "status": "PENDING" } })
         .await
         .expect("reset");
-    assert_eq!(relay.recover().await.expect("publishes").published, 2);
+    assert_eq!(relay.publish_step().await.expect("publishes").published, 2);
 
     let messages = drain(&bench.sqs, &fifo_url).await;
     assert_eq!(messages.len(), 2, "the resend was deduplicated");
@@ -331,112 +325,21 @@ async fn fifo_queues_get_the_order_as_group_and_the_row_as_dedup_id() {
     assert_eq!(groups, expected);
 }
 
-/// Rows SQS accepted in separate steps are marked published by one update,
-/// once their events are on the queue already; a stopping relay marks
-/// what it holds before it lets go.
+/// What SQS accepted is marked published before the step returns: no row
+/// it sent waits for a later write, so a crash after a step resends
+/// nothing.
 #[tokio::test]
-async fn accepted_rows_are_marked_together_and_before_a_stop() {
-    let mut app = crate::helpers::spawn_app_with(|config| {
-        config.outbox.mark_within = Duration::from_secs(5);
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let (_, customer) = app.customer().await;
-    let product = app.product(&admin, 1_000, 10).await;
-    for _ in 0..3 {
-        app.order(&customer, &product, 1).await;
-        // Past the linger: each order is its own SendMessageBatch.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-
-    let bodies = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 3).await;
-    assert_eq!(
-        bodies.len(),
-        3,
-        "every event is on the queue before any mark"
-    );
-    let statuses = |rows: &[store::OutboxMessage]| -> Vec<OutboxStatus> {
-        rows.iter().map(|row| row.status).collect()
-    };
-    let before = all_rows(&app.db).await;
-    assert_eq!(
-        statuses(&before),
-        [OutboxStatus::Pending; 3],
-        "marks wait for more"
-    );
-
-    app.stop().await;
-    let after = all_rows(&app.db).await;
-    let published_at: HashSet<_> = after.iter().map(|row| row.published_at).collect();
-    assert_eq!(
-        statuses(&after),
-        [OutboxStatus::Published; 3],
-        "marked at the stop"
-    );
-    assert_eq!(
-        published_at.len(),
-        1,
-        "one update marked all three: {published_at:?}"
-    );
-    assert!(!published_at.contains(&None));
-}
-
-/// `order.created` carries the order: the largest orders (50 lines,
-/// 200-character names of four-byte characters, about 50 KB of JSON each)
-/// reach the queue with it, ten in one relay step. Ten of them exceed the
-/// 256 KiB a SendMessageBatch took before SQS raised it to 1 MiB (which
-/// LocalStack enforces); the relay keeps each call under the lower figure
-/// (`sqs_batches`, unit-tested), so SQS-compatible servers still on it
-/// accept them too.
-#[tokio::test]
-async fn the_largest_orders_reach_the_queue_carrying_themselves() {
-    // A linger long enough for all ten to be one step of the relay.
-    let app = crate::helpers::spawn_app_with(|config| {
-        config.outbox.linger = Duration::from_secs(1);
-    })
-    .await;
-    let admin = app.admin_token().await;
-    let name = "\u{1D11E}".repeat(200);
-    let mut items = Vec::new();
-    for i in 0..50 {
-        let sku = format!("{}-{i:02}", "S".repeat(61));
-        let (status, product) = app
-            .post_json(
-                "/api/products",
-                Some(&admin),
-                &serde_json::json!({ "name": name, "sku": sku, "price": 100, "stock": 100 }),
-            )
-            .await;
-        assert_eq!(status, reqwest::StatusCode::CREATED, "{product}");
-        items.push(serde_json::json!({ "productId": product["id"], "quantity": 1 }));
-    }
-    let (_, customer) = app.customer().await;
-    let body = serde_json::json!({ "items": items });
-    let placed = futures::future::join_all(
-        (0..10).map(|_| app.post_json("/api/orders", Some(&customer), &body)),
-    )
-    .await;
-    for (status, answer) in &placed {
-        assert_eq!(*status, reqwest::StatusCode::CREATED, "{answer}");
-    }
-
-    let bodies = test_support::receive_bodies(&app.sqs, &app.queues.queue_url, 10).await;
-    assert_eq!(bodies.len(), 10, "every event reached the queue");
-    for body in &bodies {
-        let event = common::event::OrderEvent::from_json(body).expect("an event");
-        let order = event.placed.expect("carrying its order");
-        assert_eq!(order.lines.len(), 50);
+async fn a_step_marks_what_it_sent_before_it_returns() {
+    let bench = bench().await;
+    enqueue(&bench.db, 3).await;
+    let outcome = bench.relay().publish_step().await.expect("publishes");
+    assert_eq!((outcome.published, outcome.more_pending), (3, false));
+    for row in all_rows(&bench.db).await {
+        assert_eq!(row.status, OutboxStatus::Published, "{row:?}");
         assert!(
-            body.len() * 10 > 256 * 1024,
-            "ten of these exceed 256 KiB: {}",
-            body.len()
+            row.published_at.is_some() && row.lease_owner.is_none(),
+            "{row:?}"
         );
     }
-    let failed = app
-        .db
-        .collection::<mongodb::bson::Document>("outbox")
-        .count_documents(doc! { "last_error": { "$ne": null } })
-        .await
-        .expect("count");
-    assert_eq!(failed, 0, "no call was refused");
+    assert_eq!(drain(&bench.sqs, &bench.queue_url).await.len(), 3);
 }

@@ -1,44 +1,36 @@
-//! The queue consumer.
+//! The queue consumer. One step, [`Consumer::poll_once`]: receive up to a
+//! batch, process all of its events in ONE transaction (`process`) under a
+//! visibility heartbeat, and settle every message: deleted when handled,
+//! put back with a delay on the retry schedule after a transient failure,
+//! or moved to the dead-letter queue at once when retrying cannot help.
+//! `run` runs a few pollers, each looping over the step until shutdown.
 //!
-//! `try_process_message` (process.rs) handles one event and says what
-//! happened; `poll_once` receives a batch, handles it under a visibility
-//! heartbeat, and settles every message: deleted when handled, put back with
-//! an exponential delay after a transient failure, or moved to the
-//! dead-letter queue at once when retrying cannot help; `run` loops over
-//! `poll_once` until shutdown.
-//!
-//! Handling never waits on SMTP: the email an event causes is recorded as
-//! due work in the event's own transaction and handed to the sender
-//! (`email::sender`), so mail trouble never spends a message's receives.
+//! Processing never waits on SMTP: a confirmation becomes due in its
+//! order's own update, and the email worker (`email::worker`), woken after
+//! each commit, sends it.
 //!
 //! After maxReceiveCount receives SQS itself dead-letters a message that
 //! keeps failing.
 
 mod process;
-mod together;
 pub mod visibility;
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use ::metrics::{counter, histogram};
 use anyhow::Context;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use chrono::Utc;
-use common::{domain::Order, event::OrderEvent};
-use futures::{StreamExt, stream};
+use common::backoff::Schedule;
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-pub use process::{Outcome, ProcessError};
+pub use process::{Event, Outcome, ProcessError};
 
 use crate::{
     config::ConsumerConfig,
     dlq::{self, Queues},
-    email::EmailSender,
+    email::EmailWorker,
     metrics,
 };
 
@@ -47,17 +39,15 @@ pub struct Consumer {
     db: Database,
     sqs: aws_sdk_sqs::Client,
     queues: Queues,
-    /// Sends the emails that events make due.
-    sender: EmailSender,
+    /// Woken once a batch made emails due.
+    emails: EmailWorker,
     config: ConsumerConfig,
-    /// How long a confirmation claimed in the processing transaction holds.
-    email_lease: Duration,
-    message_id_domain: String,
     /// The queue's visibility timeout: the heartbeat renews it.
     visibility: Duration,
-    /// Where first deliveries are applied, several pollers' in one
-    /// transaction.
-    together: together::Together,
+    /// This process, as its inbox entries name it: `<pid>-<random>`.
+    instance: String,
+    /// bulkWrite, or one statement each where the server refuses it.
+    writes: common::mongo::bulk::Writes,
 }
 
 /// What becomes of one received message.
@@ -69,56 +59,44 @@ enum Settlement {
     DeadLettered,
 }
 
-/// Counts from one `poll_once`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What one step did.
+#[derive(Debug, Default, Clone)]
 pub struct BatchReport {
     pub received: usize,
     pub acknowledged: usize,
     pub retried: usize,
     pub dead_lettered: usize,
     pub visibility_extensions: u32,
-    /// First deliveries applied in the batch's shared transaction.
-    pub applied_together: usize,
+    /// Each message's outcome, in the order received.
+    pub outcomes: Vec<Result<Outcome, ProcessError>>,
 }
 
 impl Consumer {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Database,
         sqs: aws_sdk_sqs::Client,
         queues: Queues,
-        sender: EmailSender,
+        emails: EmailWorker,
         config: ConsumerConfig,
-        email_lease: Duration,
-        message_id_domain: String,
         visibility: Duration,
     ) -> Self {
         Consumer {
-            together: together::Together::start(
-                db.clone(),
-                together::Settings {
-                    message_id_domain: message_id_domain.clone(),
-                    linger: config.linger,
-                    lease: email_lease,
-                },
-            ),
             db,
             sqs,
             queues,
-            sender,
+            emails,
             config,
-            email_lease,
-            message_id_domain,
             visibility,
+            instance: common::telemetry::instance_name(),
+            writes: common::mongo::bulk::Writes::as_decided(),
         }
     }
 
-    /// Receives up to a batch, handles it (one order's messages in order,
-    /// different orders concurrently up to the configured limit) and settles
-    /// every message.
+    /// The step: receives up to a batch, processes it, settles every
+    /// message.
     pub async fn poll_once(&self) -> anyhow::Result<BatchReport> {
         let messages = self.receive().await?;
-        self.settle(messages).await
+        self.handle(messages).await
     }
 
     /// One long poll: up to a batch of messages, possibly none.
@@ -138,89 +116,79 @@ impl Consumer {
         Ok(received.messages.unwrap_or_default())
     }
 
-    /// Handles received messages and settles each one.
-    async fn settle(&self, messages: Vec<Message>) -> anyhow::Result<BatchReport> {
+    /// Parses each body once, processes the events in one transaction
+    /// (kept invisible meanwhile), and settles each message.
+    async fn handle(&self, messages: Vec<Message>) -> anyhow::Result<BatchReport> {
         if messages.is_empty() {
             return Ok(BatchReport::default());
         }
-
-        // Each body is parsed once here; an unparseable one gets no event and
-        // is answered on its own path.
-        // Messages about the same order are handled one after another, so a
-        // duplicate in the same batch finds the first one's work done.
-        let mut by_order: HashMap<String, Vec<(Message, Option<OrderEvent>)>> = HashMap::new();
-        for message in messages {
-            let event = message.body().and_then(|b| OrderEvent::from_json(b).ok());
-            let key = event.as_ref().map_or_else(
-                || message.message_id().unwrap_or_default().to_string(),
-                |e| e.order_id.clone(),
-            );
-            by_order.entry(key).or_default().push((message, event));
-        }
-        // Orders with one message each share one transaction for their
-        // first deliveries, with other pollers' (see `together`);
-        // everything else goes one by one.
-        // The shared transaction can wait (on a lock a dead consumer's open
-        // transaction holds, until the server aborts it): its messages stay
-        // invisible meanwhile, as a handler's do, or other pollers would
-        // receive them again and again until SQS dead-letters them.
-        let (singles, receipts): (Vec<_>, Vec<_>) = by_order
-            .values()
-            .filter(|group| group.len() == 1)
-            .filter_map(|group| {
-                let (message, event) = &group[0];
-                Some(((event.clone()?, sent_at(message)), message.receipt_handle()))
+        counter!(metrics::MESSAGES_RECEIVED).increment(messages.len() as u64);
+        let parsed: Vec<Result<Event, ProcessError>> = messages
+            .iter()
+            .map(|m| {
+                let (body, id) = (
+                    m.body().unwrap_or_default(),
+                    m.message_id().unwrap_or_default(),
+                );
+                Event::parse(body, id, sent_at(m))
             })
-            .unzip();
-        let receipts: Vec<&str> = receipts.into_iter().flatten().collect();
-        let (applied, _) = visibility::with_heartbeats(
-            self.together.apply(singles),
+            .collect();
+        let events: Vec<&Event> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let receipts: Vec<&str> = messages.iter().filter_map(|m| m.receipt_handle()).collect();
+        let started = Instant::now();
+        let settings = process::Settings {
+            handled_by: &self.instance,
+            writes: &self.writes,
+            retention: self.config.inbox_retention,
+            deadline: tokio::time::Instant::now() + self.config.handler_timeout,
+        };
+        let (processed, extensions) = visibility::with_heartbeats(
+            process::process(&self.db, &events, &settings),
             &self.sqs,
             &self.queues.main,
             &receipts,
             self.visibility,
-            self.config.handler_timeout,
         )
         .await;
-        let mut claimed = applied.unwrap_or_default();
-        let applied_together = claimed.len();
-        let groups: Vec<Vec<(Message, Option<Box<Order>>)>> = by_order
-            .into_values()
-            .map(|group| {
-                group
-                    .into_iter()
-                    .map(|(message, event)| {
-                        let order = event.and_then(|e| claimed.remove(&e.event_id));
-                        (message, order)
-                    })
-                    .collect()
+        histogram!(metrics::HANDLE_DURATION).record(started.elapsed());
+        counter!(metrics::VISIBILITY_EXTENSIONS).increment(u64::from(extensions));
+        let mut processed = match processed {
+            Ok(outcomes) => Ok(outcomes.into_iter()),
+            Err(e)
+                if e.get_custom::<common::mongo::DeadlineBeforeCommit>()
+                    .is_some() =>
+            {
+                Err(ProcessError::TimedOut)
+            }
+            Err(e) => Err(ProcessError::Transient(e.to_string())),
+        };
+        let outcomes: Vec<Result<Outcome, ProcessError>> = parsed
+            .iter()
+            .map(|event| match (event, &mut processed) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), Ok(outcomes)) => outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(ProcessError::Transient("no outcome".into()))),
+                (Ok(_), Err(e)) => Err(e.clone()),
             })
             .collect();
-        let settled: Vec<(Message, Settlement, u32)> = stream::iter(groups)
-            .map(|group| async move {
-                let mut done = Vec::with_capacity(group.len());
-                for (message, order) in group {
-                    let (settlement, extensions) = self.handle(&message, order).await;
-                    done.push((message, settlement, extensions));
-                }
-                done
-            })
-            .buffer_unordered(self.config.concurrency.max(1))
-            .flat_map(stream::iter)
-            .collect()
-            .await;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Ok(Outcome::Processed | Outcome::CancellationNoted)))
+        {
+            self.emails.wake();
+        }
 
-        counter!(metrics::MESSAGES_RECEIVED).increment(settled.len() as u64);
         let mut report = BatchReport {
-            received: settled.len(),
-            applied_together,
+            received: messages.len(),
+            visibility_extensions: extensions,
             ..BatchReport::default()
         };
         let mut delete = Vec::new();
         let mut retry = Vec::new();
-        for (message, settlement, extensions) in settled {
-            report.visibility_extensions += extensions;
-            match settlement {
+        for ((message, event), outcome) in messages.into_iter().zip(&parsed).zip(outcomes) {
+            report.outcomes.push(outcome.clone());
+            match self.settle(&message, event.as_ref().ok(), outcome).await {
                 Settlement::Delete => {
                     report.acknowledged += 1;
                     delete.push(message);
@@ -237,16 +205,20 @@ impl Consumer {
         Ok(report)
     }
 
-    /// Handles one message under a visibility heartbeat and decides its
-    /// fate, in a span that joins the trace of the request that placed the
-    /// order (the `traceparent` attribute) and names the order.
-    async fn handle(&self, message: &Message, claimed: Option<Box<Order>>) -> (Settlement, u32) {
-        let event = message.body().and_then(|b| OrderEvent::from_json(b).ok());
+    /// Decides a message's fate from its outcome, and says so in a span
+    /// that joins the trace of the request that changed the order (the
+    /// `traceparent` attribute) and names the order.
+    async fn settle(
+        &self,
+        message: &Message,
+        event: Option<&Event>,
+        outcome: Result<Outcome, ProcessError>,
+    ) -> Settlement {
         let span = tracing::info_span!(
             "message",
             sqs_message_id = message.message_id().unwrap_or_default(),
-            order_id = event.as_ref().map(|e| e.order_id.as_str()),
-            event_type = event.as_ref().map(|e| e.event_type.as_str()),
+            order_id = event.map(|e| e.event.order_id.as_str()),
+            event_type = event.map(|e| e.event.event_type.as_str()),
             trace_id = tracing::field::Empty,
         );
         let traceparent = message
@@ -254,71 +226,41 @@ impl Consumer {
             .and_then(|a| a.get(common::telemetry::TRACEPARENT))
             .and_then(|v| v.string_value());
         common::telemetry::continue_trace(&span, traceparent);
-        let started = Instant::now();
-        let (settlement, extensions) = self.handle_in_span(message, claimed).instrument(span).await;
-        histogram!(metrics::HANDLE_DURATION).record(started.elapsed());
-        counter!(metrics::VISIBILITY_EXTENSIONS).increment(u64::from(extensions));
-        if let (Settlement::Delete, Some(event)) = (settlement, &event) {
-            let age = Utc::now() - event.occurred_at;
-            histogram!(metrics::EVENT_AGE, "event_type" => event.event_type.as_str())
-                .record(age.as_seconds_f64().max(0.0));
-        }
-        (settlement, extensions)
-    }
-
-    async fn handle_in_span(
-        &self,
-        message: &Message,
-        claimed: Option<Box<Order>>,
-    ) -> (Settlement, u32) {
-        let body = message.body().unwrap_or_default();
-        let sqs_id = message.message_id().unwrap_or_default();
-        let receipt = message.receipt_handle().unwrap_or_default();
-        let (result, extensions) = visibility::with_heartbeat(
-            self.process_message(body, claimed, sent_at(message)),
-            &self.sqs,
-            &self.queues.main,
-            receipt,
-            self.visibility,
-            self.config.handler_timeout,
-        )
-        .await;
+        let _entered = span.enter();
         let receives = receive_count(message);
-        let backoff =
-            visibility::retry_delay(receives, self.config.retry_base, self.config.retry_cap);
-        let settlement = match result {
-            Ok(Ok(outcome)) => {
-                tracing::debug!(sqs_message_id = sqs_id, ?outcome, "message handled");
+        let backoff = Schedule::new(self.config.retry_base, self.config.retry_cap).after(receives);
+        match outcome {
+            Ok(outcome) => {
+                tracing::info!(outcome = outcome.as_str(), "event handled");
                 counter!(metrics::MESSAGES_HANDLED, "outcome" => outcome.as_str()).increment(1);
+                if let Some(event) = event {
+                    let age = Utc::now() - event.event.occurred_at;
+                    histogram!(metrics::EVENT_AGE, "event_type" => event.event.event_type.as_str())
+                        .record(age.as_seconds_f64().max(0.0));
+                }
                 Settlement::Delete
             }
-            Ok(Err(e)) if !e.is_worth_retrying() => {
+            Err(e) if !e.is_worth_retrying() => {
                 counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
                 let reason = e.to_string();
                 match dlq::dead_letter(&self.sqs, &self.queues, message, &reason).await {
                     Ok(()) => {
                         counter!(metrics::MESSAGES_DEAD_LETTERED).increment(1);
-                        tracing::error!(sqs_message_id = sqs_id, %reason, "message dead-lettered: retrying cannot help");
+                        tracing::error!(%reason, "message dead-lettered: retrying cannot help");
                         Settlement::DeadLettered
                     }
                     Err(e) => {
-                        tracing::warn!(sqs_message_id = sqs_id, error = %format!("{e:#}"), "could not dead-letter; will retry");
+                        tracing::warn!(error = %format!("{e:#}"), "could not dead-letter; will retry");
                         Settlement::RetryAfter(backoff)
                     }
                 }
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 counter!(metrics::MESSAGE_FAILURES, "kind" => e.kind()).increment(1);
-                tracing::warn!(sqs_message_id = sqs_id, receives, error = %e, retry_in = ?backoff, "message not handled; will retry");
+                tracing::warn!(receives, error = %e, retry_in = ?backoff, "message not handled; will retry");
                 Settlement::RetryAfter(backoff)
             }
-            Err(visibility::TimedOut) => {
-                counter!(metrics::MESSAGE_FAILURES, "kind" => "timed_out").increment(1);
-                tracing::warn!(sqs_message_id = sqs_id, timeout = ?self.config.handler_timeout, "handler timed out; will retry");
-                Settlement::RetryAfter(backoff)
-            }
-        };
-        (settlement, extensions)
+        }
     }
 
     async fn delete(&self, messages: &[Message]) -> anyhow::Result<()> {
@@ -403,15 +345,14 @@ pub async fn run(consumer: Consumer, shutdown: CancellationToken) {
 /// its messages reappear after the visibility timeout); a batch in hand is
 /// always finished and settled.
 async fn poll(consumer: &Consumer, poller: usize, shutdown: &CancellationToken) {
-    let backoff = common::startup::worker_backoff;
-    let mut delays = backoff();
+    let mut pauses = Schedule::WORKER.delays();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
             received = consumer.receive() => received,
         };
         let result = match received {
-            Ok(messages) => consumer.settle(messages).await,
+            Ok(messages) => consumer.handle(messages).await,
             Err(e) => Err(e),
         };
         match result {
@@ -419,10 +360,10 @@ async fn poll(consumer: &Consumer, poller: usize, shutdown: &CancellationToken) 
                 if report.received > 0 {
                     tracing::debug!(poller, ?report, "batch done");
                 }
-                delays = backoff();
+                pauses = Schedule::WORKER.delays();
             }
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                let delay = pauses.next().unwrap_or(Schedule::WORKER.cap);
                 tracing::warn!(poller, error = %format!("{e:#}"), ?delay, "consumer step failed; backing off");
                 tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -1,70 +1,67 @@
-//! Handling one event: the order change it asks for, recorded in the inbox
-//! in the same transaction together with the email it makes due. The email
-//! itself is the sender's (`email::sender`): handing it over never waits on
-//! SMTP.
+//! Processing a received batch of events in ONE transaction: the inbox says
+//! which were handled before, the orders are read, each event's change is
+//! decided on its order (`common::orders::processing::change`), and the new
+//! inbox entries and the orders' conditional updates go in one write. First
+//! deliveries, redeliveries and cancellations all take this road.
+
+use std::collections::{HashMap, HashSet};
 
 use bson::{DateTime, oid::ObjectId};
+pub use common::orders::processing::Outcome;
 use common::{
-    domain::{EmailKind, Order, OrderStatus},
-    event::{OrderEvent, OrderEventType},
+    event::OrderEvent,
+    orders::{self, processing},
 };
 use futures::FutureExt;
-
-use super::Consumer;
-use common::orders::{self, email::Claimed, processing};
+use mongodb::{
+    ClientSession, Database,
+    options::{UpdateOneModel, WriteModel},
+};
 
 use crate::inbox;
 
-/// What handling one event did. Every outcome acknowledges the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The order was processed; its confirmation is due (and handed to the
-    /// sender when this transaction claimed it).
-    Processed,
-    /// Everything this event asks for had already happened (a redelivery).
-    Duplicate,
-    /// The order was cancelled before it could be processed.
-    SkippedCancelled,
-    /// The cancellation was noted; its email, written due by the cancel
-    /// itself, is the sender's.
-    CancellationNoted,
+/// One event as received: parsed once, its order's id, the SQS message
+/// that carried it and when SQS accepted that.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event: OrderEvent,
+    pub order_id: ObjectId,
+    pub message_id: String,
+    pub published_at: Option<DateTime>,
 }
 
-/// Why an event was not handled; the message stays in the queue.
-#[derive(Debug, thiserror::Error)]
+impl Event {
+    /// Parses a message body; `Unparseable` when it is not an event of a
+    /// type this processor knows, for an order id.
+    pub fn parse(
+        body: &str,
+        message_id: &str,
+        published_at: Option<DateTime>,
+    ) -> Result<Event, ProcessError> {
+        let event =
+            OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
+        let order_id = ObjectId::parse_str(&event.order_id)
+            .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
+        Ok(Event {
+            event,
+            order_id,
+            message_id: message_id.to_string(),
+            published_at,
+        })
+    }
+}
+
+/// Why an event was not handled.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProcessError {
     #[error("unparseable message body: {0}")]
     Unparseable(String),
     #[error("order {0} does not exist")]
     UnknownOrder(String),
-    #[error("transient failure: {0:#}")]
-    Transient(#[from] anyhow::Error),
-}
-
-/// What the event's transaction did.
-#[derive(Debug)]
-enum Applied {
-    /// The first delivery: the order changed now. `claimed` is the order
-    /// with its confirmation claimed for this process's sender, when the
-    /// transaction could do that too; `status` the order's status after it.
-    First {
-        claimed: Option<Box<Order>>,
-        status: OrderStatus,
-    },
-    /// The inbox already had the event: nothing changed.
-    Redelivery,
-}
-
-impl Outcome {
-    /// Its label in `consumer_messages_handled_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Processed => "processed",
-            Outcome::Duplicate => "duplicate",
-            Outcome::SkippedCancelled => "skipped_cancelled",
-            Outcome::CancellationNoted => "cancellation_noted",
-        }
-    }
+    #[error("transient failure: {0}")]
+    Transient(String),
+    #[error("the batch's transaction did not commit within its deadline; nothing was written")]
+    TimedOut,
 }
 
 impl ProcessError {
@@ -74,171 +71,107 @@ impl ProcessError {
             ProcessError::Unparseable(_) => "unparseable",
             ProcessError::UnknownOrder(_) => "unknown_order",
             ProcessError::Transient(_) => "transient",
+            ProcessError::TimedOut => "timed_out",
         }
     }
 
     /// `false` when the same message can never succeed: it goes to the
     /// dead-letter queue at once.
     pub fn is_worth_retrying(&self) -> bool {
-        !matches!(
-            self,
-            ProcessError::Unparseable(_) | ProcessError::UnknownOrder(_)
-        )
+        matches!(self, ProcessError::Transient(_) | ProcessError::TimedOut)
     }
 }
 
-impl From<mongodb::error::Error> for ProcessError {
-    fn from(e: mongodb::error::Error) -> Self {
-        ProcessError::Transient(e.into())
-    }
+/// What the transaction needs besides the events.
+pub struct Settings<'a> {
+    /// This processor, as the inbox names it.
+    pub handled_by: &'a str,
+    pub writes: &'a common::mongo::bulk::Writes,
+    pub retention: std::time::Duration,
+    /// Past it, the transaction is given up before its commit.
+    pub deadline: tokio::time::Instant,
 }
 
-impl Consumer {
-    /// Handles one event body: PENDING → PROCESSED with the confirmation due,
-    /// each step conditional so a redelivery repeats none.
-    pub async fn try_process_message(&self, body: &str) -> Result<Outcome, ProcessError> {
-        self.process_message(body, None, None).await
+/// Applies `events` in one transaction. Answers each event's outcome, in
+/// order, or the transaction's error for all of them.
+pub async fn process(
+    db: &Database,
+    events: &[&Event],
+    settings: &Settings<'_>,
+) -> mongodb::error::Result<Vec<Result<Outcome, ProcessError>>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
     }
+    common::mongo::transaction_until(
+        db,
+        "process_events",
+        Some(settings.deadline),
+        (db, events),
+        |session, (db, events)| apply(db, session, events, settings).boxed(),
+    )
+    .await
+}
 
-    /// [`Self::try_process_message`], for an event whose transaction may
-    /// already have run with others ([`super::together`]):
-    /// `claimed` is then the order it moved. `published_at` is when SQS
-    /// accepted the message, noted on the order's timeline on the first
-    /// delivery.
-    pub(super) async fn process_message(
-        &self,
-        body: &str,
-        claimed: Option<Box<Order>>,
-        published_at: Option<DateTime>,
-    ) -> Result<Outcome, ProcessError> {
-        let event =
-            OrderEvent::from_json(body).map_err(|e| ProcessError::Unparseable(e.to_string()))?;
-        let id = ObjectId::parse_str(&event.order_id)
-            .map_err(|_| ProcessError::Unparseable(format!("order id {:?}", event.order_id)))?;
-        let applied = match claimed {
-            Some(order) if order.id == id => Applied::First {
-                status: order.status,
-                claimed: Some(order),
-            },
-            _ => self.apply(&event, id, published_at).await?,
-        };
-        let Applied::First { claimed, status } = applied else {
-            return Ok(Outcome::Duplicate);
-        };
-        if let Some(order) = claimed {
-            tracing::info!(order_id = %id, status = %order.status, "order processed");
-            self.sender.hand_over(Claimed {
-                order: *order,
-                kind: EmailKind::Confirmation,
-            });
-            return Ok(Outcome::Processed);
+/// The transaction's body: two reads and one write for the whole batch.
+async fn apply(
+    db: &Database,
+    session: &mut ClientSession,
+    events: &[&Event],
+    settings: &Settings<'_>,
+) -> mongodb::error::Result<Vec<Result<Outcome, ProcessError>>> {
+    let deadline = settings.deadline;
+    let ids: Vec<&str> = events.iter().map(|e| e.event.event_id.as_str()).collect();
+    let known = inbox::handled(db, session, &ids, deadline).await?;
+    let mut handled = known.clone();
+    let order_ids: Vec<ObjectId> = events.iter().map(|e| e.order_id).collect();
+    let mut found: HashMap<ObjectId, common::domain::Order> =
+        orders::load_many(db, session, &order_ids, deadline).await?;
+    let now = DateTime::now();
+    let orders = orders::collection(db);
+    let mut writes: Vec<WriteModel> = Vec::new();
+    let mut updates: HashSet<usize> = HashSet::new();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for received in events {
+        let event = &received.event;
+        // A redelivery, or the same event twice in this batch.
+        if !handled.insert(event.event_id.clone()) {
+            if known.contains(&event.event_id) {
+                writes.push(inbox::note_message(db, received).into());
+            }
+            outcomes.push(Ok(Outcome::Duplicate));
+            continue;
         }
-        // The email this event made due (if any) is found by the sweep.
-        self.sender.wake();
-        Ok(match (event.event_type, status) {
-            (OrderEventType::OrderCancelled, _) => Outcome::CancellationNoted,
-            (OrderEventType::OrderCreated, OrderStatus::Cancelled) => {
-                tracing::info!(order_id = %id, "order was cancelled; not processing it");
-                Outcome::SkippedCancelled
-            }
-            (OrderEventType::OrderCreated, status) => {
-                tracing::info!(order_id = %id, %status, "order processed");
-                Outcome::Processed
-            }
-        })
-    }
-
-    /// In ONE transaction: record the event in the inbox and make the order
-    /// change it asks for (for `order.created`, usually together with the
-    /// confirmation's claim). A redelivery finds the event in the inbox and
-    /// changes nothing.
-    async fn apply(
-        &self,
-        event: &OrderEvent,
-        id: ObjectId,
-        published_at: Option<DateTime>,
-    ) -> Result<Applied, ProcessError> {
-        let entry = inbox::entry(
-            &event.event_id,
-            event.event_type.as_str(),
-            &event.order_id,
-            self.config.inbox_retention,
-        );
-        let message_id = EmailKind::Confirmation.message_id(&id, &self.message_id_domain);
-        let lease = self.email_lease;
-        let applied = common::mongo::transaction(
-            &self.db,
-            "apply_event",
-            (
-                &self.db,
-                &entry,
-                id,
-                event.event_type,
-                message_id.as_str(),
-                published_at,
-            ),
-            |session, (db, entry, id, event_type, message_id, published_at)| {
-                async move {
-                    if !inbox::record_first(db, session, entry).await? {
-                        return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
-                    }
-                    if *event_type == OrderEventType::OrderCancelled {
-                        let Some(order) = orders::load_in(db, session, *id).await? else {
-                            return Err(mongodb::error::Error::custom(processing::UnknownOrder));
-                        };
-                        if let Some(at) = *published_at {
-                            processing::note_published(db, session, *id, *event_type, at).await?;
-                        }
-                        return Ok(Applied::First {
-                            claimed: None,
-                            status: order.status,
-                        });
-                    }
-                    if let Some(claimed) = processing::process_and_claim(
-                        db,
-                        session,
-                        *id,
-                        message_id,
-                        *published_at,
-                        lease,
-                    )
-                    .await?
-                    {
-                        return Ok(Applied::First {
-                            status: claimed.status,
-                            claimed: Some(Box::new(claimed)),
-                        });
-                    }
-                    // The shared writer (together.rs) records no inbox
-                    // entry: an order it moved says so on its timeline, and
-                    // this event is that delivery again. Aborting drops the
-                    // entry just written.
-                    let Some(order) = orders::load_in(db, session, *id).await? else {
-                        return Err(mongodb::error::Error::custom(processing::UnknownOrder));
-                    };
-                    if order.was_processed() {
-                        return Err(mongodb::error::Error::custom(inbox::AlreadyHandled));
-                    }
-                    if let Some(at) = *published_at {
-                        processing::note_published(db, session, *id, *event_type, at).await?;
-                    }
-                    let status = processing::process(db, session, order).await?;
-                    Ok(Applied::First {
-                        claimed: None,
-                        status,
-                    })
-                }
-                .boxed()
-            },
-        )
-        .await;
-        match applied {
-            Ok(applied) => Ok(applied),
-            Err(e) if e.get_custom::<inbox::AlreadyHandled>().is_some() => Ok(Applied::Redelivery),
-            Err(e) if e.get_custom::<processing::UnknownOrder>().is_some() => {
-                Err(ProcessError::UnknownOrder(id.to_hex()))
-            }
-            Err(e) => Err(e.into()),
+        let Some(order) = found.get_mut(&received.order_id) else {
+            outcomes.push(Err(ProcessError::UnknownOrder(event.order_id.clone())));
+            continue;
+        };
+        let entry = inbox::entry(received, settings.handled_by, settings.retention);
+        writes.push(inbox::insert_model(db, &entry)?.into());
+        let (outcome, change) =
+            processing::change(order, event.event_type, received.published_at, now)?;
+        if let Some(change) = change {
+            updates.insert(writes.len());
+            writes.push(
+                UpdateOneModel::builder()
+                    .namespace(orders.namespace())
+                    .filter(change.filter)
+                    .update(change.update)
+                    .build()
+                    .into(),
+            );
         }
+        outcomes.push(Ok(outcome));
     }
+    common::mongo::time_left(deadline)?;
+    let matched = common::mongo::bulk::write_all(settings.writes, db, session, writes)
+        .await
+        .map_err(|failed| failed.error)?;
+    // Each update names the status this transaction read: inside it
+    // nothing else can have moved the order, so a miss is a bug.
+    if let Some(missed) = updates.iter().find(|i| matched.get(i) != Some(&1)) {
+        return Err(mongodb::error::Error::custom(format!(
+            "write {missed} of a processing batch matched no order"
+        )));
+    }
+    Ok(outcomes)
 }

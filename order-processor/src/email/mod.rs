@@ -1,15 +1,15 @@
 //! An order's emails (confirmation, cancellation): durable work recorded on
-//! the order (`common::orders::email`), rendered from templates (`render`), sent by the
-//! `sender` through a `gate` (pace, breaker) over SMTP (`smtp`), each reply
-//! classified by one table (`reply`).
+//! the order (`common::orders::email`), rendered from templates (`render`),
+//! sent by the `worker` over SMTP (`smtp`) as its `policy` allows, each
+//! reply classified by one table (`reply`).
 
-pub mod gate;
+mod policy;
 mod render;
 pub mod reply;
-pub mod sender;
-mod sent;
 mod smtp;
+mod worker;
 
+pub use policy::{Answer, BreakerState, Policy, PolicySettings, Report};
 pub use render::{RenderedEmail, Shop, Templates};
-pub use sender::{Delivered, EmailSender, SendReport, SenderSettings};
 pub use smtp::{Mailer, SendError};
+pub use worker::{Delivered, EmailWorker, SendReport, WorkerSettings};

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use common::domain::{EmailKind, OrderStatus};
 use mongodb::bson::{doc, oid::ObjectId};
 use order_processor::consumer::{Outcome, ProcessError};
 
@@ -27,23 +26,27 @@ async fn a_cancelled_order_is_skipped_and_never_marked_processed() {
         )
         .await
         .expect("cancel");
+    pipeline.wait_until_queued(1).await;
 
-    let consumer = consumer_for(&pipeline).await;
-    let event = format!(
-        r#"{{"eventId":"{}","type":"order.created","orderId":"{order_id}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
-        ObjectId::new().to_hex()
+    let report = consumer_for(&pipeline)
+        .await
+        .poll_once()
+        .await
+        .expect("a step");
+    assert!(
+        matches!(report.outcomes[..], [Ok(Outcome::SkippedCancelled)]),
+        "{report:?}"
     );
-    let outcome = consumer.try_process_message(&event).await.expect("handled");
-    assert_eq!(outcome, Outcome::SkippedCancelled);
     let stored = pipeline.order_document(order_id).await;
     assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
     assert_eq!(times_in_timeline(&stored, "processed"), 0);
+    assert_eq!(times_in_timeline(&stored, "processing_skipped"), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(test_support::emails_to(&email).await.is_empty());
 }
 
 #[tokio::test]
-async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own_outcome() {
+async fn one_step_processes_a_batch_in_one_transaction_and_each_event_gets_its_own_outcome() {
     let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let product = pipeline.product(&admin, 700, 10).await;
@@ -67,24 +70,46 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
         .expect("cancel");
     pipeline.wait_until_queued(5).await;
 
-    let consumer = consumer_for(&pipeline).await;
-    let mut received = 0;
-    let mut together = 0;
+    // One event published twice (a relay that died before its mark).
+    let row = pipeline
+        .db
+        .collection::<mongodb::bson::Document>("outbox")
+        .find_one(doc! {})
+        .await
+        .expect("query")
+        .expect("a row");
+    pipeline.send_raw(row.get_str("body").expect("body")).await;
+    let app = app_for(&pipeline).await;
+    let consumer = app.consumer().clone();
+    let mut outcomes = Vec::new();
     for _ in 0..10 {
         let report = consumer.poll_once().await.expect("a step");
-        received += report.received;
-        together += report.applied_together;
         assert_eq!(report.received, report.acknowledged, "{report:?}");
-        if received == 5 {
+        outcomes.extend(report.outcomes);
+        if outcomes.len() == 6 {
             break;
         }
     }
-    assert_eq!(received, 5);
-    assert!(
-        together >= 2,
-        "the batch's first deliveries shared a transaction"
+    let count = |wanted: Outcome| {
+        outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(x) if *x == wanted))
+            .count()
+    };
+    assert_eq!(
+        (
+            count(Outcome::Processed),
+            count(Outcome::SkippedCancelled),
+            count(Outcome::Duplicate)
+        ),
+        (4, 1, 1),
+        "{outcomes:?}"
     );
 
+    // The email worker's step sends what the batch made due: the four
+    // confirmations, and nothing for the cancelled order.
+    let sent = app.emails().try_send_due().await.expect("an email step");
+    assert_eq!((sent.claimed, sent.sent), (4, 4), "{sent:?}");
     let domain = "shop.test";
     for (email, order_id) in &buyers {
         let stored = pipeline.until_email_status(order_id, "email", "SENT").await;
@@ -127,42 +152,43 @@ async fn first_deliveries_in_one_batch_share_a_transaction_and_each_gets_its_own
         .count_documents(doc! {})
         .await
         .expect("count");
-    // The four moved orders' own state guards them against a redelivery;
-    // only the cancelled order's event, which its state cannot settle, is
-    // remembered.
-    assert_eq!(
-        inbox, 1,
-        "only the event the order's state does not settle is recorded"
-    );
+    assert_eq!(inbox, 5, "every event is remembered once");
     assert_eq!(pipeline.queue_depth().await, 0);
 }
 
 #[tokio::test]
-async fn garbage_and_unknown_orders_are_errors_not_acknowledgements() {
-    let pipeline = spawn_pipeline(30).await;
-    let consumer = consumer_for(&pipeline).await;
-    let garbage = consumer.try_process_message("definitely not json").await;
-    assert!(
-        matches!(garbage, Err(ProcessError::Unparseable(_))),
-        "{garbage:?}"
-    );
-    let unknown_type = consumer
-        .try_process_message(r#"{"eventId":"e","type":"order.exploded","orderId":"o","occurredAt":"2026-01-01T00:00:00Z"}"#)
+async fn garbage_and_unknown_orders_are_dead_lettered_not_acknowledged() {
+    let pipeline = spawn_pipeline_without_processor(30).await;
+    pipeline.send_raw("definitely not json").await;
+    pipeline
+        .send_raw(r#"{"eventId":"e","type":"order.exploded","orderId":"o","occurredAt":"2026-01-01T00:00:00Z"}"#)
         .await;
-    assert!(
-        matches!(unknown_type, Err(ProcessError::Unparseable(_))),
-        "{unknown_type:?}"
-    );
-    let missing = consumer
-        .try_process_message(&format!(
-            r#"{{"eventId":"e","type":"order.created","orderId":"{}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
+    pipeline
+        .send_raw(&format!(
+            r#"{{"eventId":"e2","type":"order.created","orderId":"{}","occurredAt":"2026-01-01T00:00:00Z"}}"#,
             ObjectId::new().to_hex()
         ))
         .await;
-    assert!(
-        matches!(missing, Err(ProcessError::UnknownOrder(_))),
-        "{missing:?}"
-    );
+    let consumer = consumer_for(&pipeline).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let report = consumer.poll_once().await.expect("a step");
+        assert_eq!(report.dead_lettered, report.received, "{report:?}");
+        outcomes.extend(report.outcomes);
+        if outcomes.len() == 3 {
+            break;
+        }
+    }
+    let unparseable = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(ProcessError::Unparseable(_))))
+        .count();
+    let unknown = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(ProcessError::UnknownOrder(_))))
+        .count();
+    assert_eq!((unparseable, unknown), (2, 1), "{outcomes:?}");
+    assert_eq!(pipeline.queue_depth().await, 0);
 }
 
 #[tokio::test]
@@ -192,47 +218,6 @@ async fn a_poison_message_is_dead_lettered_without_blocking_good_orders() {
     assert_eq!(dead, vec!["{ this is not an order event".to_string()]);
 }
 
-#[tokio::test]
-async fn first_deliveries_received_by_different_pollers_share_one_transaction() {
-    let pipeline = spawn_pipeline_without_processor(30).await;
-    let admin = pipeline.admin_token().await;
-    let product = pipeline.product(&admin, 700, 10).await;
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (_, customer) = pipeline.customer().await;
-        let order = pipeline.order(&customer, &product, 1).await;
-        ids.push(order["id"].as_str().expect("id").to_string());
-    }
-    pipeline.wait_until_queued(2).await;
-
-    // Two pollers, one message each: alone, each would be a lone event on
-    // the one-by-one path. The linger holds the first for the second.
-    let mut config = test_support::apps::processor_config(&pipeline.database, &pipeline.queue);
-    config.consumer.max_messages = 1;
-    config.consumer.linger = Duration::from_secs(3);
-    let app = order_processor::startup::Application::build(config)
-        .await
-        .expect("builds");
-    let consumer = app.consumer().clone();
-    let (first, second) = tokio::join!(consumer.poll_once(), consumer.poll_once());
-    let (first, second) = (first.expect("a step"), second.expect("a step"));
-    assert_eq!(
-        (first.received, second.received),
-        (1, 1),
-        "{first:?} {second:?}"
-    );
-    assert_eq!(
-        first.applied_together + second.applied_together,
-        2,
-        "both first deliveries were applied in the shared transaction: {first:?} {second:?}"
-    );
-    for id in &ids {
-        let stored = pipeline.until_email_status(id, "email", "SENT").await;
-        assert_eq!(stored.get_str("status").expect("status"), "PROCESSED");
-        assert_eq!(times_in_timeline(&stored, "processed"), 1);
-    }
-}
-
 /// A processor built on the pipeline's database and queue, not running:
 /// tests drive its steps.
 async fn app_for(pipeline: &crate::helpers::Pipeline) -> order_processor::startup::Application {
@@ -247,61 +232,67 @@ async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::c
 }
 
 #[tokio::test]
-async fn sent_is_recorded_for_several_orders_in_one_write_and_only_where_sending() {
+async fn sent_is_recorded_only_while_the_claim_holds() {
     let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 500, 5).await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let order = pipeline.order(&customer, &product, 1).await;
-        ids.push(ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id"));
-    }
-    // Two confirmations are being sent; the third was never claimed.
+    let order = pipeline.order(&customer, &product, 1).await;
+    let id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id");
     let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
+    let now = mongodb::bson::DateTime::now();
     orders
-        .update_many(
-            doc! { "_id": { "$in": &ids[..2] } },
-            doc! { "$set": { "status": "PROCESSED", "email.status": "SENDING" } },
+        .update_one(
+            doc! { "_id": id },
+            doc! { "$set": { "status": "PROCESSED", "email.next_attempt_at": now, "email.due_since": now } },
         )
         .await
-        .expect("claim two");
+        .expect("due");
+    let claims = common::orders::email::claim_due(
+        &pipeline.db,
+        now,
+        5,
+        Duration::from_secs(60),
+        "shop.test",
+    )
+    .await
+    .expect("claims");
+    assert_eq!(claims.len(), 1);
+    let claim = &claims[0];
+    assert_eq!(
+        claim.order.email.status,
+        common::domain::EmailStatus::Sending
+    );
+    assert_eq!(claim.order.email.attempts, 1);
+    // Another claim finds nothing: the lease holds.
+    let again = common::orders::email::claim_due(
+        &pipeline.db,
+        now,
+        5,
+        Duration::from_secs(60),
+        "shop.test",
+    )
+    .await
+    .expect("claims");
+    assert!(again.is_empty(), "{again:?}");
 
-    // Each accepted a second apart: each keeps its own time, not the write's.
-    let accepted: Vec<(ObjectId, mongodb::bson::DateTime)> = ids
-        .iter()
-        .zip([-3_000_i64, -2_000, -1_000])
-        .map(|(id, ago)| {
-            let at = mongodb::bson::DateTime::now().timestamp_millis() + ago;
-            (*id, mongodb::bson::DateTime::from_millis(at))
-        })
-        .collect();
-    let record = || {
-        common::orders::email::record_sent(
-            &pipeline.db,
-            &accepted,
-            EmailKind::Confirmation,
-            OrderStatus::Processed,
-        )
-    };
-    record().await.expect("recorded");
+    let accepted = mongodb::bson::DateTime::from_millis(now.timestamp_millis() - 1_000);
+    common::orders::email::record_sent(&pipeline.db, claim, accepted)
+        .await
+        .expect("recorded");
     let check = || async {
-        for (id, at) in &accepted[..2] {
-            let stored = pipeline.order_document(&id.to_hex()).await;
-            let email = stored.get_document("email").expect("email");
-            assert_eq!(email.get_str("status").expect("status"), "SENT", "{id}");
-            assert_eq!(email.get_datetime("sent_at").expect("sent_at"), at, "{id}");
-            assert!(!email.contains_key("next_attempt_at"), "{email}");
-            assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
-        }
-        let untouched = pipeline.order_document(&ids[2].to_hex()).await;
-        let email = untouched.get_document("email").expect("email");
-        assert_eq!(email.get_str("status").expect("status"), "PENDING");
-        assert_eq!(times_in_timeline(&untouched, "confirmation_sent"), 0);
+        let stored = pipeline.order_document(&id.to_hex()).await;
+        let email = stored.get_document("email").expect("email");
+        assert_eq!(email.get_str("status").expect("status"), "SENT");
+        assert_eq!(email.get_datetime("sent_at").expect("sent_at"), &accepted);
+        assert!(!email.contains_key("next_attempt_at"), "{email}");
+        assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
     };
     check().await;
-    // Written again (a retried transaction): nothing changes.
-    record().await.expect("recorded again");
+    // Recorded again (a retried transaction): nothing changes.
+    common::orders::email::record_sent(&pipeline.db, claim, now)
+        .await
+        .expect("recorded again");
     check().await;
 }
 
@@ -368,7 +359,7 @@ async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_sent() {
     let order = pipeline.order(&customer, &product, 1).await;
     let order_id = order["id"].as_str().expect("id");
     let oid = ObjectId::parse_str(order_id).expect("id");
-    let sender = sender_for(&pipeline).await;
+    let sender = emails_for(&pipeline).await;
     let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
     let at = |from_now_secs: i64| {
         mongodb::bson::DateTime::from_millis(
@@ -420,133 +411,6 @@ async fn a_cancelled_orders_abandoned_confirmation_is_settled_not_sent() {
     assert_eq!(stored.get_str("status").expect("status"), "CANCELLED");
 }
 
-async fn sender_for(pipeline: &crate::helpers::Pipeline) -> order_processor::email::EmailSender {
-    app_for(pipeline).await.sender().clone()
-}
-
-/// `order.created` carries the order exactly as its transaction stored it,
-/// and when the shared first-delivery update moves every order of its
-/// batch, the orders it answers are those snapshots with its changes, as
-/// stored, with no read back. An event without one is read back.
-#[tokio::test]
-async fn first_deliveries_answer_from_the_events_snapshot_without_a_read_back() {
-    use common::{
-        event::OrderEvent,
-        orders::{self, processing::FirstDelivery},
-    };
-
-    let pipeline = spawn_pipeline_without_processor(30).await;
-    let admin = pipeline.admin_token().await;
-    let product = pipeline.product(&admin, 700, 10).await;
-    let (_, customer) = pipeline.customer().await;
-    let mut placed = Vec::new();
-    for _ in 0..3 {
-        let order = pipeline.order(&customer, &product, 2).await;
-        let id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id");
-        let row = pipeline
-            .db
-            .collection::<mongodb::bson::Document>("outbox")
-            .find_one(doc! { "order_id": id })
-            .await
-            .expect("find")
-            .expect("the order's outbox row");
-        let event = OrderEvent::from_json(row.get_str("body").expect("body")).expect("event");
-        let stored = orders::load(&pipeline.db, id)
-            .await
-            .expect("load")
-            .expect("stored");
-        let snapshot = event.placed.expect("order.created carries the order");
-        assert_eq!(*snapshot, stored, "the event's order is the stored one");
-        placed.push(*snapshot);
-    }
-    // The second's snapshot is doctored: an answer carrying the doctored
-    // name was built from the event, not read back.
-    let mut doctored = placed[1].clone();
-    doctored.customer_name = Some("from the event".into());
-
-    let published_at = Some(mongodb::bson::DateTime::now());
-    let moved = apply(
-        &pipeline.db,
-        vec![
-            FirstDelivery {
-                id: placed[0].id,
-                published_at,
-                placed: Some(&placed[0]),
-            },
-            FirstDelivery {
-                id: placed[1].id,
-                published_at,
-                placed: Some(&doctored),
-            },
-        ],
-    )
-    .await;
-    assert_eq!(moved.len(), 2);
-    let first = orders::load(&pipeline.db, placed[0].id)
-        .await
-        .expect("load")
-        .expect("stored");
-    assert_eq!(first.status, OrderStatus::Processed);
-    assert_eq!(moved[0], first, "the answer is the order as stored");
-    assert_eq!(
-        moved[1].customer_name.as_deref(),
-        Some("from the event"),
-        "built from the snapshot, not read back"
-    );
-
-    // No snapshot: what the update moved is read back.
-    let moved = apply(
-        &pipeline.db,
-        vec![FirstDelivery {
-            id: placed[2].id,
-            published_at: None,
-            placed: None,
-        }],
-    )
-    .await;
-    let third = orders::load(&pipeline.db, placed[2].id)
-        .await
-        .expect("load")
-        .expect("stored");
-    assert_eq!(moved, [third]);
-
-    // Already moved: nothing matches, nothing is answered, snapshot or not.
-    let moved = apply(
-        &pipeline.db,
-        vec![FirstDelivery {
-            id: placed[0].id,
-            published_at,
-            placed: Some(&placed[0]),
-        }],
-    )
-    .await;
-    assert!(moved.is_empty(), "{moved:?}");
-}
-
-/// The shared first-delivery update over `deliveries`, in its transaction.
-async fn apply(
-    db: &mongodb::Database,
-    deliveries: Vec<common::orders::processing::FirstDelivery<'_>>,
-) -> Vec<common::domain::Order> {
-    use futures::FutureExt;
-    common::mongo::transaction(
-        db,
-        "test",
-        (db, &deliveries),
-        |session, (db, deliveries)| {
-            async move {
-                common::orders::processing::process_and_claim_many(
-                    db,
-                    session,
-                    deliveries,
-                    "shop.test",
-                    Duration::from_secs(30),
-                )
-                .await
-            }
-            .boxed()
-        },
-    )
-    .await
-    .expect("the shared transaction")
+async fn emails_for(pipeline: &crate::helpers::Pipeline) -> order_processor::email::EmailWorker {
+    app_for(pipeline).await.emails().clone()
 }

@@ -309,7 +309,7 @@ async fn two_processors_on_one_backlog_send_each_email_once() {
     let pipeline = spawn_pipeline_without_processor(30).await;
     let mut config = config_for(&pipeline, &server);
     config.smtp.timeout = Duration::from_secs(2);
-    config.email.batch = 5;
+    config.smtp.max_connections = 5;
     let _first = apps::start_processor(config.clone()).await;
     let _second = apps::start_processor(config).await;
     let admin = pipeline.admin_token().await;
