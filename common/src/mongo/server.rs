@@ -11,8 +11,8 @@
 //!   whole collection (9.4 ms at 1,000 documents, 147 ms at 20,000).
 //!   Workaround: the update, then a read by `_id`
 //!   ([`super::update_and_read`]). On a real server that is one round trip
-//!   more per claim on the order's path, so the form is chosen here:
-//!   findAndModify everywhere but on the stand-in.
+//!   more per cancel, token rotation or product update, so the form is
+//!   chosen here: findAndModify everywhere but on the stand-in.
 //! - **`$or` scans**: it answers `$or` by scanning every row instead of
 //!   using an index. Workaround: `lease_until: {$not: {$gte: now}}` for
 //!   "unleased or expired" (outbox claims). Costs nothing on a real server,
@@ -29,9 +29,10 @@
 //!   trip per email (off the placing path); the second saves round trips
 //!   anywhere.
 //! - **Change streams wake on every write**: a change stream answers a
-//!   getMore on every write to any collection. Workaround: the relay is
-//!   handed its rows in memory by the transaction that wrote them (no change
-//!   stream). Costs nothing on a real server.
+//!   getMore on every write to any collection. Workaround: no change
+//!   stream; a commit wakes its own instance's relay in memory, and a sweep
+//!   wakes it for rows other instances wrote. Costs nothing on a real
+//!   server.
 //! - **afterClusterTime refused on bulkWrite**: a causally consistent
 //!   session's rerun opens with `readConcern.afterClusterTime`, which its
 //!   bulkWrite refuses (40415). Workaround: transaction sessions are not

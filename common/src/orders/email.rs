@@ -14,7 +14,7 @@
 //! and claims in one transaction, so two workers never claim one email; the
 //! claim's `attempted_at` is its token afterwards.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use crate::domain::{EmailKind, EmailStatus, Order, OrderStatus, TimelineEntry};
 use bson::{Bson, DateTime, Document, doc, oid::ObjectId};
@@ -219,26 +219,48 @@ fn timeline_entry(
     crate::mongo::bson_of(&entry)
 }
 
-/// The SMTP server accepted the claimed email at `at`: `SENT`, recorded at
-/// once. Only an email still so claimed changes, so repeating it changes
-/// nothing.
+/// The SMTP server accepted each of `accepted` (a claimed email, and when
+/// it was accepted): `SENT`, each with its own `sent_at`, in one write per
+/// kind of email and order status (usually one). Only emails still
+/// `SENDING` change, so repeating it changes nothing.
 pub async fn record_sent(
     db: &Database,
-    claim: &Claimed,
-    at: DateTime,
+    accepted: &[(Claimed, DateTime)],
 ) -> mongodb::error::Result<()> {
-    let kind = claim.kind;
-    let update = doc! {
-        "$set": {
-            fields::of(kind, Delivery::Status): "SENT",
-            fields::of(kind, Delivery::SentAt): at,
-            fields::of(kind, Delivery::LastError): null,
-            UPDATED_AT: at,
-        },
-        "$unset": { fields::of(kind, Delivery::NextAttemptAt): "" },
-        "$push": { TIMELINE: timeline_entry(kind, true, claim.order.status, at, None)? },
-    };
-    record_outcome(db, "record_email_sent", still_claimed(claim), update).await
+    let mut groups: BTreeMap<(&str, &str), Vec<&(Claimed, DateTime)>> = BTreeMap::new();
+    for sent in accepted {
+        let key = (sent.0.kind.as_str(), sent.0.order.status.as_str());
+        groups.entry(key).or_default().push(sent);
+    }
+    for group in groups.into_values() {
+        let (kind, status) = (group[0].0.kind, group[0].0.order.status);
+        let ids: Vec<ObjectId> = group.iter().map(|(claim, _)| claim.order.id).collect();
+        let times: Vec<DateTime> = group.iter().map(|(_, at)| *at).collect();
+        let entries: Vec<Bson> = times
+            .iter()
+            .map(|at| timeline_entry(kind, true, status, *at, None).map(|e| Bson::Array(vec![e])))
+            .collect::<mongodb::error::Result<_>>()?;
+        let field = fields::delivery(kind);
+        record_outcome(
+            db,
+            "record_email_sent",
+            doc! { ID: { "$in": &ids }, fields::of(kind, Delivery::Status): "SENDING" },
+            vec![
+                doc! { "$set": {
+                    field: { "$mergeObjects": [fields::value(field), {
+                        Delivery::Status.name(): "SENT",
+                        Delivery::SentAt.name(): crate::mongo::value_by_id(&ids, &times),
+                        Delivery::LastError.name(): null,
+                    }] },
+                    UPDATED_AT: DateTime::now(),
+                    TIMELINE: { "$concatArrays": [fields::value(TIMELINE), crate::mongo::value_by_id(&ids, &entries)] },
+                } },
+                doc! { "$unset": fields::of(kind, Delivery::NextAttemptAt) },
+            ],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Back to `PENDING`, due at `next_attempt_at`, with why, unless the claim

@@ -25,7 +25,7 @@ use common::backoff::Schedule;
 use mongodb::Database;
 use tokio_util::sync::CancellationToken;
 
-pub use process::{Event, Outcome, ProcessError};
+pub use process::{Event, Outcome, ProcessError, Processor};
 
 use crate::{
     config::ConsumerConfig,
@@ -36,7 +36,6 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Consumer {
-    db: Database,
     sqs: aws_sdk_sqs::Client,
     queues: Queues,
     /// Woken once a batch made emails due.
@@ -44,10 +43,9 @@ pub struct Consumer {
     config: ConsumerConfig,
     /// The queue's visibility timeout: the heartbeat renews it.
     visibility: Duration,
-    /// This process, as its inbox entries name it: `<pid>-<random>`.
-    instance: String,
-    /// bulkWrite, or one statement each where the server refuses it.
-    writes: common::mongo::bulk::Writes,
+    /// Where received events are processed, several pollers' in one
+    /// transaction.
+    processor: Processor,
 }
 
 /// What becomes of one received message.
@@ -81,14 +79,19 @@ impl Consumer {
         visibility: Duration,
     ) -> Self {
         Consumer {
-            db,
             sqs,
             queues,
             emails,
+            processor: Processor::start(
+                db,
+                process::WriterSettings {
+                    handled_by: common::telemetry::instance_name(),
+                    writes: common::mongo::bulk::Writes::as_decided(),
+                    retention: config.inbox_retention,
+                },
+            ),
             config,
             visibility,
-            instance: common::telemetry::instance_name(),
-            writes: common::mongo::bulk::Writes::as_decided(),
         }
     }
 
@@ -133,17 +136,16 @@ impl Consumer {
                 Event::parse(body, id, sent_at(m))
             })
             .collect();
-        let events: Vec<&Event> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let events: Vec<Event> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .cloned()
+            .collect();
         let receipts: Vec<&str> = messages.iter().filter_map(|m| m.receipt_handle()).collect();
         let started = Instant::now();
-        let settings = process::Settings {
-            handled_by: &self.instance,
-            writes: &self.writes,
-            retention: self.config.inbox_retention,
-            deadline: tokio::time::Instant::now() + self.config.handler_timeout,
-        };
+        let deadline = tokio::time::Instant::now() + self.config.handler_timeout;
         let (processed, extensions) = visibility::with_heartbeats(
-            process::process(&self.db, &events, &settings),
+            self.processor.process(events, deadline),
             &self.sqs,
             &self.queues.main,
             &receipts,

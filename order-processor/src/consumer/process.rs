@@ -1,10 +1,18 @@
-//! Processing a received batch of events in ONE transaction: the inbox says
-//! which were handled before, the orders are read, each event's change is
-//! decided on its order (`common::orders::processing::change`), and the new
-//! inbox entries and the orders' conditional updates go in one write. First
+//! Processing received events in ONE transaction: the inbox says which were
+//! handled before, the orders are read, each event's change is decided on
+//! its order (`common::orders::processing::change`), and the new inbox
+//! entries and the orders' conditional updates go in one write. First
 //! deliveries, redeliveries and cancellations all take this road.
+//!
+//! Group commit, as placing does: every poller hands its received batch to
+//! one writer ([`Processor`]), which processes whatever waited while its
+//! previous transaction ran in the next one (`common::batching::next_batch`;
+//! a lone batch goes at once), and answers each poller.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use bson::{DateTime, oid::ObjectId};
 pub use common::orders::processing::Outcome;
@@ -16,6 +24,10 @@ use futures::FutureExt;
 use mongodb::{
     ClientSession, Database,
     options::{UpdateOneModel, WriteModel},
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
 };
 
 use crate::inbox;
@@ -82,14 +94,102 @@ impl ProcessError {
     }
 }
 
+/// Pollers' batches processed in one transaction, at most.
+const MAX_BATCHES: usize = 16;
+
+/// Each event's outcome, in order, or the transaction's error for all.
+type Processed = mongodb::error::Result<Vec<Result<Outcome, ProcessError>>>;
+
+/// One poller's batch and where its answer goes.
+struct Waiting {
+    events: Vec<Event>,
+    deadline: Instant,
+    answer: oneshot::Sender<Processed>,
+}
+
+/// The pollers' end of the writer. Cheap to clone; the writer stops with
+/// the last clone.
+#[derive(Clone)]
+pub struct Processor {
+    queue: mpsc::Sender<Waiting>,
+}
+
+/// What the writer needs besides the database.
+pub struct WriterSettings {
+    /// This processor, as the inbox names it.
+    pub handled_by: String,
+    pub writes: common::mongo::bulk::Writes,
+    pub retention: Duration,
+}
+
+impl Processor {
+    /// Starts the writer.
+    pub fn start(db: Database, settings: WriterSettings) -> Processor {
+        let (queue, waiting) = mpsc::channel(MAX_BATCHES);
+        tokio::spawn(write_until_closed(db, settings, waiting));
+        Processor { queue }
+    }
+
+    /// Processes `events` (in whatever transaction they land in, given up
+    /// before its commit at the earliest deadline of its batches).
+    pub async fn process(&self, events: Vec<Event>, deadline: Instant) -> Processed {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (answer, answered) = oneshot::channel();
+        let stopped = || mongodb::error::Error::custom("the processing writer stopped");
+        self.queue
+            .send(Waiting {
+                events,
+                deadline,
+                answer,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+async fn write_until_closed(
+    db: Database,
+    settings: WriterSettings,
+    mut queue: mpsc::Receiver<Waiting>,
+) {
+    while let Some(batches) = common::batching::next_batch(&mut queue, MAX_BATCHES).await {
+        let events: Vec<&Event> = batches.iter().flat_map(|b| &b.events).collect();
+        let Some(deadline) = batches.iter().map(|b| b.deadline).min() else {
+            continue;
+        };
+        let processed = process(
+            &db,
+            &events,
+            &Settings {
+                handled_by: &settings.handled_by,
+                writes: &settings.writes,
+                retention: settings.retention,
+                deadline,
+            },
+        )
+        .await;
+        let mut outcomes = processed.map(Vec::into_iter);
+        for batch in batches {
+            let mine = match &mut outcomes {
+                Ok(all) => Ok(all.by_ref().take(batch.events.len()).collect()),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = batch.answer.send(mine);
+        }
+    }
+}
+
 /// What the transaction needs besides the events.
 pub struct Settings<'a> {
     /// This processor, as the inbox names it.
     pub handled_by: &'a str,
     pub writes: &'a common::mongo::bulk::Writes,
-    pub retention: std::time::Duration,
+    pub retention: Duration,
     /// Past it, the transaction is given up before its commit.
-    pub deadline: tokio::time::Instant,
+    pub deadline: Instant,
 }
 
 /// Applies `events` in one transaction. Answers each event's outcome, in

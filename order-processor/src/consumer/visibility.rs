@@ -43,33 +43,23 @@ async fn extend(
     receipt_handles: &[&str],
     visibility: Duration,
 ) -> bool {
-    let extended = if let [receipt_handle] = receipt_handles {
-        sqs.change_message_visibility()
-            .queue_url(queue_url)
-            .receipt_handle(*receipt_handle)
-            .visibility_timeout(seconds(visibility))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
-    } else {
-        let entries = batch_entries(receipt_handles.iter().map(|r| (*r, visibility)));
-        sqs.change_message_visibility_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
-            .and_then(|out| match out.failed().first() {
-                None => Ok(()),
-                Some(failed) => Err(format!(
-                    "{} of {} refused: {}",
-                    out.failed().len(),
-                    receipt_handles.len(),
-                    failed.code()
-                )),
-            })
-    };
+    let entries = batch_entries(receipt_handles.iter().map(|r| (*r, visibility)));
+    let extended = sqs
+        .change_message_visibility_batch()
+        .queue_url(queue_url)
+        .set_entries(Some(entries))
+        .send()
+        .await
+        .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+        .and_then(|out| match out.failed().first() {
+            None => Ok(()),
+            Some(failed) => Err(format!(
+                "{} of {} refused: {}",
+                out.failed().len(),
+                receipt_handles.len(),
+                failed.code()
+            )),
+        });
     match extended {
         Ok(()) => true,
         Err(error) => {

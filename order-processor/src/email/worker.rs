@@ -4,10 +4,12 @@
 //!
 //! One step, [`EmailWorker::try_send_due`]: when the policy lets it send
 //! (the breaker, the pace), it claims that many due emails, sends them side
-//! by side, and records each outcome as soon as the mail server answers:
-//! `SENT`, `FAILED` with the reply, or due again later. A crash resends
-//! only the emails whose SMTP transaction was open (their claims run out,
-//! and the resend carries the same Message-ID). [`EmailWorker::run`] takes
+//! by side, and records each outcome as the mail server answers: `FAILED`
+//! with the reply or due again later at once, and `SENT` for what was
+//! accepted while the previous `SENT` write ran, in one write (a lone email
+//! is a batch of one; nothing waits for others). A crash resends only the
+//! emails whose SMTP transaction was open or whose `SENT` write was under
+//! way (their claims run out, and the resend carries the same Message-ID). [`EmailWorker::run`] takes
 //! a step when woken (a processing commit made emails due), on a short
 //! tick (retries come due), and at once again after a full step.
 
@@ -20,9 +22,8 @@ use common::{
     domain::{EmailKind, OrderStatus},
     orders::email::{self as store, Claimed},
 };
-use futures::{StreamExt, stream};
 use mongodb::Database;
-use tokio::sync::Notify;
+use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,7 +45,7 @@ pub struct WorkerSettings {
     pub message_id_domain: String,
 }
 
-/// What happened to one email in [`EmailWorker::deliver`].
+/// What happened to one email the worker claimed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
     Sent,
@@ -57,6 +58,13 @@ pub enum Delivered {
     /// Not attempted: the breaker opened after its claim (`PENDING`, due
     /// at the next probe).
     Parked,
+}
+
+/// One send's end: accepted (`SENT` not yet written), or settled and
+/// recorded otherwise.
+enum Attempt {
+    Accepted(Box<Claimed>, DateTime),
+    Recorded(Delivered),
 }
 
 /// Counts from one step.
@@ -152,20 +160,38 @@ impl EmailWorker {
             full: claims.len() == asked,
             ..SendReport::default()
         };
-        let outcomes: Vec<mongodb::error::Result<Delivered>> = stream::iter(claims)
-            .map(|claim| self.deliver(claim, probe))
-            .buffer_unordered(settings.concurrency.max(1))
-            .collect()
-            .await;
-        for outcome in outcomes {
-            report.add(outcome?);
+        let mut sends = JoinSet::new();
+        for claim in claims {
+            let worker = self.clone();
+            sends.spawn(async move { worker.deliver(claim, probe).await });
+        }
+        // Group commit of SENT: the first answer, and whatever else came
+        // in meanwhile, in one write; sends go on while it is written.
+        while let Some(first) = sends.join_next().await {
+            let mut answered = vec![first];
+            while let Some(more) = sends.try_join_next() {
+                answered.push(more);
+            }
+            let mut accepted = Vec::new();
+            for answer in answered {
+                match answer.map_err(mongodb::error::Error::custom)?? {
+                    Attempt::Accepted(claim, at) => accepted.push((*claim, at)),
+                    Attempt::Recorded(delivered) => report.add(delivered),
+                }
+            }
+            store::record_sent(&inner.db, &accepted).await?;
+            for (claim, _) in &accepted {
+                let attempt = claim.order.delivery(claim.kind).map_or(0, |d| d.attempts);
+                tracing::info!(order_id = %claim.order.id, email = claim.kind.as_str(), attempt, "email sent");
+                report.add(Delivered::Sent);
+            }
         }
         Ok(report)
     }
 
-    /// One claimed email to SMTP, and its outcome recorded, in a span that
-    /// names the order. `probe`: it is the breaker's probe.
-    async fn deliver(&self, claim: Claimed, probe: bool) -> mongodb::error::Result<Delivered> {
+    /// One claimed email to SMTP, in a span that names the order; any
+    /// outcome but an accept recorded. `probe`: it is the breaker's probe.
+    async fn deliver(&self, claim: Claimed, probe: bool) -> mongodb::error::Result<Attempt> {
         let span = tracing::info_span!(
             "email",
             order_id = %claim.order.id,
@@ -178,18 +204,19 @@ impl EmailWorker {
         &self,
         claim: Claimed,
         probe: bool,
-    ) -> mongodb::error::Result<Delivered> {
+    ) -> mongodb::error::Result<Attempt> {
         let inner = &*self.inner;
         let db = &inner.db;
         let order_id = claim.order.id.to_hex();
         let kind = claim.kind;
         let label = kind.as_str();
+        let recorded = |delivered| Ok(Attempt::Recorded(delivered));
 
         if kind == EmailKind::Confirmation && claim.order.status == OrderStatus::Cancelled {
             let reason = "the order was cancelled before its confirmation went out; it is not sent";
             store::record_failed(db, &claim, reason, false).await?;
             tracing::info!(order_id, "confirmation of a cancelled order not sent");
-            return Ok(Delivered::Failed);
+            return recorded(Delivered::Failed);
         }
         let rendered = match inner.templates.render(&claim.order, kind) {
             Ok(rendered) => rendered,
@@ -197,7 +224,7 @@ impl EmailWorker {
                 let reason = format!("rendering the email: {e:#}");
                 store::record_failed(db, &claim, &reason, false).await?;
                 tracing::error!(order_id, %reason, "email not sent");
-                return Ok(Delivered::Failed);
+                return recorded(Delivered::Failed);
             }
         };
         if !probe && !inner.policy.is_closed() {
@@ -206,7 +233,7 @@ impl EmailWorker {
             let reason = inner.policy.report().reason.unwrap_or_default();
             store::record_retry(db, &claim, &format!("not attempted: {reason}"), next, false)
                 .await?;
-            return Ok(Delivered::Parked);
+            return recorded(Delivered::Parked);
         }
 
         let message_id = kind.message_id(&claim.order.id, &inner.settings.message_id_domain);
@@ -222,9 +249,7 @@ impl EmailWorker {
             Ok(()) => {
                 inner.policy.succeeded();
                 counter!(metrics::EMAILS_SENT, "kind" => label).increment(1);
-                store::record_sent(db, &claim, DateTime::now()).await?;
-                tracing::info!(order_id, email = label, attempt = attempts, "email sent");
-                return Ok(Delivered::Sent);
+                return Ok(Attempt::Accepted(Box::new(claim), DateTime::now()));
             }
             Err(error) => error,
         };
@@ -246,9 +271,9 @@ impl EmailWorker {
                 tracing::warn!(order_id, email = label, %reason, retry_in = ?after, "email not sent; will retry");
                 if throttled {
                     counter!(metrics::EMAIL_THROTTLED, "kind" => label).increment(1);
-                    return Ok(Delivered::Throttled);
+                    return recorded(Delivered::Throttled);
                 }
-                Ok(Delivered::Retried)
+                recorded(Delivered::Retried)
             }
             Answer::Fail { gave_up } => {
                 let (reason, why) = if gave_up {
@@ -264,7 +289,7 @@ impl EmailWorker {
                 counter!(metrics::EMAILS_FAILED, "kind" => label, "reason" => why).increment(1);
                 store::record_failed(db, &claim, &reason, true).await?;
                 tracing::error!(order_id, email = label, %reason, "email FAILED");
-                Ok(Delivered::Failed)
+                recorded(Delivered::Failed)
             }
         }
     }

@@ -232,65 +232,65 @@ async fn consumer_for(pipeline: &crate::helpers::Pipeline) -> order_processor::c
 }
 
 #[tokio::test]
-async fn sent_is_recorded_only_while_the_claim_holds() {
+async fn claims_hold_and_sent_is_written_for_several_emails_at_once_each_with_its_own_time() {
     let pipeline = spawn_pipeline_without_processor(30).await;
     let admin = pipeline.admin_token().await;
     let (_, customer) = pipeline.customer().await;
     let product = pipeline.product(&admin, 500, 5).await;
-    let order = pipeline.order(&customer, &product, 1).await;
-    let id = ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let order = pipeline.order(&customer, &product, 1).await;
+        ids.push(ObjectId::parse_str(order["id"].as_str().expect("id")).expect("id"));
+    }
     let orders = pipeline.db.collection::<mongodb::bson::Document>("orders");
     let now = mongodb::bson::DateTime::now();
     orders
-        .update_one(
-            doc! { "_id": id },
+        .update_many(
+            doc! { "_id": { "$in": &ids } },
             doc! { "$set": { "status": "PROCESSED", "email.next_attempt_at": now, "email.due_since": now } },
         )
         .await
         .expect("due");
-    let claims = common::orders::email::claim_due(
-        &pipeline.db,
-        now,
-        5,
-        Duration::from_secs(60),
-        "shop.test",
-    )
-    .await
-    .expect("claims");
-    assert_eq!(claims.len(), 1);
-    let claim = &claims[0];
-    assert_eq!(
-        claim.order.email.status,
-        common::domain::EmailStatus::Sending
-    );
-    assert_eq!(claim.order.email.attempts, 1);
-    // Another claim finds nothing: the lease holds.
-    let again = common::orders::email::claim_due(
-        &pipeline.db,
-        now,
-        5,
-        Duration::from_secs(60),
-        "shop.test",
-    )
-    .await
-    .expect("claims");
-    assert!(again.is_empty(), "{again:?}");
+    let claim = || {
+        common::orders::email::claim_due(&pipeline.db, now, 5, Duration::from_secs(60), "shop.test")
+    };
+    let claims = claim().await.expect("claims");
+    assert_eq!(claims.len(), 2);
+    for claimed in &claims {
+        assert_eq!(
+            claimed.order.email.status,
+            common::domain::EmailStatus::Sending
+        );
+        assert_eq!(claimed.order.email.attempts, 1);
+    }
+    let again = claim().await.expect("claims");
+    assert!(again.is_empty(), "the leases hold: {again:?}");
 
-    let accepted = mongodb::bson::DateTime::from_millis(now.timestamp_millis() - 1_000);
-    common::orders::email::record_sent(&pipeline.db, claim, accepted)
+    // Accepted a second apart: each keeps its own time, not the write's.
+    let accepted: Vec<_> = claims
+        .into_iter()
+        .zip([-2_000_i64, -1_000])
+        .map(|(claimed, ago)| {
+            let at = mongodb::bson::DateTime::from_millis(now.timestamp_millis() + ago);
+            (claimed, at)
+        })
+        .collect();
+    common::orders::email::record_sent(&pipeline.db, &accepted)
         .await
         .expect("recorded");
     let check = || async {
-        let stored = pipeline.order_document(&id.to_hex()).await;
-        let email = stored.get_document("email").expect("email");
-        assert_eq!(email.get_str("status").expect("status"), "SENT");
-        assert_eq!(email.get_datetime("sent_at").expect("sent_at"), &accepted);
-        assert!(!email.contains_key("next_attempt_at"), "{email}");
-        assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
+        for (claimed, at) in &accepted {
+            let stored = pipeline.order_document(&claimed.order.id.to_hex()).await;
+            let email = stored.get_document("email").expect("email");
+            assert_eq!(email.get_str("status").expect("status"), "SENT");
+            assert_eq!(email.get_datetime("sent_at").expect("sent_at"), at);
+            assert!(!email.contains_key("next_attempt_at"), "{email}");
+            assert_eq!(times_in_timeline(&stored, "confirmation_sent"), 1);
+        }
     };
     check().await;
     // Recorded again (a retried transaction): nothing changes.
-    common::orders::email::record_sent(&pipeline.db, claim, now)
+    common::orders::email::record_sent(&pipeline.db, &accepted)
         .await
         .expect("recorded again");
     check().await;
