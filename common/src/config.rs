@@ -128,15 +128,6 @@ pub fn seconds_or(name: &str, default_secs: u64) -> anyhow::Result<Duration> {
     parsed_or(name, default_secs).map(Duration::from_secs)
 }
 
-/// A variable in milliseconds, 0 to `max_ms`, or `default_ms` when absent.
-pub fn millis_up_to(name: &str, default_ms: u64, max_ms: u64) -> anyhow::Result<Duration> {
-    let ms: u64 = parsed_or(name, default_ms)?;
-    if ms > max_ms {
-        anyhow::bail!("{name} must be 0 to {max_ms}");
-    }
-    Ok(Duration::from_millis(ms))
-}
-
 pub fn secret(name: &str) -> Option<SecretString> {
     optional(name).map(SecretString::from)
 }
