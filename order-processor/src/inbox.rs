@@ -6,8 +6,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use bson::{DateTime, Document, doc};
-use futures::TryStreamExt;
+use bson::{DateTime, doc};
 use mongodb::{
     ClientSession, Collection, Database,
     options::{InsertOneModel, UpdateOneModel},
@@ -53,21 +52,9 @@ pub async fn handled(
     event_ids: &[&str],
     deadline: tokio::time::Instant,
 ) -> mongodb::error::Result<HashSet<String>> {
-    let mut found = db
-        .collection::<Document>(collection(db).name())
-        .find(doc! { "_id": { "$in": event_ids } })
-        .projection(doc! { "_id": 1 })
-        .max_time(common::mongo::time_left(deadline)?)
-        .session(&mut *session)
-        .await?;
-    let mut handled = HashSet::new();
-    let mut stream = found.stream(&mut *session);
-    while let Some(entry) = stream.try_next().await? {
-        if let Ok(id) = entry.get_str("_id") {
-            handled.insert(id.to_string());
-        }
-    }
-    Ok(handled)
+    let filter = doc! { "_id": { "$in": event_ids } };
+    let found = common::mongo::find_in(&collection(db), session, filter, deadline).await?;
+    Ok(found.into_iter().map(|entry| entry.event_id).collect())
 }
 
 /// The insert of `entry`, for the caller's write. Two deliveries of one

@@ -214,6 +214,27 @@ pub fn time_left(deadline: tokio::time::Instant) -> mongodb::error::Result<std::
     }
 }
 
+/// What `filter` matches in `collection`, read in the caller's transaction
+/// (`session`) and bounded by the time left before `deadline`
+/// ([`time_left`]): a transaction body's read.
+pub async fn find_in<T>(
+    collection: &Collection<T>,
+    session: &mut ClientSession,
+    filter: Document,
+    deadline: tokio::time::Instant,
+) -> mongodb::error::Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    use futures::TryStreamExt;
+    let mut found = collection
+        .find(filter)
+        .max_time(time_left(deadline)?)
+        .session(&mut *session)
+        .await?;
+    found.stream(session).try_collect().await
+}
+
 /// How long a transaction is rerun on transient errors and its commit
 /// retried on an unknown result, as the driver's own `with_transaction`.
 const TRANSACTION_RETRY_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);

@@ -55,17 +55,14 @@ pub async fn load_many(
     ids: &[ObjectId],
     deadline: tokio::time::Instant,
 ) -> mongodb::error::Result<HashMap<ObjectId, Order>> {
-    let mut found = collection(db)
-        .find(doc! { ID: { "$in": ids } })
-        .max_time(crate::mongo::time_left(deadline)?)
-        .session(&mut *session)
-        .await?;
-    let mut orders = HashMap::new();
-    let mut stream = found.stream(&mut *session);
-    while let Some(order) = stream.try_next().await? {
-        orders.insert(order.id, order);
-    }
-    Ok(orders)
+    let found = crate::mongo::find_in(
+        &collection(db),
+        session,
+        doc! { ID: { "$in": ids } },
+        deadline,
+    )
+    .await?;
+    Ok(found.into_iter().map(|order| (order.id, order)).collect())
 }
 
 /// One order, if `owner` (when given) placed it: someone else's order is

@@ -18,7 +18,7 @@ use common::{
     },
     event::OrderEventType,
 };
-use futures::{FutureExt, TryStreamExt};
+use futures::FutureExt;
 use metrics::counter;
 use mongodb::{
     ClientSession, Database,
@@ -321,18 +321,17 @@ async fn read_products(
     ids: &[ObjectId],
     deadline: Instant,
 ) -> mongodb::error::Result<HashMap<ObjectId, Product>> {
-    let left = common::mongo::time_left(deadline)?;
-    let mut found = products::store::collection(db)
-        .find(doc! { "_id": { "$in": ids } })
-        .max_time(left)
-        .session(&mut *session)
-        .await?;
-    let mut catalogue = HashMap::new();
-    let mut stream = found.stream(&mut *session);
-    while let Some(product) = stream.try_next().await? {
-        catalogue.insert(product.id, product);
-    }
-    Ok(catalogue)
+    let found = common::mongo::find_in(
+        &products::store::collection(db),
+        session,
+        doc! { "_id": { "$in": ids } },
+        deadline,
+    )
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|product| (product.id, product))
+        .collect())
 }
 
 /// Greedy, in arrival order: an order is placed if every line fits in what
